@@ -1,0 +1,219 @@
+"""Judging a snapshot: the level and the wording of every state, and the findings (what is wrong).
+
+Pure functions of the snapshot. Slack, the console, `opsbot status` and the alert engine all take
+their words and colours from here, so they always agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.snapshot import (
+    BrokerStatus,
+    CeleryState,
+    CeleryStatus,
+    Failure,
+    FlowerStatus,
+    Level,
+    Problem,
+    QueueInfo,
+    Snapshot,
+    WorkerInfo,
+)
+
+BROKER_NAMES = {"rabbitmq": "RabbitMQ", "redis": "Redis"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing that is not right, keyed by what it is about ("broker", "worker:w1@host", ...)."""
+
+    key: str
+    level: Level
+    text: str
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def duration(seconds: float) -> str:
+    """'45 s', '3 min 12 s', '2 h 05 min', '3 d 4 h'."""
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes:02d} min"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h"
+
+
+def problem_text(problem: Problem, setting: str) -> str:
+    """What went wrong, in words that point at the fix. `setting` is the variable to check."""
+    match problem.kind:
+        case Failure.REFUSED:
+            return f"not reachable at {problem.target} (connection refused)"
+        case Failure.TIMEOUT:
+            return f"timed out: {problem.target} did not answer in time"
+        case Failure.UNAUTHORIZED:
+            return f"refuses opsbot's credentials at {problem.target} (check {setting})"
+        case Failure.NO_MANAGEMENT:
+            return (f"management API not reachable at {problem.target}: "
+                    "is the rabbitmq_management plugin enabled?")
+    detail = f": {problem.detail}" if problem.detail else ""
+    return f"unexpected answer from {problem.target}{detail}"
+
+
+# --- Broker -----------------------------------------------------------------------------------
+
+
+def broker_name(broker: BrokerStatus) -> str:
+    return BROKER_NAMES.get(broker.kind, broker.kind)
+
+
+def queue_level(queue: QueueInfo) -> Level:
+    # Tasks waiting where nobody consumes will wait forever.
+    return Level.WARN if queue.ready and queue.consumers == 0 else Level.OK
+
+
+def queue_text(queue: QueueInfo) -> str:
+    if not queue.exists:
+        return "not declared yet: no worker has consumed it and nothing was sent to it"
+    text = "no tasks waiting" if not queue.ready else f"{plural(queue.ready, 'task')} waiting"
+    if queue.consumers is not None:
+        text += f", {plural(queue.consumers, 'consumer')}"
+    if queue.unacked:
+        text += f", {queue.unacked} unacknowledged"
+    if queue_level(queue) is Level.WARN:
+        text += ": nothing consumes this queue"
+    return text
+
+
+def broker_level(broker: BrokerStatus) -> Level:
+    if broker.problem or broker.alarms:
+        return Level.DOWN
+    if broker.management_problem or any(queue_level(q) is Level.WARN for q in broker.queues):
+        return Level.WARN
+    return Level.OK
+
+
+def broker_text(broker: BrokerStatus) -> str:
+    if broker.problem:
+        return "Not running: " + problem_text(broker.problem, "CELERY_BROKER_URL")
+    if broker.alarms:
+        return f"Running, but {'; '.join(broker.alarms)}: publishers are blocked"
+    waiting = broker.waiting
+    if not waiting:
+        return "Running, no tasks waiting"
+    where = ", ".join(f"{q.name}: {q.ready}" for q in broker.queues if q.ready)
+    return f"Running, {plural(waiting, 'task')} waiting ({where})"
+
+
+# --- Celery -----------------------------------------------------------------------------------
+
+
+def celery_level(celery: CeleryStatus) -> Level:
+    match celery.state:
+        case CeleryState.UNKNOWN:
+            return Level.UNKNOWN
+        case CeleryState.NOT_RUNNING:
+            return Level.DOWN
+    return Level.WARN if any(not w.answered for w in celery.workers) else Level.OK
+
+
+def celery_text(celery: CeleryStatus) -> str:
+    match celery.state:
+        case CeleryState.UNKNOWN:
+            return "Status unknown: the broker is not reachable, so no worker can answer"
+        case CeleryState.NOT_RUNNING:
+            return "Not running: no worker answered. No tasks will be processed!"
+    answering = [w for w in celery.workers if w.answered]
+    active = sum(len(w.active) for w in answering)
+    reserved = sum(w.reserved for w in answering)
+    text = f"Running: {plural(len(answering), 'worker')}, {active} active, {reserved} reserved"
+    silent = len(celery.workers) - len(answering)
+    if silent:
+        text += f"; {plural(silent, 'worker')} not answering"
+    return text
+
+
+def worker_level(worker: WorkerInfo) -> Level:
+    return Level.OK if worker.answered else Level.WARN
+
+
+def worker_text(worker: WorkerInfo) -> str:
+    if not worker.answered:
+        return "sends heartbeats but did not answer: busy, blocked or shutting down"
+    pool = worker.pool or "unknown pool"
+    concurrency = f" × {worker.concurrency}" if worker.concurrency else ""
+    return f"{pool}{concurrency}, {len(worker.active)} active, {worker.reserved} reserved"
+
+
+# --- Flower -----------------------------------------------------------------------------------
+
+
+def flower_level(flower: FlowerStatus) -> Level:
+    if flower.problem is None:
+        return Level.OK
+    # Flower answered but will not let us in: it runs, its API is closed to us.
+    return Level.WARN if flower.problem.kind is Failure.UNAUTHORIZED else Level.DOWN
+
+
+def flower_text(flower: FlowerStatus) -> str:
+    if flower.problem is None:
+        return "Running"
+    if flower.problem.kind is Failure.UNAUTHORIZED:
+        return "Running, but " + problem_text(flower.problem, "FLOWER_URL")
+    if flower.problem.kind is Failure.REFUSED:
+        return f"Not running: {problem_text(flower.problem, 'FLOWER_URL')}. Has it been started?"
+    return "Not running: " + problem_text(flower.problem, "FLOWER_URL")
+
+
+# --- The whole stack --------------------------------------------------------------------------
+
+
+def findings(snapshot: Snapshot) -> list[Finding]:
+    """Everything that is not OK, worst first."""
+    broker, celery, flower = snapshot.broker, snapshot.celery, snapshot.flower
+    found: list[Finding] = []
+    name = broker_name(broker)
+    if broker.problem or broker.alarms:
+        found.append(Finding("broker", Level.DOWN, f"{name}: {broker_text(broker)}"))
+    if broker.management_problem:
+        found.append(Finding("broker.management", Level.WARN,
+                             f"{name}: " + problem_text(broker.management_problem, "RABBITMQ_MANAGEMENT_URL")))
+    for queue in broker.queues:
+        if queue_level(queue) is not Level.OK:
+            found.append(Finding(f"queue:{queue.name}", queue_level(queue),
+                                 f"Queue {queue.name}: {queue_text(queue)}"))
+    if celery.state is CeleryState.NOT_RUNNING:
+        found.append(Finding("celery", Level.DOWN, f"Celery: {celery_text(celery)}"))
+    for worker in celery.workers:
+        if worker_level(worker) is not Level.OK:
+            found.append(Finding(f"worker:{worker.name}", worker_level(worker),
+                                 f"Worker {worker.name}: {worker_text(worker)}"))
+    if flower_level(flower) is not Level.OK:
+        found.append(Finding("flower", flower_level(flower), f"Flower: {flower_text(flower)}"))
+    return sorted(found, key=lambda f: -f.level)
+
+
+def overall_level(snapshot: Snapshot) -> Level:
+    return max((broker_level(snapshot.broker), celery_level(snapshot.celery), flower_level(snapshot.flower)))
+
+
+def summary(snapshot: Snapshot) -> str:
+    """The one line that comes first: 'All systems go' or what is wrong."""
+    found = findings(snapshot)
+    if not found:
+        return "All systems go"
+    first = found[0].text
+    return first if len(found) == 1 else f"{first} (and {plural(len(found) - 1, 'more problem')})"
+
+
+def exit_code(level: Level) -> int:
+    """For `opsbot status`: 0 all green, 1 amber, 2 red."""
+    return {Level.OK: 0, Level.UNKNOWN: 1, Level.WARN: 1, Level.DOWN: 2}[level]

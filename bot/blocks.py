@@ -1,0 +1,121 @@
+"""Rendering a view as Slack Block Kit, with slack_sdk's typed block models.
+
+Pure: a view in, a list of blocks out. Slack's limits are enforced here whatever the view holds:
+at most 50 blocks, 3000 characters per section text, 150 per header, 75 per button label.
+"""
+
+from __future__ import annotations
+
+from slack_sdk.models.blocks import (
+    ActionsBlock,
+    Block,
+    ButtonElement,
+    ConfirmObject,
+    ContextBlock,
+    DividerBlock,
+    HeaderBlock,
+    MarkdownTextObject,
+    PlainTextObject,
+    SectionBlock,
+)
+
+from bot.snapshot import Level
+from bot.views import Action, Item, Section, View
+
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_HEADER = 150
+MAX_BUTTON_LABEL = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTIONS = 25
+
+ICONS = {
+    Level.OK: ":large_green_circle:",
+    Level.UNKNOWN: ":white_circle:",
+    Level.WARN: ":large_yellow_circle:",
+    Level.DOWN: ":red_circle:",
+    None: "•",
+}
+
+
+def escape(text: str) -> str:
+    """Slack mrkdwn control characters: user data must not turn into mentions or links."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def button(action: Action) -> ButtonElement:
+    confirm = None
+    if action.confirm:
+        confirm = ConfirmObject(
+            title=cut(action.confirm.title, 100), text=cut(action.confirm.text, 300),
+            confirm=cut(action.confirm.confirm, 30), deny=cut(action.confirm.deny, 30),
+        )
+    return ButtonElement(
+        text=cut(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
+        value=cut(action.value, MAX_BUTTON_VALUE), style=action.style, confirm=confirm,
+    )
+
+
+def item_line(item: Item) -> str:
+    code = f" `{escape(item.code)}`" if item.code else ""
+    return f"{ICONS[item.level]} *{escape(item.title)}*{code} {escape(item.text)}"
+
+
+def more_line(count: int) -> str:
+    return f"_… and {count} more_"
+
+
+def section_blocks(section: Section) -> list[Block]:
+    """Plain items share one text block; an item with a button needs a block of its own."""
+    heading = f"*{escape(section.title)}*"
+    if section.note:
+        heading += f"  _{escape(section.note)}_"
+    blocks: list[Block] = []
+    lines = [heading]
+    for item in section.items:
+        if item.action is None:
+            lines.append(item_line(item))
+            continue
+        blocks.append(SectionBlock(text=MarkdownTextObject(text=cut(item_line(item), MAX_SECTION_TEXT)),
+                                   accessory=button(item.action)))
+    if section.more:
+        lines.append(more_line(section.more))
+    text = cut("\n".join(lines), MAX_SECTION_TEXT)
+    return [SectionBlock(text=MarkdownTextObject(text=text)), *blocks]
+
+
+def render(view: View, include_slack_only: bool = True) -> list[Block]:
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=cut(view.title, MAX_HEADER))),
+        SectionBlock(text=MarkdownTextObject(
+            text=cut(f"{ICONS[view.level]} *{escape(view.summary)}*", MAX_SECTION_TEXT))),
+        DividerBlock(),
+    ]
+    for section in view.sections:
+        blocks.extend(section_blocks(section))
+    tail: list[Block] = []
+    actions = [a for a in view.actions if include_slack_only or not a.slack_only][:MAX_ACTIONS]
+    if actions:
+        tail.append(ActionsBlock(elements=[button(a) for a in actions]))
+    if view.footer:
+        # The footer is our own text (it may hold a <@user> mention), never user data.
+        tail.append(ContextBlock(elements=[MarkdownTextObject(text=cut(view.footer, 3000))]))
+    room = MAX_BLOCKS - len(tail)
+    if len(blocks) > room:
+        dropped = len(blocks) - room + 1
+        blocks = blocks[: room - 1]
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=more_line(dropped))]))
+    return blocks + tail
+
+
+def to_dicts(blocks: list[Block]) -> list[dict]:
+    return [block.to_dict() for block in blocks]
+
+
+def message(view: View, include_slack_only: bool = True) -> dict:
+    """Keyword arguments for a Slack message carrying this view: blocks and the plain fallback."""
+    return {"text": cut(view.text, 3000), "blocks": to_dicts(render(view, include_slack_only))}

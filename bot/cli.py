@@ -1,0 +1,84 @@
+"""The `opsbot` command: wiring of settings, probes and one of the edges (Slack, console, one-shot)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from rich.console import Console
+
+from bot import assess, terminal
+from bot.config import ConfigError, Settings, load_settings
+from bot.redact import install_log_redaction, redact
+from bot.views import status_view
+
+log = logging.getLogger("opsbot")
+
+EXIT_CONFIG = 3  # 0, 1 and 2 belong to `opsbot status` (green, amber, red)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="opsbot", description="Slack chat-ops for Celery.")
+    sub = parser.add_subparsers(dest="mode")
+    sub.add_parser("run", help="connect to Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
+    sub.add_parser("console", help="the /tasks commands in this terminal, no Slack needed")
+    status = sub.add_parser("status", help="print the status once; exit 0 green, 1 amber, 2 red")
+    status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    return parser.parse_args(argv)
+
+
+def require_slack(settings: Settings) -> None:
+    """Name the missing variable before anything connects."""
+    if settings.slack_bot_token is None:
+        raise ConfigError("SLACK_BOT_TOKEN is not set: `opsbot run` needs the bot token (xoxb-...). "
+                          "Use `opsbot console` to run without Slack.")
+    if settings.slack_app_token is None and settings.slack_signing_secret is None:
+        raise ConfigError("Set SLACK_APP_TOKEN (xapp-..., Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode).")
+    if settings.slack_app_token is not None and not settings.slack_app_token.get_secret_value().startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp-.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = load_settings()
+        mode = args.mode or ("run" if settings.slack_configured else "console")
+        if mode == "run":
+            require_slack(settings)
+    except ConfigError as problem:
+        print(f"opsbot: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    install_log_redaction(settings.secrets(), settings.log_level)
+
+    from bot.runtime import Runtime  # heavy imports (celery, slack) only once configuration is valid
+
+    runtime = Runtime(settings)
+    try:
+        if mode == "status":
+            return print_status(runtime, as_json=args.json)
+        if mode == "console":
+            from bot import console
+
+            return console.run(runtime.commands)
+        runtime.run_slack()
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        runtime.close()
+
+
+def print_status(runtime: object, as_json: bool) -> int:
+    snapshot = runtime.prober.snapshot()  # type: ignore[attr-defined]
+    if as_json:
+        print(redact(json.dumps(asdict(snapshot), default=str, indent=2)))
+    else:
+        Console().print(terminal.render(status_view(snapshot)))
+    return assess.exit_code(assess.overall_level(snapshot))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

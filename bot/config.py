@@ -1,0 +1,157 @@
+"""Configuration from the environment and an optional `.env`, validated once at start-up.
+
+Every setting has the environment variable name users set; a bad value stops the bot with a message
+that names that variable (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from bot.redact import redact_url
+
+DEFAULT_DB_PATH = Path.home() / ".opsbot" / "opsbot.sqlite3"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the environment variable."""
+
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """All settings, by the environment variable that sets them."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    slack_bot_token: SecretStr | None = Field(None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field("https://slack.com/api/", validation_alias="SLACK_API_URL")
+    http_port: int = Field(3000, ge=1, le=65535, validation_alias="OPSBOT_HTTP_PORT")
+
+    broker_url: str = Field(
+        "amqp://guest:guest@localhost:5672//", validation_alias="CELERY_BROKER_URL"
+    )
+    rabbitmq_management_url: str = Field(
+        "http://localhost:15672", validation_alias="RABBITMQ_MANAGEMENT_URL"
+    )
+    flower_url: str = Field("http://localhost:5555", validation_alias="FLOWER_URL")
+    queues: CommaList = Field(("celery",), validation_alias="OPSBOT_QUEUES")
+    probe_timeout: float = Field(2.0, gt=0, le=2.5, validation_alias="OPSBOT_PROBE_TIMEOUT")
+
+    alert_channel: str | None = Field(None, validation_alias="OPSBOT_ALERT_CHANNEL")
+    admins: CommaList = Field((), validation_alias="OPSBOT_ADMINS")
+    poll_seconds: float = Field(10.0, ge=1, validation_alias="OPSBOT_POLL_SECONDS")
+    db_url: str = Field(f"sqlite:///{DEFAULT_DB_PATH}", validation_alias="OPSBOT_DB_URL")
+    log_level: str = Field("INFO", validation_alias="OPSBOT_LOG_LEVEL")
+
+    @field_validator("queues", "admins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("queues")
+    @classmethod
+    def _at_least_one_queue(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one queue")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in BROKER_KINDS:
+            raise ValueError(f"scheme {scheme!r} is not supported; use one of {', '.join(BROKER_KINDS)}")
+        return value
+
+    @field_validator("rabbitmq_management_url", "flower_url", "slack_api_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return value.upper()
+
+    @property
+    def broker_kind(self) -> str:
+        return BROKER_KINDS[urlsplit(self.broker_url).scheme]
+
+    @property
+    def slack_configured(self) -> bool:
+        return self.slack_bot_token is not None
+
+    def management_credentials(self) -> tuple[str, str]:
+        """Credentials for the management API: its own userinfo, else the broker's, else guest."""
+        for url in (self.rabbitmq_management_url, self.broker_url):
+            user, password = url_credentials(url)
+            if user:
+                return user, password or ""
+        return "guest", "guest"
+
+    def secrets(self) -> list[str]:
+        """Every secret value this configuration holds, for the redaction filter."""
+        values = [s.get_secret_value() for s in (self.slack_bot_token, self.slack_app_token,
+                                                 self.slack_signing_secret) if s]
+        for url in (self.broker_url, self.rabbitmq_management_url, self.flower_url, self.db_url):
+            _, password = url_credentials(url)
+            if password:
+                values.append(password)
+        return values
+
+
+BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",
+                "redis": "redis", "rediss": "redis"}
+
+ENV_NAMES = {
+    name: str(field.validation_alias)
+    for name, field in Settings.model_fields.items()
+}
+
+
+def url_credentials(url: str) -> tuple[str | None, str | None]:
+    parts = urlsplit(url)
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return user, password
+
+
+def strip_credentials(url: str) -> str:
+    """The URL without its userinfo, for making requests with auth passed separately."""
+    parts = urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc).geturl()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read and validate settings; any problem becomes one ConfigError naming the variables."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else ""
+            env_name = ENV_NAMES.get(field, field)
+            # The input may be a URL with a password in it: never echo it back.
+            problems.append(f"{env_name}: {redact_url(str(error['msg']))}")
+        raise ConfigError("Invalid configuration:\n  " + "\n  ".join(problems)) from None

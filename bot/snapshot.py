@@ -1,0 +1,120 @@
+"""The snapshot: plain, immutable data describing the task stack at one moment.
+
+Probes produce it; renderers and the alert engine consume it. Nothing here does I/O, and every
+string in it is already safe to show (URLs carry no credentials).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+
+
+class Level(IntEnum):
+    """How bad a state is; ordered so that `max()` gives the worst."""
+
+    OK = 0
+    UNKNOWN = 1  # cannot tell, because something it depends on is down
+    WARN = 2
+    DOWN = 3
+
+
+class Failure(StrEnum):
+    """Why a service could not be read. Kept apart because each calls for a different fix."""
+
+    REFUSED = "refused"  # nothing listens there (or the host is unreachable)
+    TIMEOUT = "timeout"  # it accepted the connection and never answered in time
+    UNAUTHORIZED = "unauthorized"  # it answered 401/403: wrong credentials
+    NO_MANAGEMENT = "no_management"  # AMQP answers, the management API does not
+    UNEXPECTED = "unexpected"  # it answered something we do not understand
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: Failure
+    target: str  # where we looked, credentials removed: "127.0.0.1:5672", "http://host:5555"
+    detail: str = ""  # a short, redacted reason from the library, for the curious
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    ready: int  # messages waiting to be delivered, exact at the moment of asking
+    consumers: int | None = None  # None: the broker cannot tell us (Redis, or no management API)
+    unacked: int | None = None  # delivered to a worker, not yet acknowledged
+    exists: bool = True
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    kind: str  # "rabbitmq" or "redis"
+    target: str
+    problem: Problem | None = None  # set when the broker itself cannot be reached
+    queues: tuple[QueueInfo, ...] = ()
+    alarms: tuple[str, ...] = ()  # RabbitMQ resource alarms: publishers are blocked
+    management_problem: Problem | None = None  # RabbitMQ only: the HTTP API could not be read
+
+    @property
+    def up(self) -> bool:
+        return self.problem is None
+
+    @property
+    def waiting(self) -> int:
+        return sum(q.ready for q in self.queues)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    id: str
+    name: str
+    worker: str
+    started_at: float | None  # epoch seconds, from the worker
+    args_summary: str = ""  # short and redacted
+    worker_pid: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    name: str
+    pool: str | None = None  # prefork, solo, threads, eventlet, gevent
+    concurrency: int | None = None
+    active: tuple[TaskInfo, ...] = ()
+    reserved: int = 0  # prefetched: taken from the broker, not yet running
+    answered: bool = True  # False: seen by its heartbeats, but it did not answer our request
+
+
+class CeleryState(StrEnum):
+    UNKNOWN = "unknown"  # the broker is down, so nobody can tell
+    NOT_RUNNING = "not_running"  # the broker is up and no worker answered
+    RUNNING = "running"
+
+
+@dataclass(frozen=True)
+class CeleryStatus:
+    state: CeleryState
+    workers: tuple[WorkerInfo, ...] = ()
+    problem: Problem | None = None
+
+    @property
+    def active_tasks(self) -> tuple[TaskInfo, ...]:
+        return tuple(task for worker in self.workers for task in worker.active)
+
+
+@dataclass(frozen=True)
+class FlowerStatus:
+    target: str
+    problem: Problem | None = None
+
+    @property
+    def up(self) -> bool:
+        return self.problem is None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken_at: float  # epoch seconds
+    broker: BrokerStatus
+    celery: CeleryStatus
+    flower: FlowerStatus
+    elapsed: float = 0.0  # seconds the probes took
+    notes: tuple[str, ...] = field(default=())  # operator hints, e.g. how to configure admins

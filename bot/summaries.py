@@ -1,0 +1,46 @@
+"""Short, redacted one-line summaries of a task's arguments.
+
+Arguments are user data: they may hold passwords, tokens or URLs with credentials. We show enough
+to recognise a task ("export(report_id=42)") and nothing that should stay private.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from bot.redact import MASK, redact
+
+SECRET_KEY = re.compile(r"pass|secret|token|key|auth|credential|cookie|session|signature", re.IGNORECASE)
+MAX_SUMMARY = 80
+MAX_VALUE = 24
+
+
+def _short(value: Any) -> str:
+    text = redact(repr(value))
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
+
+
+def _scrub(value: Any) -> Any:
+    """Mask values of secret-looking keys at any depth of dicts and lists."""
+    if isinstance(value, dict):
+        return {k: MASK if SECRET_KEY.search(str(k)) else _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def summarize_call(args: Any, kwargs: Any) -> str:
+    """`(1, 'a', user=…, password=***)`, cut to a sane length."""
+    if isinstance(args, str):  # some Celery versions send reprs instead of values
+        args = [args] if args not in ("()", "[]", "") else []
+    if isinstance(kwargs, str):
+        kwargs = {} if kwargs in ("{}", "") else {"kwargs": kwargs}
+    parts = [_short(_scrub(a)) for a in (args or [])]
+    for key, value in (kwargs or {}).items():
+        shown = MASK if SECRET_KEY.search(str(key)) else _short(_scrub(value))
+        parts.append(f"{key}={shown}")
+    text = ", ".join(parts)
+    if len(text) > MAX_SUMMARY:
+        text = text[: MAX_SUMMARY - 1] + "…"
+    return f"({text})"

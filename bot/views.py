@@ -1,0 +1,213 @@
+"""Views: what a reply says, independent of where it is shown.
+
+A view is built from a snapshot by pure functions; `bot.blocks` renders it as Slack Block Kit and
+`bot.terminal` as rich text for the console. Paging and "and N more" are decided here once, so both
+renderers stay inside Slack's limits the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot import assess
+from bot.snapshot import Level, Snapshot, TaskInfo, WorkerInfo
+
+OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
+PAGE_SIZE = 20  # rows per page in the workers and active lists (1 block each, well under 50)
+
+
+@dataclass(frozen=True)
+class Confirm:
+    title: str
+    text: str
+    confirm: str = "Yes"
+    deny: str = "Cancel"
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button in Slack, a numbered choice in the console."""
+
+    action_id: str
+    label: str
+    value: str = ""
+    style: str | None = None  # "primary" or "danger"
+    confirm: Confirm | None = None
+    slack_only: bool = False  # e.g. "Share in channel": meaningless in a terminal
+
+
+@dataclass(frozen=True)
+class Item:
+    level: Level | None
+    title: str
+    text: str
+    code: str = ""  # an identifier shown in monospace (a task id)
+    action: Action | None = None
+
+
+@dataclass(frozen=True)
+class Section:
+    title: str
+    items: tuple[Item, ...] = ()
+    more: int = 0  # items left out: "and N more"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class View:
+    title: str
+    summary: str
+    level: Level | None = None
+    sections: tuple[Section, ...] = ()
+    actions: tuple[Action, ...] = ()
+    footer: str = ""
+
+    @property
+    def text(self) -> str:
+        """The plain fallback for notifications and screen readers."""
+        return f"{self.title}: {self.summary}"
+
+
+# Subcommands a view can show; also the values of paging and refresh buttons.
+SECTIONS = ("overview", "workers", "queues", "active")
+
+
+def page_action(section: str, page: int, label: str) -> Action:
+    return Action(action_id="page", label=label, value=f"{section}:{page}")
+
+
+def share_action(section: str, page: int) -> Action:
+    return Action(action_id="share", label="Share in channel", value=f"{section}:{page}", slack_only=True)
+
+
+# --- Pieces -----------------------------------------------------------------------------------
+
+
+def services_section(snapshot: Snapshot) -> Section:
+    broker, celery, flower = snapshot.broker, snapshot.celery, snapshot.flower
+    return Section("Services", (
+        Item(assess.broker_level(broker), assess.broker_name(broker), assess.broker_text(broker)),
+        Item(assess.celery_level(celery), "Celery", assess.celery_text(celery)),
+        Item(assess.flower_level(flower), "Flower", assess.flower_text(flower)),
+    ))
+
+
+def queue_items(snapshot: Snapshot) -> tuple[Item, ...]:
+    if not snapshot.broker.up:
+        return ()
+    return tuple(Item(assess.queue_level(q), q.name, assess.queue_text(q)) for q in snapshot.broker.queues)
+
+
+def worker_item(worker: WorkerInfo) -> Item:
+    return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker))
+
+
+def task_item(task: TaskInfo, now: float) -> Item:
+    running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
+    return Item(None, task.name, f"on {task.worker}, {running} {task.args_summary}".rstrip(), code=task.id)
+
+
+def oldest_first(tasks: tuple[TaskInfo, ...]) -> list[TaskInfo]:
+    return sorted(tasks, key=lambda t: t.started_at or float("inf"))
+
+
+def worst_first(workers: tuple[WorkerInfo, ...]) -> list[WorkerInfo]:
+    return sorted(workers, key=lambda w: (-assess.worker_level(w), -len(w.active), w.name))
+
+
+def page_of(items: list, page: int, size: int) -> tuple[list, int, int]:
+    """The items of one page (1-based, clamped), the page number used, and the number of pages."""
+    pages = max(1, -(-len(items) // size))
+    page = min(max(1, page), pages)
+    return items[(page - 1) * size: page * size], page, pages
+
+
+def footer(snapshot: Snapshot) -> str:
+    return f"Probed in {snapshot.elapsed * 1000:.0f} ms"
+
+
+# --- Views ------------------------------------------------------------------------------------
+
+
+def status_view(snapshot: Snapshot, section: str = "overview", page: int = 1) -> View:
+    builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view}
+    return builders[section](snapshot, page)
+
+
+def overview(snapshot: Snapshot, page: int = 1) -> View:
+    now = snapshot.taken_at
+    sections = [services_section(snapshot)]
+    queues = queue_items(snapshot)
+    if queues:
+        sections.append(Section("Queues", queues))
+    workers = worst_first(snapshot.celery.workers)
+    if workers:
+        shown = workers[:OVERVIEW_TASKS]
+        sections.append(Section("Workers", tuple(worker_item(w) for w in shown), more=len(workers) - len(shown)))
+    tasks = oldest_first(snapshot.celery.active_tasks)
+    if tasks:
+        shown_tasks = tasks[:OVERVIEW_TASKS]
+        sections.append(Section("Active tasks", tuple(task_item(t, now) for t in shown_tasks),
+                                more=len(tasks) - len(shown_tasks)))
+    actions = [page_action("overview", 1, "Refresh")]
+    if len(tasks) > OVERVIEW_TASKS:
+        actions.append(page_action("active", 1, "All active tasks"))
+    if len(workers) > OVERVIEW_TASKS:
+        actions.append(page_action("workers", 1, "All workers"))
+    actions.append(share_action("overview", 1))
+    return View("Task status", assess.summary(snapshot), assess.overall_level(snapshot),
+                tuple(sections), tuple(actions), footer(snapshot))
+
+
+def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], page: int,
+               empty_note: str) -> View:
+    shown, page, pages = page_of(items, page, PAGE_SIZE)
+    left_out = len(items) - (page - 1) * PAGE_SIZE - len(shown)
+    actions = []
+    if page > 1:
+        actions.append(page_action(section, page - 1, "Previous page"))
+    if page < pages:
+        actions.append(page_action(section, page + 1, "Next page"))
+    actions += [page_action(section, page, "Refresh"), share_action(section, page)]
+    page_note = f"page {page} of {pages}" if pages > 1 else ""
+    body = Section(title, tuple(shown), more=max(0, left_out), note=page_note if items else empty_note)
+    return View(title, assess.summary(snapshot), assess.overall_level(snapshot),
+                (services_section(snapshot), body), tuple(actions), footer(snapshot))
+
+
+def workers_view(snapshot: Snapshot, page: int = 1) -> View:
+    items = [worker_item(w) for w in worst_first(snapshot.celery.workers)]
+    return paged_view(snapshot, "workers", "Workers", items, page,
+                      empty_note=assess.celery_text(snapshot.celery))
+
+
+def active_view(snapshot: Snapshot, page: int = 1) -> View:
+    now = snapshot.taken_at
+    items = [task_item(t, now) for t in oldest_first(snapshot.celery.active_tasks)]
+    return paged_view(snapshot, "active", "Active tasks", items, page, empty_note="No task is running.")
+
+
+def queues_view(snapshot: Snapshot, page: int = 1) -> View:
+    items = list(queue_items(snapshot))
+    empty = "" if items else assess.broker_text(snapshot.broker)
+    return paged_view(snapshot, "queues", "Queues", items, page, empty_note=empty)
+
+
+COMMANDS = (
+    ("/tasks", "overview: broker, workers, Flower, waiting and active tasks"),
+    ("/tasks workers", "every worker: pool, concurrency, active and reserved tasks"),
+    ("/tasks queues", "every watched queue: tasks waiting, consumers"),
+    ("/tasks active", "every running task: id, name, worker, how long"),
+    ("/tasks help", "this help"),
+)
+
+
+def help_view(problem: str = "") -> View:
+    items = tuple(Item(None, command, text) for command, text in COMMANDS)
+    summary = f"{problem} Here is what I understand." if problem else "Here is what I understand."
+    return View("opsbot help", summary, Level.WARN if problem else None, (Section("Commands", items),))
+
+
+def message_view(title: str, text: str, level: Level | None = None,
+                 sections: tuple[Section, ...] = ()) -> View:
+    return View(title, text, level, sections)
