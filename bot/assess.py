@@ -149,7 +149,7 @@ def worker_text(worker: WorkerInfo) -> str:
     if not worker.answered:
         return "sends heartbeats but did not answer: busy, blocked or shutting down"
     pool = worker.pool or "unknown pool"
-    concurrency = f" × {worker.concurrency}" if worker.concurrency else ""
+    concurrency = f" x{worker.concurrency}" if worker.concurrency else ""
     return f"{pool}{concurrency}, {len(worker.active)} active, {worker.reserved} reserved"
 
 

@@ -1,0 +1,70 @@
+"""Celery app used by the integration tests: real workers run it as `celery -A tests.stackapp worker`.
+
+The broker comes from the environment so every test can point a worker (or Flower) at its own
+private RabbitMQ node. Task names are explicit so the bot and `send_task` can refer to them by
+string without importing this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from celery import Celery
+
+DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+
+
+def _env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+app = Celery("stackapp", broker=os.environ.get("STACK_BROKER_URL", DEFAULT_BROKER_URL))
+app.conf.update(
+    result_backend=None,
+    # Task events feed Flower and the bot's event listener; tests can turn them off
+    # (CeleryWorker(events=False)) because the worker's -E flag can only switch them on.
+    worker_send_task_events=_env_flag("STACK_TASK_EVENTS", True),
+    task_send_sent_event=True,
+    task_track_started=True,
+    task_default_queue="celery",
+    broker_connection_retry_on_startup=True,
+    worker_hijack_root_logger=False,
+)
+
+
+@app.task(name="stackapp.sleep")
+def sleep(seconds: float) -> float:
+    """Sleep in short slices so a revoke(terminate=True) lands promptly."""
+    deadline = time.monotonic() + float(seconds)
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(0.1, left))
+    return float(seconds)
+
+
+@app.task(name="stackapp.add")
+def add(x: float, y: float) -> float:
+    return x + y
+
+
+@app.task(name="stackapp.fail")
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="stackapp.stubborn")
+def stubborn(seconds: float) -> float:
+    """Ignore SIGTERM, so only SIGKILL can stop it: exercises the bot's escalation path.
+
+    The previous handler is restored afterwards: prefork children are reused, and a later
+    plain task in the same child must still be terminable with SIGTERM.
+    """
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return sleep(seconds)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

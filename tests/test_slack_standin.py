@@ -1,0 +1,358 @@
+"""Proves the Slack stand-in speaks the wire formats the real libraries (slack-bolt, slack-sdk) expect.
+
+Everything runs in-process: a minimal bolt App is pointed at the stand-in with
+``WebClient(base_url=standin.base_url)`` and driven over Socket Mode (bolt's default built-in
+client) or over HTTP (bolt's WSGI adapter), exactly as the opsbot process will be.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import pytest
+from slack_bolt import Ack, App, Respond
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from tests.slack_standin import (
+    SlackStandIn,
+    block_action_form,
+    block_action_payload,
+    sign,
+    slash_command_form,
+)
+
+SIGNING_SECRET = "test-signing-secret"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+def make_app(standin: SlackStandIn) -> App:
+    """A minimal bolt app with one command, one action and one event, like opsbot's shape."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    app = App(client=client, signing_secret=SIGNING_SECRET)
+
+    @app.command("/tasks")
+    def tasks(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": f"tasks: {command['text']}"}}]
+        ack(text=f"tasks: {command['text']}", blocks=blocks)
+        if command["text"] == "later":
+            respond(text="done later", response_type="in_channel")
+
+    @app.action("retry_task")
+    def retry(ack: Ack, body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        respond(text=f"retried {body['actions'][0]['value']}", replace_original=True)
+
+    @app.event("app_home_opened")
+    def home(event: dict[str, Any], client: WebClient) -> None:
+        view = {"type": "home", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "hi"}}]}
+        client.views_publish(user_id=event["user"], view=view)
+
+    return app
+
+
+@pytest.fixture
+def standin() -> Iterator[SlackStandIn]:
+    """A fresh stand-in per test (starting one takes milliseconds)."""
+    with SlackStandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def bolt_app(standin: SlackStandIn) -> App:
+    """The bolt app wired to the stand-in (its constructor already calls auth.test)."""
+    return make_app(standin)
+
+
+@pytest.fixture
+def socket_mode(standin: SlackStandIn, bolt_app: App) -> Iterator[SocketModeHandler]:
+    """The app connected through bolt's default SocketModeHandler over plain ws://."""
+    handler = SocketModeHandler(bolt_app, app_token=standin.app_token)
+    handler.connect()
+    standin.wait_connected()
+    yield handler
+    handler.close()
+
+
+@pytest.fixture
+def http_app(bolt_app: App) -> Iterator[str]:
+    """The app in HTTP mode behind bolt's WSGI adapter on a free port; yields the events URL."""
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """Keep test output clean."""
+
+    server: WSGIServer = make_server(
+        "127.0.0.1", 0, SlackRequestHandler(bolt_app), handler_class=QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/slack/events"
+    server.shutdown()
+    server.server_close()
+
+
+def post(url: str, body: str, headers: dict[str, str]) -> tuple[int, str]:
+    """POST like Slack does; returns (status, body) for error statuses too."""
+    req = urllib.request.Request(url, data=body.encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+# ------------------------------------------------------------------------------ Socket Mode
+
+
+def test_bolt_startup_calls_auth_test_and_connects(
+    standin: SlackStandIn, socket_mode: SocketModeHandler
+) -> None:
+    """bolt verifies its token and fetches the ws:// URL with the app token, then connects."""
+    assert standin.calls_to("auth.test")[0].token == standin.bot_token
+    assert standin.calls_to("apps.connections.open")[0].token == standin.app_token
+    assert standin.connections == 1
+
+
+def test_slash_command_roundtrip(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """The ack payload bolt sends back is what the stand-in returns."""
+    envelope_id = standin.send_slash_command("status")
+    payload = standin.wait_ack(envelope_id)
+    assert payload["text"] == "tasks: status"
+    assert payload["blocks"][0]["text"]["text"] == "tasks: status"
+    latency = standin.ack_latency(envelope_id)
+    assert latency is not None and 0 <= latency < 3
+
+
+def test_request_helper(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """request() is send + wait_ack."""
+    assert standin.request("slash_command", "list")["text"] == "tasks: list"
+
+
+def test_respond_lands_in_responses(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """respond() POSTs JSON to the recorded response_url; in_channel posts into the channel."""
+    standin.request("slash_command", "later")
+    record = standin.wait_for_response()
+    assert record.body["text"] == "done later"
+    assert record.response_type == "in_channel"
+    assert standin.wait_for_message(lambda m: m.text == "done later").channel == "C_OPS"
+
+
+def test_block_action_roundtrip(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """A click on a posted message is acked; replace_original rewrites that message."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    button = {"type": "button", "action_id": "retry_task", "text": {"type": "plain_text", "text": "Retry"}}
+    posted = client.chat_postMessage(
+        channel="C_OPS", text="task failed", blocks=[{"type": "actions", "elements": [button]}]
+    )
+    original = standin.message("C_OPS", posted["ts"])
+    assert original is not None
+    assert standin.request("block_action", "retry_task", "task-1", message=original) == {}
+    record = standin.wait_for_response(lambda r: r.replace_original)
+    assert record.body["text"] == "retried task-1"
+    assert original.text == "retried task-1" and original.updates == 1
+    assert len(standin.messages) == 1
+
+
+def test_events_api_app_home(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """An events_api envelope is acked bare and the listener's views.publish is recorded."""
+    envelope_id = standin.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home"})
+    assert standin.wait_ack(envelope_id) == {}
+    call = standin.wait_for_call("views.publish")
+    assert call.params["view"]["type"] == "home"
+    assert standin.home_views["U_ADMIN"]["blocks"][0]["text"]["text"] == "hi"
+
+
+def test_disconnect_and_reconnect(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """After Slack's disconnect message the bot opens a new connection and keeps working."""
+    before = standin.total_connections
+    assert standin.disconnect_all() == 1
+    standin.wait_reconnected(before, timeout=15)
+    assert len(standin.calls_to("apps.connections.open")) >= 2
+    assert standin.request("slash_command", "again", timeout=10)["text"] == "tasks: again"
+
+
+def test_several_connections_share_envelopes(
+    standin: SlackStandIn, bolt_app: App, socket_mode: SocketModeHandler
+) -> None:
+    """With two bot connections each envelope goes to one of them, and all get acked."""
+    second = SocketModeHandler(bolt_app, app_token=standin.app_token)
+    second.connect()
+    try:
+        standin.wait_connected(count=2)
+        ids = [standin.send_slash_command(f"n{i}") for i in range(4)]
+        assert [standin.wait_ack(i)["text"] for i in ids] == [f"tasks: n{i}" for i in range(4)]
+        assert len({standin.envelopes[i].connection_id for i in ids}) == 2
+        assert not standin.stray_acks
+    finally:
+        second.close()
+
+
+def test_ping_pong(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
+    """The built-in client pings on connect and answers the server's pings."""
+    standin.ping_all()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        stats = standin.ping_stats()
+        if stats and stats[0][1] >= 1 and stats[0][2] >= 1:
+            break
+        time.sleep(0.05)
+    _, pings, pongs = standin.ping_stats()[0]
+    assert pings >= 1 and pongs >= 1
+
+
+# ---------------------------------------------------------------------------------- Web API
+
+
+def test_rate_limited_post_is_retried_and_stored_once(standin: SlackStandIn) -> None:
+    """429 + Retry-After is honoured by slack_sdk's retry handler; the faulted call stores nothing."""
+    client = WebClient(
+        token=standin.bot_token,
+        base_url=standin.base_url,
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=1)],
+    )
+    standin.fail_next("chat.postMessage", status=429, retry_after=1)
+    started = time.monotonic()
+    resp = client.chat_postMessage(channel="C_OPS", text="hello")
+    assert resp["ok"] and time.monotonic() - started >= 0.9
+    calls = standin.calls_to("chat.postMessage")
+    assert [c.faulted for c in calls] == ["http_429", None]
+    assert [m.text for m in standin.messages] == ["hello"]
+
+
+def test_rate_limit_without_retry_raises(standin: SlackStandIn) -> None:
+    """Without a retry handler the bot sees SlackApiError(ratelimited) with the Retry-After header."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    standin.fail_next("chat.postMessage", status=429, retry_after=7)
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="C_OPS", text="x")
+    assert err.value.response.status_code == 429
+    assert err.value.response["error"] == "ratelimited"
+    assert err.value.response.headers["Retry-After"] == "7"
+    assert standin.messages == []
+
+
+def test_server_error_is_not_stored(standin: SlackStandIn) -> None:
+    """An injected 503 is an HTTP error to slack_sdk and leaves no message behind."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    standin.fail_next("chat.postMessage", status=503)
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="C_OPS", text="x")
+    assert err.value.response.status_code == 503
+    assert standin.messages == [] and standin.calls_to("chat.postMessage")[0].faulted == "http_503"
+
+
+def test_hang_makes_the_client_time_out(standin: SlackStandIn) -> None:
+    """A hung answer trips the client timeout; Slack still posts it afterwards (process=True)."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url, timeout=0.5)
+    standin.hang_next("chat.postMessage", 1.5)
+    with pytest.raises(TimeoutError):
+        client.chat_postMessage(channel="C_OPS", text="slow")
+    assert standin.wait_for_message(lambda m: m.text == "slow", timeout=5).channel == "C_OPS"
+    assert standin.calls_to("chat.postMessage")[0].delayed == 1.5
+
+
+def test_auth_errors(standin: SlackStandIn) -> None:
+    """Wrong token → invalid_auth, none → not_authed, other token type, unknown method."""
+    cases = [
+        ("xoxb-wrong", "auth.test", "invalid_auth"),
+        (None, "auth.test", "not_authed"),
+        (standin.app_token, "chat.postMessage", "not_allowed_token_type"),
+        (standin.bot_token, "apps.connections.open", "not_allowed_token_type"),
+        (standin.bot_token, "no.such.method", "unknown_method"),
+    ]
+    for token, method, error in cases:
+        client = WebClient(token=token, base_url=standin.base_url)
+        with pytest.raises(SlackApiError) as err:
+            client.api_call(method, params={"channel": "C_OPS", "text": "x"})
+        assert err.value.response.status_code == 200
+        assert err.value.response["error"] == error, (token, method)
+
+
+def test_chat_update_delete_and_replies(standin: SlackStandIn) -> None:
+    """chat.update needs an existing channel+ts; delete removes; replies return the thread."""
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    parent = client.chat_postMessage(channel="C_OPS", text="parent")
+    client.chat_postMessage(channel="C_OPS", text="reply", thread_ts=parent["ts"])
+    updated = client.chat_update(channel="C_OPS", ts=parent["ts"], text="edited")
+    assert updated["message"]["text"] == "edited"
+    with pytest.raises(SlackApiError, match="message_not_found"):
+        client.chat_update(channel="C_OPS", ts="1.000000", text="nope")
+    replies = client.conversations_replies(channel="C_OPS", ts=parent["ts"])
+    assert [m["text"] for m in replies["messages"]] == ["edited", "reply"]
+    client.chat_delete(channel="C_OPS", ts=parent["ts"])
+    assert [m.text for m in standin.messages] == ["reply"]
+
+
+def test_form_encoded_json_params_are_decoded(standin: SlackStandIn) -> None:
+    """Slack accepts blocks as a JSON string in a form body; the record holds the decoded list."""
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "b"}}]
+    body = f"channel=C_OPS&blocks={urllib.parse.quote(json.dumps(blocks))}"
+    headers = {**FORM, "Authorization": f"Bearer {standin.bot_token}"}
+    status, text = post(standin.base_url + "chat.postMessage", body, headers)
+    assert status == 200 and json.loads(text)["ok"]
+    assert standin.calls_to("chat.postMessage")[0].params["blocks"] == blocks
+    assert standin.messages[0].blocks == blocks
+
+
+def test_users_usergroups_and_ephemeral(standin: SlackStandIn) -> None:
+    """users.info/usergroups.users.list come from configuration; ephemerals are kept apart."""
+    standin.usergroups["S_OPS"] = ["U_ADMIN"]
+    client = WebClient(token=standin.bot_token, base_url=standin.base_url)
+    assert client.users_info(user="U_ADMIN")["user"]["is_admin"] is True
+    assert client.users_info(user="U_USER")["user"]["is_admin"] is False
+    with pytest.raises(SlackApiError, match="user_not_found"):
+        client.users_info(user="U_NOBODY")
+    assert client.usergroups_users_list(usergroup="S_OPS")["users"] == ["U_ADMIN"]
+    client.chat_postEphemeral(channel="C_OPS", user="U_ADMIN", text="psst")
+    assert standin.ephemerals[0].text == "psst" and standin.messages == []
+
+
+# -------------------------------------------------------------------------------- HTTP mode
+
+
+def test_http_mode_signed_slash_command(standin: SlackStandIn, http_app: str) -> None:
+    """A correctly signed slash command is answered 200 with the ack body; respond() is recorded."""
+    body = slash_command_form("later", response_url=standin.new_response_url())
+    status, text = post(http_app, body, {**FORM, **sign(SIGNING_SECRET, body, int(time.time()))})
+    assert status == 200
+    assert json.loads(text)["text"] == "tasks: later"
+    assert standin.wait_for_response().body["text"] == "done later"
+
+
+def test_http_mode_block_action(standin: SlackStandIn, http_app: str) -> None:
+    """An interactive payload=<json> body is dispatched to the action listener."""
+    payload = block_action_payload("retry_task", "t-9", response_url=standin.new_response_url())
+    body = block_action_form(payload)
+    status, _ = post(http_app, body, {**FORM, **sign(SIGNING_SECRET, body, int(time.time()))})
+    assert status == 200
+    assert standin.wait_for_response().body["text"] == "retried t-9"
+
+
+@pytest.mark.parametrize(
+    ("secret", "age"),
+    [("wrong-secret", 0), (SIGNING_SECRET, 10 * 60)],
+    ids=["bad-signature", "stale-timestamp"],
+)
+def test_http_mode_rejects_bad_requests(http_app: str, secret: str, age: int) -> None:
+    """bolt answers 401 to a bad signature and to a timestamp older than five minutes."""
+    body = slash_command_form("status")
+    status, _ = post(http_app, body, {**FORM, **sign(secret, body, int(time.time()) - age)})
+    assert status == 401
