@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if mode == "status":
             return print_status(runtime, as_json=args.json)
+        runtime.start_background()
         if mode == "console":
             from bot import console
 

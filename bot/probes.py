@@ -256,20 +256,24 @@ class CeleryProbe:
 
     `inspect(limit=N)` returns as soon as N workers replied instead of waiting the whole timeout
     (10 ms against 1 s), so we remember how many workers to expect: the ones that answered last
-    time, or those whose heartbeats we see (`expected_workers`, fed by the heartbeat monitor).
+    time, or those whose heartbeats we see (`alive_workers`, from `bot.heartbeats`).
     """
 
     def __init__(self, settings: Settings,
-                 expected_workers: Callable[[], Iterable[str]] | None = None) -> None:
+                 alive_workers: Callable[[], set[str] | None] | None = None) -> None:
         self.settings = settings
         self.app = make_control_app(settings.broker_url, settings.probe_timeout)
-        self.expected_workers = expected_workers or (lambda: ())
+        # Heartbeats are fresher than our last answer (a dead worker drops out after ~4 s).
+        self.alive_workers = alive_workers or (lambda: None)
         self._last_answered: set[str] = set()
         self._lock = threading.Lock()
 
     def expected(self) -> set[str]:
+        alive = self.alive_workers()
+        if alive is not None:
+            return alive
         with self._lock:
-            return set(self._last_answered) | set(self.expected_workers())
+            return set(self._last_answered)
 
     def probe(self, deadline: float) -> CeleryStatus:
         expected = self.expected()

@@ -20,7 +20,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot import blocks
-from bot.commands import Commands, UsageError, parse_section_value
+from bot.commands import Command, Commands, UsageError, parse_section_value
 from bot.config import Settings
 from bot.snapshot import Level
 from bot.views import View, message_view
@@ -56,6 +56,12 @@ def safely(build: Callable[[], View]) -> View:
         return message_view("opsbot", OOPS, Level.DOWN)
 
 
+def publish_home(client: WebClient, user_id: str, view: View) -> None:
+    """The App Home tab: the same dashboard, minus what only makes sense in a channel."""
+    home = {"type": "home", "blocks": blocks.to_dicts(blocks.render(view, include_slack_only=False))}
+    client.views_publish(user_id=user_id, view=home)
+
+
 def build_app(settings: Settings, commands: Commands) -> App:
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     app = App(client=make_client(settings), signing_secret=signing_secret,
@@ -69,10 +75,18 @@ def build_app(settings: Settings, commands: Commands) -> App:
         ack(response_type="ephemeral", **blocks.message(view))
 
     @app.action("page")
-    def on_page(ack: Ack, action: dict[str, Any], respond: Respond) -> None:
+    def on_page(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond, client: WebClient) -> None:
         ack()
-        view = safely(lambda: commands.run(parse_section_value(action.get("value", ""))))
-        respond(replace_original=True, **blocks.message(view))
+        view = safely(lambda: commands.run_action("page", action.get("value", "")))
+        if body.get("container", {}).get("type") == "view":  # clicked in the App Home tab
+            publish_home(client, body.get("user", {}).get("id", ""), view)
+        else:
+            respond(replace_original=True, **blocks.message(view))
+
+    @app.event("app_home_opened")
+    def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
+        if event.get("tab") == "home":
+            publish_home(client, event.get("user", ""), safely(lambda: commands.run(Command("overview"))))
 
     @app.action("share")
     def on_share(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:

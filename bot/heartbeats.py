@@ -1,0 +1,71 @@
+"""Worker heartbeats from Celery's event stream, followed in a background thread.
+
+Workers send a heartbeat every 2 s (with or without `-E`), so the bot knows which workers are alive
+without asking. The probe uses that to know how many replies to wait for; the alert engine (later)
+uses it to see a dead worker about 4 s after its last heartbeat.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery
+from celery.events.receiver import EventReceiver
+from celery.events.state import State
+
+log = logging.getLogger(__name__)
+
+# A monitor that just connected has not yet heard from every worker: heartbeats come every 2 s.
+WARM_UP_SECONDS = 2.5
+RECONNECT_SECONDS = 1.0
+
+
+class HeartbeatMonitor:
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.state = State()
+        self._connected_at: float | None = None
+        self._receiver: EventReceiver | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+
+    def start(self) -> HeartbeatMonitor:
+        self._thread.start()
+        return self
+
+    @property
+    def ready(self) -> bool:
+        connected_at = self._connected_at
+        return connected_at is not None and time.monotonic() - connected_at >= WARM_UP_SECONDS
+
+    def alive_workers(self) -> set[str] | None:
+        """Names of the workers whose heartbeats are current; None while we cannot know."""
+        if not self.ready:
+            return None
+        return {name for name, worker in list(self.state.workers.items()) if worker.alive}
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._listen()
+            except Exception as exc:
+                # The broker is down or restarting: try again; the probes report the outage.
+                log.debug("event stream lost: %s", type(exc).__name__)
+            self._connected_at = None
+            self._stopped.wait(RECONNECT_SECONDS)
+
+    def _listen(self) -> None:
+        with self.app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=0)
+            receiver = self.app.events.Receiver(conn, handlers={"*": self.state.event})
+            self._receiver = receiver
+            self._connected_at = time.monotonic()
+            receiver.capture(limit=None, timeout=None, wakeup=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._receiver is not None:
+            self._receiver.should_stop = True
+        self._thread.join(timeout=3)

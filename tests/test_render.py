@@ -1,0 +1,176 @@
+"""What users read, from snapshots built by hand: every state's wording and colour, Slack's limits at
+any size, and no user data breaking out of its place. (The probes that produce real snapshots are
+tested against the real stack in test_probes.py.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from rich.console import Console
+
+from bot import assess, blocks, terminal
+from bot.snapshot import (
+    BrokerStatus,
+    CeleryState,
+    CeleryStatus,
+    Failure,
+    FlowerStatus,
+    Level,
+    Problem,
+    QueueInfo,
+    Snapshot,
+    TaskInfo,
+    WorkerInfo,
+)
+from bot.views import help_view, status_view
+
+NOW = 1_800_000_000.0
+
+
+def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
+             flower: FlowerStatus | None = None) -> Snapshot:
+    return Snapshot(
+        taken_at=NOW,
+        broker=broker or BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=(QueueInfo("celery", 0, 1, 0),)),
+        celery=celery or CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 2),)),
+        flower=flower or FlowerStatus("http://127.0.0.1:5555"),
+    )
+
+
+def fleet(workers: int, tasks_each: int) -> CeleryStatus:
+    return CeleryStatus(CeleryState.RUNNING, tuple(
+        WorkerInfo(f"w{n}@host", "prefork", tasks_each, tuple(
+            TaskInfo(f"{n:08d}-0000-0000-0000-{t:012d}", "app.tasks.export", f"w{n}@host", NOW - t - n,
+                     "(42, user='x')") for t in range(tasks_each)), reserved=1)
+        for n in range(workers)))
+
+
+def slack_text(view_blocks: list[dict]) -> str:
+    return json.dumps(view_blocks)
+
+
+def console_text(view) -> str:
+    console = Console(width=120, record=True)
+    console.print(terminal.render(view))
+    return console.export_text()
+
+
+def test_all_green_says_all_systems_go() -> None:
+    snap = snapshot()
+    assert assess.summary(snap) == "All systems go"
+    assert assess.exit_code(assess.overall_level(snap)) == 0
+    assert "All systems go" in console_text(status_view(snap))
+
+
+@pytest.mark.parametrize("kind, words", [
+    (Failure.REFUSED, "connection refused"),
+    (Failure.TIMEOUT, "timed out"),
+    (Failure.UNAUTHORIZED, "refuses opsbot's credentials"),
+    (Failure.UNEXPECTED, "unexpected answer"),
+])
+def test_broker_failed_is_red_and_celery_unknown(kind: Failure, words: str) -> None:
+    snap = snapshot(broker=BrokerStatus("rabbitmq", "127.0.0.1:5672", problem=Problem(kind, "127.0.0.1:5672")),
+                    celery=CeleryStatus(CeleryState.UNKNOWN))
+    assert assess.overall_level(snap) is Level.DOWN
+    assert assess.exit_code(Level.DOWN) == 2
+    text = console_text(status_view(snap))
+    assert words in text
+    assert "Status unknown: the broker is not reachable" in text
+
+
+def test_waiting_tasks_counted_per_queue_and_amber_without_consumer() -> None:
+    broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", 7, 0, 0), QueueInfo("other", 2, 1, 0)))
+    snap = snapshot(broker=broker)
+    assert assess.broker_text(broker) == "Running, 9 tasks waiting (celery: 7, other: 2)"
+    assert assess.overall_level(snap) is Level.WARN
+    assert "nothing consumes this queue" in assess.summary(snap)
+
+
+def test_management_plugin_missing_is_its_own_state() -> None:
+    broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", 0, 1),),
+                          management_problem=Problem(Failure.NO_MANAGEMENT, "http://h:15672"))
+    text = assess.summary(snapshot(broker=broker))
+    assert "is the rabbitmq_management plugin enabled?" in text
+
+
+def test_alarm_is_red() -> None:
+    broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", 0, 1),), alarms=("memory alarm on r@h",))
+    assert assess.overall_level(snapshot(broker=broker)) is Level.DOWN
+    assert "publishers are blocked" in assess.summary(snapshot(broker=broker))
+
+
+def test_celery_not_running_and_flower_states() -> None:
+    snap = snapshot(celery=CeleryStatus(CeleryState.NOT_RUNNING),
+                    flower=FlowerStatus("http://h:5555", Problem(Failure.REFUSED, "http://h:5555")))
+    text = console_text(status_view(snap))
+    assert "No tasks will be processed!" in text
+    assert "Has it been started?" in text
+    unauthorized = FlowerStatus("http://h:5555", Problem(Failure.UNAUTHORIZED, "http://h:5555"))
+    assert assess.flower_level(unauthorized) is Level.WARN
+    assert "check FLOWER_URL" in assess.flower_text(unauthorized)
+
+
+@pytest.mark.parametrize("workers, tasks_each", [(1, 0), (10, 10), (100, 10), (500, 10)])
+@pytest.mark.parametrize("section", ["overview", "workers", "active", "queues"])
+def test_block_kit_limits_hold_at_any_size(workers: int, tasks_each: int, section: str) -> None:
+    snap = snapshot(celery=fleet(workers, tasks_each))
+    view = status_view(snap, section)
+    rendered = blocks.to_dicts(blocks.render(view))
+    assert len(rendered) <= 50
+    for block in rendered:
+        if block["type"] == "section":
+            assert len(block["text"]["text"]) <= 3000
+    total = workers * tasks_each
+    if section == "active" and total > 20:
+        assert f"and {total - 20} more" in slack_text(rendered)
+        assert any(e.get("value") == "active:2" for b in rendered if b["type"] == "actions" for e in b["elements"])
+
+
+def test_paging_walks_every_task_exactly_once() -> None:
+    snap = snapshot(celery=fleet(7, 10))
+    seen: list[str] = []
+    page = 1
+    while True:
+        view = status_view(snap, "active", page)
+        seen += [item.code for item in view.sections[1].items]
+        if not any(a.label == "Next page" for a in view.actions):
+            break
+        page += 1
+    assert len(seen) == 70 and len(set(seen)) == 70
+
+
+def test_user_data_cannot_mention_or_link() -> None:
+    task = TaskInfo("id-1", "evil<!channel>&<https://x|click>", "w1@h", NOW - 5, "('<@U123>')")
+    snap = snapshot(celery=CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 1, (task,)),)))
+    text = slack_text(blocks.to_dicts(blocks.render(status_view(snap, "active"))))
+    assert "<!channel>" not in text and "<@U123>" not in text and "<https" not in text
+    assert "&lt;!channel&gt;" in text
+
+
+def test_every_message_has_a_plain_text_fallback() -> None:
+    msg = blocks.message(status_view(snapshot(celery=CeleryStatus(CeleryState.NOT_RUNNING))))
+    assert msg["text"].startswith("Task status: Celery: Not running")
+
+
+def test_help_lists_every_subcommand() -> None:
+    text = console_text(help_view("Unknown subcommand 'x'."))
+    for command in ("/tasks workers", "/tasks queues", "/tasks active", "/tasks help"):
+        assert command in text
+    assert "Unknown subcommand 'x'." in text
+
+
+def test_console_numbers_buttons_and_leaves_out_slack_only_ones() -> None:
+    view = status_view(snapshot(celery=fleet(3, 10)), "active")
+    labels = [a.label for a in terminal.choices(view)]
+    assert labels == ["Next page", "Refresh"]
+    text = console_text(view)
+    assert "[1] Next page" in text and "Share in channel" not in text
+
+
+def test_running_time_and_redacted_args_shown() -> None:
+    task = TaskInfo("abc", "app.export", "w1@h", NOW - 192, "(password=***)")
+    snap = snapshot(celery=CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 1, (task,)),)))
+    text = console_text(status_view(snap, "active"))
+    assert "running 3 min 12 s" in text and "(password=***)" in text
