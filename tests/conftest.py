@@ -26,7 +26,7 @@ from tests.stack import (
 )
 
 # The lead adds the bot and Slack stand-in fixtures in tests/fixtures_bot.py:
-# pytest_plugins = ["tests.fixtures_bot"]
+pytest_plugins = ["tests.fixtures_bot"]
 
 TEST_QUEUES = ("celery", "other")
 _worker_numbers = itertools.count(1)
@@ -90,11 +90,18 @@ def flower(rabbit: RabbitNode) -> Iterator[FlowerProcess]:
 
 
 def _terminate_active(w: CeleryWorker) -> None:
-    """SIGKILL the session worker's running tasks: a leftover sleep would skew the next test."""
+    """Stop what the session worker still holds: a leftover sleep would skew the next test.
+
+    Running tasks get SIGKILL (stubborn ignores SIGTERM); prefetched ("reserved") ones, which a
+    queue purge cannot reach, are revoked so the worker drops them instead of running them.
+    """
     control = control_app(w.broker_url).control
-    active = control.inspect(destination=[w.name], timeout=1.0, limit=1).active() or {}
-    for task in active.get(w.name, []):
+    inspect = control.inspect(destination=[w.name], timeout=1.0, limit=1)
+    for task in (inspect.active() or {}).get(w.name, []):
         control.revoke(task["id"], terminate=True, signal="SIGKILL")
+    reserved = [task["id"] for task in (inspect.reserved() or {}).get(w.name, [])]
+    if reserved:
+        control.revoke(reserved)
 
 
 @pytest.fixture(autouse=True)

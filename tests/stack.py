@@ -153,6 +153,16 @@ def _kill_all_at_exit() -> None:
 atexit.register(_kill_all_at_exit)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds fixtures and runs atexit, unlike the default action
+
+
+# A CI timeout or `kill PID` sends SIGTERM, whose default action skips atexit and would strand
+# every service. Only take over when nobody else handles it (and only the main thread may).
+if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
 class ManagedProcess:
     """One service process in its own process group, logging to a file in its own temp dir."""
 
@@ -202,9 +212,7 @@ class ManagedProcess:
         """Kill what was started and build an exception with the log tail."""
         with contextlib.suppress(Exception):
             self.kill()
-        return StackError(
-            f"{self.label}: {what}\n--- log tail ({self.log_path}) ---\n{log_tail(self.log_path)}"
-        )
+        return StackError(f"{self.label}: {what}\n--- log tail ({self.log_path}) ---\n{log_tail(self.log_path)}")
 
     def _wait_ready(self, check: Callable[[], bool], timeout: float, what: str) -> None:
         """Poll check() until true; fail fast (with the log tail) if the process dies meanwhile."""
@@ -618,9 +626,7 @@ class FlowerProcess(ManagedProcess):
 
     label = "flower"
 
-    def __init__(
-        self, broker_url: str, port: int | None = None, basic_auth: str = "opsbot:flower-secret"
-    ) -> None:
+    def __init__(self, broker_url: str, port: int | None = None, basic_auth: str = "opsbot:flower-secret") -> None:
         super().__init__()
         self.broker_url = broker_url
         self.port = port if port is not None else _stable_port(17000, 19000)

@@ -38,8 +38,11 @@ app.conf.update(
 
 
 @app.task(name="stackapp.sleep")
-def sleep(seconds: float) -> float:
-    """Sleep in short slices so a revoke(terminate=True) lands promptly."""
+def sleep(seconds: float, **details: object) -> float:
+    """Sleep in short slices so a revoke(terminate=True) lands promptly.
+
+    Extra keyword arguments are ignored: tests pass look-alike secrets to check their redaction.
+    """
     deadline = time.monotonic() + float(seconds)
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(0.1, left))

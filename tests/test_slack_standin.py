@@ -11,8 +11,9 @@ import json
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -78,14 +79,44 @@ def bolt_app(standin: SlackStandIn) -> App:
     return make_app(standin)
 
 
+def close_handlers(standin: SlackStandIn, handlers: list[SocketModeHandler]) -> None:
+    """Close bolt's built-in clients quickly.
+
+    Their receive thread sits in a blocking recv (3 s socket timeout on non-TLS connections), so
+    ``close()`` alone takes ~3 s; closing the server side too wakes it at once.  Auto-reconnect is
+    switched off first so the server-side close is not taken for a network failure.
+    """
+    for handler in handlers:
+        handler.client.auto_reconnect_enabled = False
+    closers = [threading.Thread(target=h.close, daemon=True) for h in handlers]
+    for closer in closers:
+        closer.start()
+    standin.close_all()
+    for closer in closers:
+        closer.join(10)
+
+
 @pytest.fixture
-def socket_mode(standin: SlackStandIn, bolt_app: App) -> Iterator[SocketModeHandler]:
-    """The app connected through bolt's default SocketModeHandler over plain ws://."""
-    handler = SocketModeHandler(bolt_app, app_token=standin.app_token)
-    handler.connect()
+def connect(standin: SlackStandIn, bolt_app: App) -> Iterator[Callable[[], SocketModeHandler]]:
+    """Factory: connect one more SocketModeHandler (bolt's default, built-in client, plain ws://)."""
+    handlers: list[SocketModeHandler] = []
+
+    def _connect() -> SocketModeHandler:
+        handler = SocketModeHandler(bolt_app, app_token=standin.app_token)
+        handler.connect()
+        handlers.append(handler)
+        return handler
+
+    yield _connect
+    close_handlers(standin, handlers)
+
+
+@pytest.fixture
+def socket_mode(standin: SlackStandIn, connect: Callable[[], SocketModeHandler]) -> SocketModeHandler:
+    """The app connected once over Socket Mode."""
+    handler = connect()
     standin.wait_connected()
-    yield handler
-    handler.close()
+    return handler
 
 
 @pytest.fixture
@@ -96,9 +127,7 @@ def http_app(bolt_app: App) -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             """Keep test output clean."""
 
-    server: WSGIServer = make_server(
-        "127.0.0.1", 0, SlackRequestHandler(bolt_app), handler_class=QuietHandler
-    )
+    server: WSGIServer = make_server("127.0.0.1", 0, SlackRequestHandler(bolt_app), handler_class=QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_port}/slack/events"
@@ -122,9 +151,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 # ------------------------------------------------------------------------------ Socket Mode
 
 
-def test_bolt_startup_calls_auth_test_and_connects(
-    standin: SlackStandIn, socket_mode: SocketModeHandler
-) -> None:
+def test_bolt_startup_calls_auth_test_and_connects(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
     """bolt verifies its token and fetches the ws:// URL with the app token, then connects."""
     assert standin.calls_to("auth.test")[0].token == standin.bot_token
     assert standin.calls_to("apps.connections.open")[0].token == standin.app_token
@@ -189,20 +216,15 @@ def test_disconnect_and_reconnect(standin: SlackStandIn, socket_mode: SocketMode
     assert standin.request("slash_command", "again", timeout=10)["text"] == "tasks: again"
 
 
-def test_several_connections_share_envelopes(
-    standin: SlackStandIn, bolt_app: App, socket_mode: SocketModeHandler
-) -> None:
+def test_several_connections_share_envelopes(standin: SlackStandIn, connect: Callable[[], SocketModeHandler]) -> None:
     """With two bot connections each envelope goes to one of them, and all get acked."""
-    second = SocketModeHandler(bolt_app, app_token=standin.app_token)
-    second.connect()
-    try:
-        standin.wait_connected(count=2)
-        ids = [standin.send_slash_command(f"n{i}") for i in range(4)]
-        assert [standin.wait_ack(i)["text"] for i in ids] == [f"tasks: n{i}" for i in range(4)]
-        assert len({standin.envelopes[i].connection_id for i in ids}) == 2
-        assert not standin.stray_acks
-    finally:
-        second.close()
+    connect()
+    connect()
+    standin.wait_connected(count=2)
+    ids = [standin.send_slash_command(f"n{i}") for i in range(4)]
+    assert [standin.wait_ack(i)["text"] for i in ids] == [f"tasks: n{i}" for i in range(4)]
+    assert len({standin.envelopes[i].connection_id for i in ids}) == 2
+    assert not standin.stray_acks
 
 
 def test_ping_pong(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:

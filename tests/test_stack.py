@@ -15,6 +15,7 @@ from tests.stack import (
     FlowerProcess,
     HungServer,
     RabbitNode,
+    RedisServer,
     control_app,
     port_accepts,
     publish_tasks,
@@ -72,10 +73,7 @@ def test_flower_healthcheck_without_auth_api_with_auth(make_flower: Callable[...
     # /healthcheck is open even with --basic-auth; the API is not.
     assert requests.get(f"{f.bare_url}/healthcheck", timeout=2).text == "OK"
     assert requests.get(f"{f.bare_url}/api/workers?refresh=0", timeout=2).status_code == 401
-    assert (
-        requests.get(f"{f.bare_url}/api/workers?refresh=0", auth=("opsbot", "wrong"), timeout=2).status_code
-        == 401
-    )
+    assert requests.get(f"{f.bare_url}/api/workers?refresh=0", auth=("opsbot", "wrong"), timeout=2).status_code == 401
     assert requests.get(f"{f.url}/api/workers?refresh=0", timeout=2).status_code == 200
     f.kill()
     with pytest.raises(requests.ConnectionError):
@@ -125,3 +123,19 @@ def _alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_redis_kill_and_restart_same_port(redis_server: RedisServer) -> None:
+    port = redis_server.port
+    assert _redis_ping(port)
+    redis_server.kill()
+    assert not port_accepts(port)
+    redis_server.restart()
+    assert redis_server.port == port
+    assert _redis_ping(port)
+
+
+def _redis_ping(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        sock.sendall(b"PING\r\n")
+        return sock.recv(16) == b"+PONG\r\n"
