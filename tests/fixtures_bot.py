@@ -29,6 +29,7 @@ def stack_env(rabbit: RabbitNode, flower: FlowerProcess | None, tmp: Path) -> di
         "RABBITMQ_MANAGEMENT_URL": rabbit.management_url,
         "FLOWER_URL": flower.url if flower else f"http://127.0.0.1:{free_port()}",
         "OPSBOT_DB_URL": f"sqlite:///{tmp / 'opsbot.sqlite3'}",
+        "OPSBOT_QUEUES": "celery,other",
         "OPSBOT_LOG_LEVEL": "DEBUG",
     }
     return env
