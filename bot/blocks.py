@@ -6,6 +6,8 @@ at most 50 blocks, 3000 characters per section text, 150 per header, 75 per butt
 
 from __future__ import annotations
 
+import re
+
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -41,6 +43,14 @@ ICONS = {
 def escape(text: str) -> str:
     """Slack mrkdwn control characters: user data must not turn into mentions or links."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+MENTION = re.compile(r"&lt;@([UW][A-Z0-9_]+)&gt;")
+
+
+def escape_keeping_mentions(text: str) -> str:
+    """For our own sentences that name a user ("by <@U123>") around user data (a task name)."""
+    return MENTION.sub(r"<@\1>", escape(text))
 
 
 def cut(text: str, limit: int) -> str:
@@ -95,6 +105,9 @@ def render(view: View, include_slack_only: bool = True) -> list[Block]:
             text=cut(f"{ICONS[view.level]} *{escape(view.summary)}*", MAX_SECTION_TEXT))),
         DividerBlock(),
     ]
+    if view.notice:
+        notice = f"{ICONS[view.notice.level]} {escape_keeping_mentions(view.notice.text)}"
+        blocks.insert(1, SectionBlock(text=MarkdownTextObject(text=cut(notice, MAX_SECTION_TEXT))))
     for section in view.sections:
         blocks.extend(section_blocks(section))
     tail: list[Block] = []

@@ -63,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "console":
             from bot import console
 
-            return console.run(runtime.commands)
+            return console.run(*runtime.console_commands())
         runtime.run_slack()
         return 0
+    except ConfigError as problem:
+        print(f"opsbot: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 0
     finally:

@@ -1,7 +1,8 @@
 """The `/tasks` command language, shared by Slack and the console.
 
-`parse` turns what a user typed (or a button's value) into a `Command`, or a `UsageError` whose
-message is safe to show. `Commands` answers a command with a view, taking a fresh snapshot.
+`parse` turns what a user typed into a `Command`, `parse_button` a button's value; both raise a
+`UsageError` whose message is safe to show. `Commands` answers with a `Reply`, taking a fresh
+snapshot when the answer shows the status.
 """
 
 from __future__ import annotations
@@ -10,15 +11,33 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bot.access import HOW_TO_CONFIGURE, Actor
+from bot.control import Outcome, TaskControl, clock_time
 from bot.redact import redact
-from bot.snapshot import Snapshot
-from bot.views import SECTIONS, View, help_view, status_view
+from bot.snapshot import Level, Snapshot
+from bot.store import AuditEntry
+from bot.views import (
+    SECTIONS,
+    Controls,
+    Item,
+    Notice,
+    Section,
+    View,
+    help_view,
+    message_view,
+    status_view,
+)
 
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
-           "?": "help"}
+           "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit"}
+TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
+# Where the answer to an action is drawn: the list the target lives in.
+HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
 MAX_PAGE = 10_000
 SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>\d{1,5})$")
+TARGET_VALUE = re.compile(r"^(?P<section>[a-z]+)\|(?P<target>.{1,255})$", re.DOTALL)
+OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
 
 
 class UsageError(ValueError):
@@ -27,8 +46,19 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Command:
-    name: str  # a section of the status ("overview", "workers", ...) or "help"
+    name: str  # a section of the status ("overview", "workers", ...), "help", or an action
     page: int = 1
+    target: str = ""  # the task id or queue of an action
+    section: str = ""  # for a button: the view it was clicked in, redrawn after the action
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A view, and how to deliver it after a click."""
+
+    view: View
+    replace_original: bool = True  # False: leave the clicked message alone, answer privately
+    redraw_after: float | None = None  # redraw the clicked message later (a Kill button may appear)
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -52,40 +82,110 @@ def parse(text: str) -> Command:
     if name is None:
         raise UsageError(f"Unknown subcommand '{shown(words[0])}'.")
     rest = words[1:]
-    if name == "help" or not rest:
+    if name in TARGETED:
+        if len(rest) != 1:
+            raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
+        return Command(name, target=rest[0])
+    if name in ("help", "audit") or not rest:
         return Command(name)
     if len(rest) == 1:
         return Command(name, parse_page(rest[0]))
     raise UsageError(f"'/tasks {shown(' '.join(words))}' has too many words.")
 
 
-def parse_section_value(value: str) -> Command:
-    """A paging or share button's value, "active:2". A button's value is only a claim: check it."""
-    match = SECTION_VALUE.match(value or "")
-    if not match or match["section"] not in SECTIONS or not 1 <= int(match["page"]) <= MAX_PAGE:
-        raise UsageError("That button is not one I made; nothing was done.")
-    return Command(match["section"], int(match["page"]))
+FORGED = "That button is not one I made; nothing was done."
+
+
+def parse_button(action_id: str, value: str) -> Command:
+    """A button's value is only a claim: check its shape here, and its target when acting."""
+    if action_id in ("page", "share"):
+        match = SECTION_VALUE.match(value or "")
+        if not match or match["section"] not in SECTIONS or not 1 <= int(match["page"]) <= MAX_PAGE:
+            raise UsageError(FORGED)
+        return Command(match["section"], int(match["page"]))
+    if action_id in TARGETED:
+        match = TARGET_VALUE.match(value or "")
+        if not match or match["section"] not in SECTIONS:
+            raise UsageError(FORGED)
+        return Command(action_id, target=match["target"], section=match["section"])
+    raise UsageError(FORGED)
+
+
+def audit_view(entries: list[AuditEntry]) -> View:
+    items = tuple(
+        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock_time(e.at)} {e.action} {e.target}",
+             f"{e.outcome}, by {e.user_id}: {e.detail}")
+        for e in entries)
+    note = "" if entries else "No task-control attempt yet."
+    return View("Task-control audit", f"The latest {len(entries)} attempts, newest first.", None,
+                (Section("Audit", items, note=note),))
 
 
 class Commands:
-    """Answers commands with views; the only state it needs is a way to take a snapshot."""
+    """Answers commands; needs a way to take a snapshot and, for actions, the task control."""
 
-    def __init__(self, take_snapshot: Callable[[], Snapshot]) -> None:
+    def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None) -> None:
         self.take_snapshot = take_snapshot
+        self.control = control
 
-    def run(self, command: Command) -> View:
+    def controls(self, snapshot: Snapshot) -> Controls | None:
+        if self.control is None:
+            return None
+        if not self.control.access.configured:
+            return Controls(enabled=False, disabled_note=HOW_TO_CONFIGURE)
+        running = [task.id for task in snapshot.celery.active_tasks]
+        signalled = {task_id: t.at for task_id, t in self.control.store.terminations(running).items()
+                     if t.signal == "SIGTERM"}
+        return Controls(enabled=True, signalled=signalled, kill_after=self.control.settings.kill_after)
+
+    def status(self, section: str, page: int = 1) -> View:
+        snapshot = self.take_snapshot()
+        return status_view(snapshot, section, page, self.controls(snapshot))
+
+    def run(self, command: Command, actor: Actor) -> Reply:
         if command.name == "help":
-            return help_view()
-        return status_view(self.take_snapshot(), command.name, command.page)
+            return Reply(help_view())
+        if command.name == "audit":
+            return Reply(self._audit(actor))
+        if command.name in TARGETED:
+            return self._act(command, actor)
+        return Reply(self.status(command.name, command.page))
 
-    def run_action(self, action_id: str, value: str) -> View:
-        """A button pressed, in Slack or as a numbered choice in the console."""
-        if action_id in ("page", "share"):
-            return self.run(parse_section_value(value))
-        raise UsageError("That button is not one I know; nothing was done.")
+    def _audit(self, actor: Actor) -> View:
+        if self.control is None:
+            return message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN)
+        entries = self.control.audit(actor)
+        if isinstance(entries, Outcome):
+            return message_view("opsbot", entries.message, entries.level)
+        return audit_view(entries)
 
-    def run_text(self, text: str) -> View:
+    def _act(self, command: Command, actor: Actor) -> Reply:
+        if self.control is None:
+            return Reply(message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN), replace_original=False)
+        if command.name == "purge":
+            outcome = self.control.purge(actor, command.target)
+        else:
+            signal = "SIGKILL" if command.name == "kill" else "SIGTERM"
+            outcome = self.control.terminate(actor, command.target, signal)
+        notice = Notice(outcome.level, outcome.message)
+        if not outcome.changed:
+            # Nothing happened: say so privately and leave the clicked message as it was.
+            return Reply(message_view("opsbot", outcome.message, outcome.level), replace_original=False)
+        view = self.status(command.section or HOME_SECTION[command.name]).with_notice(notice)
+        still_running = outcome.level is Level.WARN and command.name == "terminate"
+        return Reply(view, redraw_after=self.control.settings.kill_after if still_running else None)
+
+    def run_text(self, text: str, actor: Actor) -> Reply:
         try:
-            return self.run(parse(text))
+            return self.run(parse(text), actor)
         except UsageError as problem:
-            return help_view(str(problem))
+            return Reply(help_view(str(problem)), replace_original=False)
+
+    def run_button(self, action_id: str, value: str, actor: Actor) -> Reply:
+        """A button pressed, in Slack or as a numbered choice in the console."""
+        try:
+            return self.run(parse_button(action_id, value), actor)
+        except UsageError as problem:
+            if self.control is not None and action_id in TARGETED:
+                self.control.reject(actor, action_id, str(value)[:255], str(problem))
+            return Reply(message_view("opsbot", str(problem), Level.WARN), replace_original=False)

@@ -6,6 +6,7 @@ that names that variable (see `load_settings`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
 
     alert_channel: str | None = Field(None, validation_alias="OPSBOT_ALERT_CHANNEL")
     admins: CommaList = Field((), validation_alias="OPSBOT_ADMINS")
+    admin_group: str | None = Field(None, validation_alias="OPSBOT_ADMIN_GROUP")
+    workspace_admins: bool = Field(False, validation_alias="OPSBOT_WORKSPACE_ADMINS")
+    audit_channel: str | None = Field(None, validation_alias="OPSBOT_AUDIT_CHANNEL")
+    kill_after: float = Field(10.0, ge=0, le=3600, validation_alias="OPSBOT_KILL_AFTER")
     poll_seconds: float = Field(10.0, ge=1, validation_alias="OPSBOT_POLL_SECONDS")
     db_url: str = Field(f"sqlite:///{DEFAULT_DB_PATH}", validation_alias="OPSBOT_DB_URL")
     log_level: str = Field("INFO", validation_alias="OPSBOT_LOG_LEVEL")
@@ -57,6 +62,21 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("admins")
+    @classmethod
+    def _slack_user_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for user_id in value:
+            if not re.fullmatch(r"[UW][A-Z0-9_]{1,30}", user_id):
+                raise ValueError(f"{user_id[:20]!r} is not a Slack user ID (like U012AB3CD)")
+        return value
+
+    @field_validator("admin_group")
+    @classmethod
+    def _slack_group_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"S[A-Z0-9_]{1,30}", value):
+            raise ValueError("must be a Slack user group ID (like S0614TZR7)")
         return value
 
     @field_validator("queues")

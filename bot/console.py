@@ -1,23 +1,25 @@
 """Console mode: the `/tasks` commands in a terminal, with no Slack at all.
 
 Type what you would type in Slack (`/tasks active`, or just `active`); buttons are numbered choices,
-picked by typing their number.
+picked by typing their number, and a button that asks for confirmation in Slack asks here too.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from rich.console import Console
 
 from bot import terminal
+from bot.access import Actor
 from bot.commands import Commands, UsageError
 from bot.snapshot import Level
 from bot.views import Action, View, help_view, message_view
 
 PROMPT = "opsbot> "
 QUIT = {"quit", "exit", "q", ":q"}
+YES = {"y", "yes"}
 
 
 def pick(line: str, offered: list[Action]) -> Action | None:
@@ -31,36 +33,58 @@ def pick(line: str, offered: list[Action]) -> Action | None:
     return offered[number - 1]
 
 
-def answer(line: str, commands: Commands, offered: list[Action]) -> View:
-    try:
-        action = pick(line, offered)
-        if action is not None:
-            return commands.run_action(action.action_id, action.value)
-        return commands.run_text(line)
-    except UsageError as problem:
-        return message_view("opsbot", str(problem), Level.WARN)
+class Session:
+    """One operator at one terminal: the last choices offered, and where answers come from."""
+
+    def __init__(self, commands: Commands, operator: Actor, console: Console, lines: Iterator[str]) -> None:
+        self.commands = commands
+        self.operator = operator
+        self.console = console
+        self.lines = lines
+        self.offered: list[Action] = []
+
+    def confirmed(self, action: Action) -> bool:
+        if action.confirm is None:
+            return True
+        self.console.print(f"[bold]{action.confirm.title}[/bold] {action.confirm.text} [y/N] ", end="")
+        answer = next(self.lines, "").strip().lower()
+        return answer in YES
+
+    def answer(self, line: str) -> View:
+        try:
+            action = pick(line, self.offered)
+            if action is None:
+                return self.commands.run_text(line, self.operator).view
+            if not self.confirmed(action):
+                return message_view("opsbot", "Cancelled; nothing was done.", Level.OK)
+            return self.commands.run_button(action.action_id, action.value, self.operator).view
+        except UsageError as problem:
+            return message_view("opsbot", str(problem), Level.WARN)
+
+    def loop(self) -> None:
+        for raw in self.lines:
+            line = raw.strip()
+            if not line:
+                continue
+            if line.lower() in QUIT:
+                break
+            view = self.answer(line)
+            self.offered = terminal.choices(view)
+            self.console.print(terminal.render(view))
 
 
-def run(commands: Commands, console: Console | None = None, lines: Iterable[str] | None = None) -> int:
+def run(commands: Commands, operator: Actor, console: Console | None = None,
+        lines: Iterable[str] | None = None) -> int:
     console = console or Console()
     interactive = lines is None and sys.stdin.isatty()
     console.print(terminal.render(help_view()))
     console.print("Type a command (e.g. [bold]/tasks[/bold]), a choice's number, or [bold]quit[/bold].")
-    offered: list[Action] = []
-    source = lines if lines is not None else _stdin_lines(console, interactive)
-    for raw in source:
-        line = raw.strip()
-        if not line:
-            continue
-        if line.lower() in QUIT:
-            break
-        view = answer(line, commands, offered)
-        offered = terminal.choices(view)
-        console.print(terminal.render(view))
+    source = iter(lines) if lines is not None else _stdin_lines(console, interactive)
+    Session(commands, operator, console, source).loop()
     return 0
 
 
-def _stdin_lines(console: Console, interactive: bool) -> Iterable[str]:
+def _stdin_lines(console: Console, interactive: bool) -> Iterator[str]:
     while True:
         try:
             yield console.input(PROMPT) if interactive else _read_piped(console)

@@ -2,35 +2,69 @@
 
 from __future__ import annotations
 
+import getpass
 import logging
+from collections.abc import Callable
 
+from bot.access import Access, Actor
 from bot.commands import Commands
-from bot.config import Settings
+from bot.config import ConfigError, Settings
+from bot.control import Stack, TaskControl
 from bot.heartbeats import HeartbeatMonitor
 from bot.probes import CeleryProbe, Prober
+from bot.redact import redact
+from bot.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def open_store(settings: Settings) -> Store:
+    try:
+        return Store(settings.db_url)
+    except Exception as exc:
+        raise ConfigError(f"OPSBOT_DB_URL: cannot open the store: {redact(str(exc))[:200]}") from None
+
+
+def console_actor() -> Actor:
+    name = getpass.getuser()
+    return Actor(f"console:{name}", name)
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.heartbeats: HeartbeatMonitor | None = None
-        celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers)
-        self.prober = Prober(settings, celery_probe)
-        self.commands = Commands(self.prober.snapshot)
+        self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers)
+        self.prober = Prober(settings, self.celery_probe)
+        self.store: Store | None = None
 
     def _alive_workers(self) -> set[str] | None:
         return self.heartbeats.alive_workers() if self.heartbeats else None
 
     def start_background(self) -> None:
         """Long-running modes follow worker heartbeats; a one-shot status does not need to."""
-        self.heartbeats = HeartbeatMonitor(self.prober.celery.app).start()
+        self.heartbeats = HeartbeatMonitor(self.celery_probe.app).start()
+
+    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
+        """The command set with task control, for one edge's idea of who may act."""
+        if self.store is None:
+            self.store = open_store(self.settings)
+        stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
+        control = TaskControl(self.settings, stack, self.store, access, announce)
+        return Commands(self.prober.snapshot, control)
+
+    def console_commands(self) -> tuple[Commands, Actor]:
+        # The operator at the console already holds the broker's credentials: they may act.
+        operator = console_actor()
+        return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
         from bot import slack_app
 
-        app = slack_app.build_app(self.settings, self.commands)
+        client = slack_app.make_client(self.settings)
+        commands = self.commands(slack_app.slack_access(self.settings, client),
+                                 slack_app.audit_announcer(self.settings, client))
+        app = slack_app.build_app(self.settings, commands, client)
         if self.settings.slack_app_token is not None:
             slack_app.run_socket_mode(app, self.settings)
         else:
@@ -40,3 +74,5 @@ class Runtime:
         if self.heartbeats is not None:
             self.heartbeats.stop()
         self.prober.close()
+        if self.store is not None:
+            self.store.close()

@@ -1,4 +1,4 @@
-"""The Slack edge: bolt listeners that turn slash commands and clicks into views, and the runners.
+"""The Slack edge: bolt listeners that turn slash commands and clicks into replies, and the runners.
 
 Everything Slack-specific lives here; what to say comes from `bot.commands` and `bot.views`, how it
 looks from `bot.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and Socket Mode alike.
@@ -7,6 +7,7 @@ looks from `bot.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and So
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,14 +21,16 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 
 from bot import blocks
-from bot.commands import Command, Commands, UsageError, parse_section_value
+from bot.access import Access, Actor
+from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
 from bot.config import Settings
 from bot.snapshot import Level
-from bot.views import View, message_view
+from bot.views import Notice, View, message_view
 
 log = logging.getLogger(__name__)
 
 OOPS = "Something went wrong inside opsbot; nothing was changed. The bot's log has the details."
+WORKING = "Working on it…"
 
 
 def make_client(settings: Settings) -> WebClient:
@@ -45,15 +48,48 @@ def make_client(settings: Settings) -> WebClient:
     )
 
 
-def safely(build: Callable[[], View]) -> View:
-    """A view, or a plain apology: no traceback ever reaches Slack."""
+def slack_access(settings: Settings, client: WebClient) -> Access:
+    """The admin policy, with Slack's user groups and user profiles as its directory."""
+
+    def group_members(group_id: str) -> set[str]:
+        return set(client.usergroups_users_list(usergroup=group_id)["users"])
+
+    def is_workspace_admin(user_id: str) -> bool:
+        user = client.users_info(user=user_id)["user"]
+        return bool(user.get("is_admin") or user.get("is_owner"))
+
+    return Access(settings.admins, settings.admin_group, settings.workspace_admins,
+                  group_members=group_members, is_workspace_admin=is_workspace_admin)
+
+
+def audit_announcer(settings: Settings, client: WebClient) -> Callable[[str], None] | None:
+    if not settings.audit_channel:
+        return None
+    channel = settings.audit_channel
+    return lambda text: client.chat_postMessage(channel=channel, text=text, unfurl_links=False)
+
+
+def actor(user_id: str) -> Actor:
+    return Actor(user_id, f"<@{user_id}>")
+
+
+def safely(build: Callable[[], Reply]) -> Reply:
+    """A reply, or a plain apology: no traceback ever reaches Slack."""
     try:
         return build()
     except UsageError as problem:
-        return message_view("opsbot", str(problem), Level.WARN)
+        return Reply(message_view("opsbot", str(problem), Level.WARN), replace_original=False)
     except Exception:
         log.exception("handler failed")
-        return message_view("opsbot", OOPS, Level.DOWN)
+        return Reply(message_view("opsbot", OOPS, Level.DOWN), replace_original=False)
+
+
+def deliver(reply: Reply, respond: Respond) -> None:
+    """Through the response_url: replace the clicked message, or answer privately beside it."""
+    if reply.replace_original:
+        respond(replace_original=True, **blocks.message(reply.view))
+    else:
+        respond(response_type="ephemeral", replace_original=False, **blocks.message(reply.view))
 
 
 def publish_home(client: WebClient, user_id: str, view: View) -> None:
@@ -62,43 +98,88 @@ def publish_home(client: WebClient, user_id: str, view: View) -> None:
     client.views_publish(user_id=user_id, view=home)
 
 
-def build_app(settings: Settings, commands: Commands) -> App:
+def home_view(reply: Reply, commands: Commands) -> View:
+    if reply.replace_original:
+        return reply.view
+    # No message to answer beside in the Home tab: show the outcome on top of the dashboard.
+    return commands.status("overview").with_notice(Notice(reply.view.level, reply.view.summary))
+
+
+def schedule_redraw(reply: Reply, section: str, commands: Commands, redraw: Callable[[View], None]) -> None:
+    """After SIGTERM a task may linger; redraw later so the Kill button appears if it still runs."""
+    if reply.redraw_after is None:
+        return
+
+    def later() -> None:
+        try:
+            redraw(commands.status(section))
+        except Exception:
+            log.exception("redraw after terminate failed")
+
+    timer = threading.Timer(reply.redraw_after + 0.5, later)
+    timer.daemon = True
+    timer.start()
+
+
+def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
-    app = App(client=make_client(settings), signing_secret=signing_secret,
+    app = App(client=client, signing_secret=signing_secret,
               # Socket Mode has no signatures to check; HTTP mode refuses to start without a secret.
               request_verification_enabled=bool(signing_secret))
 
     @app.command("/tasks")
-    def on_tasks(ack: Ack, command: dict[str, Any]) -> None:
+    def on_tasks(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
+        text = command.get("text") or ""
+        who = actor(command.get("user_id", ""))
+        try:
+            parsed: Command | None = parse(text)
+        except UsageError:
+            parsed = None
+        if parsed is not None and parsed.name in TARGETED:
+            # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
+            ack(response_type="ephemeral", text=WORKING)
+            reply = safely(lambda: commands.run(parsed, who))
+            respond(response_type="ephemeral", replace_original=False, **blocks.message(reply.view))
+            return
         # Answering in the ack itself saves a round trip; probes are bounded well inside 3 s.
-        view = safely(lambda: commands.run_text(command.get("text") or ""))
-        ack(response_type="ephemeral", **blocks.message(view))
+        reply = safely(lambda: commands.run_text(text, who))
+        ack(response_type="ephemeral", **blocks.message(reply.view))
 
-    @app.action("page")
-    def on_page(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond, client: WebClient) -> None:
+    def on_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond,
+                  client: WebClient) -> None:
         ack()
-        view = safely(lambda: commands.run_action("page", action.get("value", "")))
+        who = actor(body.get("user", {}).get("id", ""))
+        action_id, value = action.get("action_id", ""), str(action.get("value", ""))
+        reply = safely(lambda: commands.run_button(action_id, value, who))
+        section = value.split("|", 1)[0] if "|" in value else "overview"
         if body.get("container", {}).get("type") == "view":  # clicked in the App Home tab
-            publish_home(client, body.get("user", {}).get("id", ""), view)
-        else:
-            respond(replace_original=True, **blocks.message(view))
+            publish_home(client, who.id, home_view(reply, commands))
+            schedule_redraw(reply, "overview", commands, lambda view: publish_home(client, who.id, view))
+            return
+        deliver(reply, respond)
+        schedule_redraw(reply, section, commands,
+                        lambda view: respond(replace_original=True, **blocks.message(view)))
 
-    @app.event("app_home_opened")
-    def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
-        if event.get("tab") == "home":
-            publish_home(client, event.get("user", ""), safely(lambda: commands.run(Command("overview"))))
+    for action_id in ("page", "terminate", "kill", "purge"):
+        app.action(action_id)(on_button)
 
     @app.action("share")
     def on_share(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         ack()
-        try:
-            view = commands.run(parse_section_value(action.get("value", "")))
-        except UsageError as problem:
-            respond(replace_original=False, **blocks.message(message_view("opsbot", str(problem), Level.WARN)))
-            return
         user = body.get("user", {}).get("id", "")
+        reply = safely(lambda: commands.run_button("share", str(action.get("value", "")), actor(user)))
+        if not reply.replace_original:
+            deliver(reply, respond)
+            return
+        view = reply.view
         shared = View(view.title, view.summary, view.level, view.sections, (), f"Shared by <@{user}> · {view.footer}")
         respond(response_type="in_channel", replace_original=False, **blocks.message(shared))
+
+    @app.event("app_home_opened")
+    def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
+        if event.get("tab") == "home":
+            user = event.get("user", "")
+            publish_home(client, user, safely(lambda: commands.run(Command("overview"), actor(user))).view)
 
     @app.error
     def on_error(error: Exception) -> None:

@@ -46,8 +46,10 @@ def render(view: View) -> RenderableType:
     numbers = {id(action): n for n, action in enumerate(numbered, start=1)}
     parts: list[RenderableType] = [
         Rule(escape(view.title), align="left"),
-        Text(f"{ICONS[view.level]} {view.summary}", style=STYLES[view.level]),
     ]
+    if view.notice:
+        parts.append(Text(f"{ICONS[view.notice.level]} {view.notice.text}", style=f"{STYLES[view.notice.level]} bold"))
+    parts.append(Text(f"{ICONS[view.level]} {view.summary}", style=STYLES[view.level]))
     for section in view.sections:
         parts.append(Text(""))
         parts.append(section_table(section, numbers))

@@ -7,10 +7,11 @@ renderers stay inside Slack's limits the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 from bot import assess
-from bot.snapshot import Level, Snapshot, TaskInfo, WorkerInfo
+from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 
 OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
 PAGE_SIZE = 20  # rows per page in the workers and active lists (1 block each, well under 50)
@@ -54,6 +55,24 @@ class Section:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """The outcome of something the user just did, shown above the status."""
+
+    level: Level | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Controls:
+    """What task control may offer. Without it (or disabled) a view has no Terminate or Purge button."""
+
+    enabled: bool
+    signalled: Mapping[str, float] = field(default_factory=dict)  # task id -> when SIGTERM was sent
+    kill_after: float = 10.0
+    disabled_note: str = ""
+
+
+@dataclass(frozen=True)
 class View:
     title: str
     summary: str
@@ -61,11 +80,17 @@ class View:
     sections: tuple[Section, ...] = ()
     actions: tuple[Action, ...] = ()
     footer: str = ""
+    notice: Notice | None = None
 
     @property
     def text(self) -> str:
         """The plain fallback for notifications and screen readers."""
+        if self.notice:
+            return f"{self.notice.text} {self.title}: {self.summary}"
         return f"{self.title}: {self.summary}"
+
+    def with_notice(self, notice: Notice | None) -> View:
+        return replace(self, notice=notice)
 
 
 # Subcommands a view can show; also the values of paging and refresh buttons.
@@ -92,19 +117,51 @@ def services_section(snapshot: Snapshot) -> Section:
     ))
 
 
-def queue_items(snapshot: Snapshot) -> tuple[Item, ...]:
+def target_value(section: str, target: str) -> str:
+    """A control button's value: where it was clicked (to redraw that view) and what it acts on."""
+    return f"{section}|{target}"
+
+
+def purge_action(queue: QueueInfo, section: str) -> Action:
+    tasks = assess.plural(queue.ready, "waiting task")
+    return Action("purge", "Purge queue", target_value(section, queue.name), style="danger",
+                  confirm=Confirm(f"Purge {queue.name}?"[:100], f"This deletes the {tasks} in queue {queue.name}, "
+                                  "and only that queue. It cannot be undone.", "Purge", "Cancel"))
+
+
+def task_action(task: TaskInfo, section: str, now: float, controls: Controls) -> Action:
+    running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
+    described = f"{task.name} ({task.id[:8]}) on {task.worker}, {running}"
+    sent_at = controls.signalled.get(task.id)
+    if sent_at is not None and now - sent_at >= controls.kill_after:
+        return Action("kill", "Kill (SIGKILL)", target_value(section, task.id), style="danger",
+                      confirm=Confirm("Kill this task?", f"{described} ignored SIGTERM. SIGKILL stops it at once, "
+                                      "without cleanup.", "Kill", "Cancel"))
+    return Action("terminate", "Terminate", target_value(section, task.id), style="danger",
+                  confirm=Confirm("Terminate this task?", f"{described}. Its worker sends it SIGTERM.",
+                                  "Terminate", "Cancel"))
+
+
+def queue_items(snapshot: Snapshot, section: str = "queues", controls: Controls | None = None) -> tuple[Item, ...]:
     if not snapshot.broker.up:
         return ()
-    return tuple(Item(assess.queue_level(q), q.name, assess.queue_text(q)) for q in snapshot.broker.queues)
+    can_purge = controls is not None and controls.enabled
+    return tuple(Item(assess.queue_level(q), q.name, assess.queue_text(q),
+                      action=purge_action(q, section) if can_purge and q.ready else None)
+                 for q in snapshot.broker.queues)
 
 
 def worker_item(worker: WorkerInfo) -> Item:
     return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker))
 
 
-def task_item(task: TaskInfo, now: float) -> Item:
+def task_item(task: TaskInfo, now: float, section: str = "active", controls: Controls | None = None) -> Item:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
-    return Item(None, task.name, f"on {task.worker}, {running} {task.args_summary}".rstrip(), code=task.id)
+    action = task_action(task, section, now, controls) if controls is not None and controls.enabled else None
+    text = f"on {task.worker}, {running} {task.args_summary}".rstrip()
+    if controls is not None and task.id in controls.signalled:
+        text += " (SIGTERM sent)"
+    return Item(None, task.name, text, code=task.id, action=action)
 
 
 def oldest_first(tasks: tuple[TaskInfo, ...]) -> list[TaskInfo]:
@@ -122,22 +179,27 @@ def page_of(items: list, page: int, size: int) -> tuple[list, int, int]:
     return items[(page - 1) * size: page * size], page, pages
 
 
-def footer(snapshot: Snapshot) -> str:
-    return f"Probed in {snapshot.elapsed * 1000:.0f} ms"
+def footer(snapshot: Snapshot, controls: Controls | None = None) -> str:
+    text = f"Probed in {snapshot.elapsed * 1000:.0f} ms"
+    has_targets = snapshot.celery.active_tasks or snapshot.broker.waiting
+    if controls is not None and not controls.enabled and controls.disabled_note and has_targets:
+        text += f" · {controls.disabled_note}"
+    return text
 
 
 # --- Views ------------------------------------------------------------------------------------
 
 
-def status_view(snapshot: Snapshot, section: str = "overview", page: int = 1) -> View:
+def status_view(snapshot: Snapshot, section: str = "overview", page: int = 1,
+                controls: Controls | None = None) -> View:
     builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view}
-    return builders[section](snapshot, page)
+    return builders[section](snapshot, page, controls)
 
 
-def overview(snapshot: Snapshot, page: int = 1) -> View:
+def overview(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     now = snapshot.taken_at
     sections = [services_section(snapshot)]
-    queues = queue_items(snapshot)
+    queues = queue_items(snapshot, "overview", controls)
     if queues:
         sections.append(Section("Queues", queues))
     workers = worst_first(snapshot.celery.workers)
@@ -147,7 +209,7 @@ def overview(snapshot: Snapshot, page: int = 1) -> View:
     tasks = oldest_first(snapshot.celery.active_tasks)
     if tasks:
         shown_tasks = tasks[:OVERVIEW_TASKS]
-        sections.append(Section("Active tasks", tuple(task_item(t, now) for t in shown_tasks),
+        sections.append(Section("Active tasks", tuple(task_item(t, now, "overview", controls) for t in shown_tasks),
                                 more=len(tasks) - len(shown_tasks)))
     actions = [page_action("overview", 1, "Refresh")]
     if len(tasks) > OVERVIEW_TASKS:
@@ -156,11 +218,11 @@ def overview(snapshot: Snapshot, page: int = 1) -> View:
         actions.append(page_action("workers", 1, "All workers"))
     actions.append(share_action("overview", 1))
     return View("Task status", assess.summary(snapshot), assess.overall_level(snapshot),
-                tuple(sections), tuple(actions), footer(snapshot))
+                tuple(sections), tuple(actions), footer(snapshot, controls))
 
 
 def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], page: int,
-               empty_note: str) -> View:
+               empty_note: str, controls: Controls | None = None) -> View:
     shown, page, pages = page_of(items, page, PAGE_SIZE)
     left_out = len(items) - (page - 1) * PAGE_SIZE - len(shown)
     actions = []
@@ -172,25 +234,24 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
     page_note = f"page {page} of {pages}" if pages > 1 else ""
     body = Section(title, tuple(shown), more=max(0, left_out), note=page_note if items else empty_note)
     return View(title, assess.summary(snapshot), assess.overall_level(snapshot),
-                (services_section(snapshot), body), tuple(actions), footer(snapshot))
+                (services_section(snapshot), body), tuple(actions), footer(snapshot, controls))
 
 
-def workers_view(snapshot: Snapshot, page: int = 1) -> View:
+def workers_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     items = [worker_item(w) for w in worst_first(snapshot.celery.workers)]
-    return paged_view(snapshot, "workers", "Workers", items, page,
-                      empty_note=assess.celery_text(snapshot.celery))
+    return paged_view(snapshot, "workers", "Workers", items, page, assess.celery_text(snapshot.celery), controls)
 
 
-def active_view(snapshot: Snapshot, page: int = 1) -> View:
+def active_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     now = snapshot.taken_at
-    items = [task_item(t, now) for t in oldest_first(snapshot.celery.active_tasks)]
-    return paged_view(snapshot, "active", "Active tasks", items, page, empty_note="No task is running.")
+    items = [task_item(t, now, "active", controls) for t in oldest_first(snapshot.celery.active_tasks)]
+    return paged_view(snapshot, "active", "Active tasks", items, page, "No task is running.", controls)
 
 
-def queues_view(snapshot: Snapshot, page: int = 1) -> View:
-    items = list(queue_items(snapshot))
+def queues_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
+    items = list(queue_items(snapshot, "queues", controls))
     empty = "" if items else assess.broker_text(snapshot.broker)
-    return paged_view(snapshot, "queues", "Queues", items, page, empty_note=empty)
+    return paged_view(snapshot, "queues", "Queues", items, page, empty, controls)
 
 
 COMMANDS = (
@@ -198,6 +259,10 @@ COMMANDS = (
     ("/tasks workers", "every worker: pool, concurrency, active and reserved tasks"),
     ("/tasks queues", "every watched queue: tasks waiting, consumers"),
     ("/tasks active", "every running task: id, name, worker, how long"),
+    ("/tasks terminate <task-id>", "stop a running task with SIGTERM (admins)"),
+    ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM (admins)"),
+    ("/tasks purge <queue>", "delete the waiting tasks of one watched queue (admins)"),
+    ("/tasks audit", "the latest 20 task-control attempts (admins)"),
     ("/tasks help", "this help"),
 )
 

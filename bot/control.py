@@ -1,0 +1,288 @@
+"""Task control: terminate a running task, purge a waiting queue. For admins only, and audited.
+
+`TaskControl` holds the rules (who, which ids, which queues, what to say); the functions at the top
+talk to the stack. Every attempt, allowed or not, ends in exactly one audit entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import amqp.exceptions
+import kombu
+import redis
+import requests
+from celery import Celery
+
+from bot.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
+from bot.config import Settings, strip_credentials, url_credentials
+from bot.probes import amqp_connection, redis_queue_keys
+from bot.redact import redact
+from bot.snapshot import Level
+from bot.store import AuditEntry, Store, Termination
+
+log = logging.getLogger(__name__)
+
+# Celery ids are UUIDs by default; custom ids are allowed, within a safe alphabet.
+TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
+# These pools run tasks in the worker's own process or threads: there is no child to signal.
+POOLS_WITHOUT_TERMINATE = {"solo", "threads"}
+REPLY_TIMEOUT = 1.0
+GONE_WAIT = 1.0  # how long we watch for the task to disappear after the signal
+GONE_POLL = 0.02
+
+
+class BrokerUnreachable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened, for the person who asked. `changed` is False whenever nothing was done."""
+
+    level: Level
+    message: str
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class ActiveTask:
+    id: str
+    name: str
+    worker: str
+    started_at: float | None
+
+
+# --- Talking to the stack ---------------------------------------------------------------------
+
+
+class Stack:
+    """The calls task control makes to the broker, the workers and Flower."""
+
+    def __init__(self, settings: Settings, app: Celery, expected_workers: Callable[[], set[str]]) -> None:
+        self.settings = settings
+        self.app = app
+        self.expected_workers = expected_workers
+        self.session = requests.Session()
+
+    def _connection(self) -> kombu.Connection:
+        conn = self.app.connection_for_write()
+        try:
+            conn.ensure_connection(max_retries=0)
+        except Exception as exc:
+            conn.release()
+            raise BrokerUnreachable() from exc
+        return conn
+
+    def find_active(self, task_id: str) -> ActiveTask | None:
+        expected = self.expected_workers()
+        with self._connection() as conn:
+            inspector = self.app.control.inspect(timeout=REPLY_TIMEOUT, limit=len(expected) or None,
+                                                 connection=conn)
+            replies = inspector.active() or {}
+        for worker, tasks in replies.items():
+            for raw in tasks or []:
+                if raw.get("id") == task_id:
+                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"))
+        return None
+
+    def is_active_on(self, task_id: str, worker: str) -> bool:
+        with self._connection() as conn:
+            inspector = self.app.control.inspect(destination=[worker], timeout=REPLY_TIMEOUT, limit=1,
+                                                 connection=conn)
+            tasks = (inspector.active() or {}).get(worker) or []
+        return any(raw.get("id") == task_id for raw in tasks)
+
+    def pool_of(self, worker: str) -> str | None:
+        from bot.probes import pool_name
+
+        with self._connection() as conn:
+            inspector = self.app.control.inspect(destination=[worker], timeout=REPLY_TIMEOUT, limit=1,
+                                                 connection=conn)
+            stats = (inspector.stats() or {}).get(worker)
+        return pool_name(stats) if stats else None
+
+    def revoke(self, task: ActiveTask, signal: str) -> bool:
+        """Signal the task on its own worker and wait for that worker to confirm."""
+        with self._connection() as conn:
+            replies = self.app.control.revoke(task.id, destination=[task.worker], terminate=True, signal=signal,
+                                              reply=True, timeout=REPLY_TIMEOUT, limit=1, connection=conn)
+        return any("ok" in (reply.get(task.worker) or {}) for reply in replies or [])
+
+    def wait_gone(self, task: ActiveTask, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not self.is_active_on(task.id, task.worker):
+                return True
+            time.sleep(GONE_POLL)
+        return not self.is_active_on(task.id, task.worker)
+
+    def purge(self, queue: str) -> int | None:
+        """Empty one queue; the number of messages removed, or None when the queue does not exist."""
+        if self.settings.broker_kind == "redis":
+            return self._purge_redis(queue)
+        try:
+            with amqp_connection(self.settings.broker_url, self.settings.probe_timeout) as conn:
+                conn.ensure_connection(max_retries=0)
+                channel = conn.channel()
+                try:
+                    channel.queue_declare(queue=queue, passive=True)
+                except amqp.exceptions.NotFound:
+                    return None
+                return int(channel.queue_purge(queue) or 0)
+        except (OSError, kombu.exceptions.OperationalError, amqp.exceptions.ConnectionError) as exc:
+            raise BrokerUnreachable() from exc
+
+    def _purge_redis(self, queue: str) -> int:
+        client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=self.settings.probe_timeout,
+                                      socket_connect_timeout=self.settings.probe_timeout)
+        try:
+            pipe = client.pipeline(transaction=True)  # count and delete atomically
+            keys = redis_queue_keys(queue)
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            results = pipe.execute()
+        except redis.exceptions.ConnectionError as exc:
+            raise BrokerUnreachable() from exc
+        finally:
+            client.close()
+        return int(sum(results[: len(keys)]))
+
+    def final_state(self, task_id: str) -> str | None:
+        """What Flower knows of a finished task (SUCCESS, FAILURE, REVOKED, ...), if anything."""
+        user, password = url_credentials(self.settings.flower_url)
+        base = strip_credentials(self.settings.flower_url).rstrip("/")
+        try:
+            response = self.session.get(f"{base}/api/task/info/{task_id}", timeout=1.0,
+                                        auth=(user, password or "") if user else None)
+            if response.ok:
+                return str(response.json().get("state") or "") or None
+        except (requests.RequestException, ValueError):
+            pass
+        return None
+
+
+# --- The rules --------------------------------------------------------------------------------
+
+
+def short_id(task_id: str) -> str:
+    return task_id[:8]
+
+
+def clock_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).strftime("%H:%M")
+
+
+class TaskControl:
+    def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
+                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.stack = stack
+        self.store = store
+        self.access = access
+        self.announce = announce or (lambda text: None)
+        self.clock = clock
+
+    def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
+        entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
+        self.store.record(entry)
+        try:
+            self.announce(f"{actor.mention} {action} {entry.target}: {outcome}. {message}")
+        except Exception:
+            log.warning("could not post the audit entry to the audit channel")
+
+    def reject(self, actor: Actor, action: str, target: str, reason: str) -> None:
+        """Record an attempt that did not even parse (a forged or mangled button)."""
+        self._audit(actor, action, target or "(empty)", "forged", reason)
+
+    def _refuse(self, actor: Actor) -> Outcome | None:
+        """None when the actor may act; otherwise the refusal to show."""
+        if not self.access.configured:
+            return Outcome(Level.WARN, HOW_TO_CONFIGURE)
+        try:
+            allowed = self.access.allows(actor)
+        except AccessUnknown as problem:
+            return Outcome(Level.WARN, f"Could not check your permissions ({problem}); nothing was done.")
+        return None if allowed else Outcome(Level.WARN, "You are not allowed to do that: only opsbot admins "
+                                                        "can terminate tasks and purge queues. Nothing was done.")
+
+    def terminate(self, actor: Actor, task_id: str, signal: str = "SIGTERM") -> Outcome:
+        action = "kill" if signal == "SIGKILL" else "terminate"
+        outcome, label = self._terminate(actor, task_id.strip(), signal)
+        self._audit(actor, action, task_id.strip() or "(empty)", label, outcome.message)
+        return outcome
+
+    def _terminate(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
+        refusal = self._refuse(actor)
+        if refusal:
+            return refusal, "denied"
+        if not TASK_ID.match(task_id):
+            return Outcome(Level.WARN, "That is not a valid task id; nothing was done."), "invalid"
+        try:
+            return self._terminate_checked(actor, task_id, signal)
+        except BrokerUnreachable:
+            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done."), \
+                "broker_down"
+
+    def _terminate_checked(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
+        previous = self.store.termination(task_id)
+        task = self.stack.find_active(task_id)
+        if task is None:
+            if previous:
+                return Outcome(Level.OK, f"Already terminated by {self._who(previous.user_id)} at "
+                                         f"{clock_time(previous.at)}; nothing else was done."), "already"
+            state = self.stack.final_state(task_id)
+            known = f" (final state: {state})" if state else ""
+            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \
+                "not_running"
+        pool = self.stack.pool_of(task.worker)
+        if pool in POOLS_WITHOUT_TERMINATE:
+            return Outcome(Level.WARN, f"{task.worker} runs the {pool} pool, which cannot terminate a single "
+                                       "task (it would have to stop the whole worker). Nothing was done."), \
+                "unsupported"
+        if not self.stack.revoke(task, signal):
+            return Outcome(Level.DOWN, f"{task.worker} did not confirm the {signal}; the task may still run."), \
+                "no_reply"
+        self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock()))
+        what = f"{task.name} `{short_id(task.id)}` on {task.worker}"
+        if self.stack.wait_gone(task, GONE_WAIT):
+            return Outcome(Level.OK, f"Terminated {what} ({signal}), by {actor.mention}.", changed=True), "done"
+        return Outcome(Level.WARN, f"Sent {signal} to {what}, by {actor.mention}; it is still running (it may "
+                                   f"ignore {signal}). Kill (SIGKILL) is offered after "
+                                   f"{self.settings.kill_after:g} s.", changed=True), "signalled"
+
+    def purge(self, actor: Actor, queue: str) -> Outcome:
+        outcome, label = self._purge(actor, queue.strip())
+        self._audit(actor, "purge", queue.strip() or "(empty)", label, outcome.message)
+        return outcome
+
+    def _purge(self, actor: Actor, queue: str) -> tuple[Outcome, str]:
+        refusal = self._refuse(actor)
+        if refusal:
+            return refusal, "denied"
+        if queue not in self.settings.queues:
+            watched = ", ".join(self.settings.queues)
+            return Outcome(Level.WARN, f"'{redact(queue)[:60]}' is not a watched queue ({watched}); "
+                                       "nothing was done."), "invalid"
+        try:
+            removed = self.stack.purge(queue)
+        except BrokerUnreachable:
+            return Outcome(Level.DOWN, "The broker is unreachable; nothing was purged."), "broker_down"
+        if removed is None:
+            return Outcome(Level.OK, f"Queue {queue} does not exist yet: nothing to purge."), "empty"
+        noun = "task" if removed == 1 else "tasks"
+        return Outcome(Level.OK, f"Purged {removed} waiting {noun} from {queue}, by {actor.mention}.",
+                       changed=bool(removed)), "done"
+
+    def _who(self, user_id: str) -> str:
+        return f"<@{user_id}>" if user_id.startswith(("U", "W")) else user_id
+
+    def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
+        refusal = self._refuse(actor)
+        return refusal if refusal else self.store.latest_audit(limit)
