@@ -58,7 +58,9 @@ class Reply:
 
     view: View
     replace_original: bool = True  # False: leave the clicked message alone, answer privately
-    redraw_after: float | None = None  # redraw the clicked message later (a Kill button may appear)
+    # A second look later, redrawn over the same message: did the signalled process really stop?
+    follow_up: Callable[[], View] | None = None
+    follow_up_after: float = 0.0
 
 
 def shown(text: str, limit: int = 40) -> str:
@@ -128,19 +130,15 @@ class Commands:
         self.take_snapshot = take_snapshot
         self.control = control
 
-    def controls(self, snapshot: Snapshot) -> Controls | None:
+    def controls(self) -> Controls | None:
         if self.control is None:
             return None
         if not self.control.access.configured:
             return Controls(enabled=False, disabled_note=HOW_TO_CONFIGURE)
-        running = [task.id for task in snapshot.celery.active_tasks]
-        signalled = {task_id: t.at for task_id, t in self.control.store.terminations(running).items()
-                     if t.signal == "SIGTERM"}
-        return Controls(enabled=True, signalled=signalled, kill_after=self.control.settings.kill_after)
+        return Controls(enabled=True)
 
     def status(self, section: str, page: int = 1) -> View:
-        snapshot = self.take_snapshot()
-        return status_view(snapshot, section, page, self.controls(snapshot))
+        return status_view(self.take_snapshot(), section, page, self.controls())
 
     def run(self, command: Command, actor: Actor) -> Reply:
         if command.name == "help":
@@ -171,9 +169,18 @@ class Commands:
         if not outcome.changed:
             # Nothing happened: say so privately and leave the clicked message as it was.
             return Reply(message_view("opsbot", outcome.message, outcome.level), replace_original=False)
-        view = self.status(command.section or HOME_SECTION[command.name]).with_notice(notice)
-        still_running = outcome.level is Level.WARN and command.name == "terminate"
-        return Reply(view, redraw_after=self.control.settings.kill_after if still_running else None)
+        section = command.section or HOME_SECTION[command.name]
+        view = self.status(section).with_notice(notice)
+        if outcome.level is not Level.WARN or command.name == "purge":
+            return Reply(view)
+        # The signal went out but the process lives on: look again after OPSBOT_KILL_AFTER.
+        control, task_id = self.control, command.target
+
+        def follow_up() -> View:
+            later = control.follow_up(task_id)
+            return self.status(section).with_notice(Notice(later.level, later.message))
+
+        return Reply(view, follow_up=follow_up, follow_up_after=control.settings.kill_after)
 
     def run_text(self, text: str, actor: Actor) -> Reply:
         try:

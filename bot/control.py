@@ -56,6 +56,7 @@ class ActiveTask:
     name: str
     worker: str
     started_at: float | None
+    worker_pid: int | None = None  # the pool child running it (prefork)
 
 
 # --- Talking to the stack ---------------------------------------------------------------------
@@ -88,24 +89,25 @@ class Stack:
         for worker, tasks in replies.items():
             for raw in tasks or []:
                 if raw.get("id") == task_id:
-                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"))
+                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"),
+                                      raw.get("worker_pid"))
         return None
 
-    def is_active_on(self, task_id: str, worker: str) -> bool:
+    def _stats(self, worker: str) -> dict:
         with self._connection() as conn:
             inspector = self.app.control.inspect(destination=[worker], timeout=REPLY_TIMEOUT, limit=1,
                                                  connection=conn)
-            tasks = (inspector.active() or {}).get(worker) or []
-        return any(raw.get("id") == task_id for raw in tasks)
+            return (inspector.stats() or {}).get(worker) or {}
 
     def pool_of(self, worker: str) -> str | None:
         from bot.probes import pool_name
 
-        with self._connection() as conn:
-            inspector = self.app.control.inspect(destination=[worker], timeout=REPLY_TIMEOUT, limit=1,
-                                                 connection=conn)
-            stats = (inspector.stats() or {}).get(worker)
+        stats = self._stats(worker)
         return pool_name(stats) if stats else None
+
+    def process_alive(self, worker: str, pid: int) -> bool:
+        """Is this pool child still among the worker's processes? (A killed child is replaced.)"""
+        return pid in ((self._stats(worker).get("pool") or {}).get("processes") or [])
 
     def revoke(self, task: ActiveTask, signal: str) -> bool:
         """Signal the task on its own worker and wait for that worker to confirm."""
@@ -115,12 +117,19 @@ class Stack:
         return any("ok" in (reply.get(task.worker) or {}) for reply in replies or [])
 
     def wait_gone(self, task: ActiveTask, seconds: float) -> bool:
+        """Wait for the task's process to die.
+
+        Celery drops a task from `active` as soon as it sends the signal, whether or not the process
+        obeys, so the only proof is the pool child itself disappearing from the worker's pool.
+        """
+        if task.worker_pid is None:  # no child process to watch (not prefork): trust the worker's reply
+            return True
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if not self.is_active_on(task.id, task.worker):
+            if not self.process_alive(task.worker, task.worker_pid):
                 return True
             time.sleep(GONE_POLL)
-        return not self.is_active_on(task.id, task.worker)
+        return not self.process_alive(task.worker, task.worker_pid)
 
     def purge(self, queue: str) -> int | None:
         """Empty one queue; the number of messages removed, or None when the queue does not exist."""
@@ -235,6 +244,9 @@ class TaskControl:
         task = self.stack.find_active(task_id)
         if task is None:
             if previous:
+                lingering = self._lingering(previous)
+                if lingering:
+                    return lingering, "lingering"
                 return Outcome(Level.OK, f"Already terminated by {self._who(previous.user_id)} at "
                                          f"{clock_time(previous.at)}; nothing else was done."), "already"
             state = self.stack.final_state(task_id)
@@ -249,13 +261,42 @@ class TaskControl:
         if not self.stack.revoke(task, signal):
             return Outcome(Level.DOWN, f"{task.worker} did not confirm the {signal}; the task may still run."), \
                 "no_reply"
-        self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock()))
+        self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
+                                                task.worker_pid))
         what = f"{task.name} `{short_id(task.id)}` on {task.worker}"
         if self.stack.wait_gone(task, GONE_WAIT):
             return Outcome(Level.OK, f"Terminated {what} ({signal}), by {actor.mention}.", changed=True), "done"
-        return Outcome(Level.WARN, f"Sent {signal} to {what}, by {actor.mention}; it is still running (it may "
-                                   f"ignore {signal}). Kill (SIGKILL) is offered after "
+        return Outcome(Level.WARN, f"Sent {signal} to {what}, by {actor.mention}, but its process "
+                                   f"(pid {task.worker_pid}) is still alive. Checking again in "
                                    f"{self.settings.kill_after:g} s.", changed=True), "signalled"
+
+    def _lingering(self, termination: Termination) -> Outcome | None:
+        """If a terminated task's process outlived its signal, say what can still be done."""
+        if termination.worker_pid is None or termination.signal == "SIGKILL":
+            return None
+        if not self.stack.process_alive(termination.worker, termination.worker_pid):
+            return None
+        host = termination.worker.split("@", 1)[-1]
+        return Outcome(Level.DOWN, (
+            f"{termination.task_name} `{short_id(termination.task_id)}` on {termination.worker} still runs after "
+            f"{termination.signal}: it ignores the signal. Celery stops tracking a task once it has been "
+            f"terminated, so no second signal can reach it through the broker. To stop it now, run "
+            f"`kill -9 {termination.worker_pid}` on {host}, or restart {termination.worker}. For a task known to "
+            "ignore SIGTERM, use `/tasks kill <task-id>` (SIGKILL) first."))
+
+    def follow_up(self, task_id: str) -> Outcome:
+        """A while after SIGTERM: did the process stop?"""
+        termination = self.store.termination(task_id)
+        if termination is None:
+            return Outcome(Level.WARN, f"No termination of `{short_id(task_id)}` is on record.")
+        try:
+            lingering = self._lingering(termination)
+        except BrokerUnreachable:
+            return Outcome(Level.DOWN, "The broker is unreachable: cannot check whether the task stopped.")
+        if lingering:
+            return lingering
+        return Outcome(Level.OK, f"{termination.task_name} `{short_id(task_id)}` has stopped after "
+                                 f"{termination.signal}.", changed=True)
 
     def purge(self, actor: Actor, queue: str) -> Outcome:
         outcome, label = self._purge(actor, queue.strip())

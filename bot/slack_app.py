@@ -7,6 +7,7 @@ looks from `bot.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and So
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -105,18 +106,19 @@ def home_view(reply: Reply, commands: Commands) -> View:
     return commands.status("overview").with_notice(Notice(reply.view.level, reply.view.summary))
 
 
-def schedule_redraw(reply: Reply, section: str, commands: Commands, redraw: Callable[[View], None]) -> None:
-    """After SIGTERM a task may linger; redraw later so the Kill button appears if it still runs."""
-    if reply.redraw_after is None:
+def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
+    """After a signal a process may linger: look again later and redraw the same message."""
+    follow_up = reply.follow_up
+    if follow_up is None:
         return
 
     def later() -> None:
         try:
-            redraw(commands.status(section))
+            redraw(follow_up())
         except Exception:
-            log.exception("redraw after terminate failed")
+            log.exception("follow-up after terminate failed")
 
-    timer = threading.Timer(reply.redraw_after + 0.5, later)
+    timer = threading.Timer(reply.follow_up_after, later)
     timer.daemon = True
     timer.start()
 
@@ -140,6 +142,8 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             ack(response_type="ephemeral", text=WORKING)
             reply = safely(lambda: commands.run(parsed, who))
             respond(response_type="ephemeral", replace_original=False, **blocks.message(reply.view))
+            schedule_follow_up(reply, lambda view: respond(response_type="ephemeral", replace_original=False,
+                                                           **blocks.message(view)))
             return
         # Answering in the ack itself saves a round trip; probes are bounded well inside 3 s.
         reply = safely(lambda: commands.run_text(text, who))
@@ -151,14 +155,12 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
         who = actor(body.get("user", {}).get("id", ""))
         action_id, value = action.get("action_id", ""), str(action.get("value", ""))
         reply = safely(lambda: commands.run_button(action_id, value, who))
-        section = value.split("|", 1)[0] if "|" in value else "overview"
         if body.get("container", {}).get("type") == "view":  # clicked in the App Home tab
             publish_home(client, who.id, home_view(reply, commands))
-            schedule_redraw(reply, "overview", commands, lambda view: publish_home(client, who.id, view))
+            schedule_follow_up(reply, lambda view: publish_home(client, who.id, view))
             return
         deliver(reply, respond)
-        schedule_redraw(reply, section, commands,
-                        lambda view: respond(replace_original=True, **blocks.message(view)))
+        schedule_follow_up(reply, lambda view: respond(replace_original=True, **blocks.message(view)))
 
     for action_id in ("page", "terminate", "kill", "purge"):
         app.action(action_id)(on_button)
@@ -174,6 +176,9 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
         view = reply.view
         shared = View(view.title, view.summary, view.level, view.sections, (), f"Shared by <@{user}> · {view.footer}")
         respond(response_type="in_channel", replace_original=False, **blocks.message(shared))
+
+    # Last, so it only sees what no listener above claimed: buttons that are not ours.
+    app.action(re.compile(".*"))(on_button)
 
     @app.event("app_home_opened")
     def on_home_opened(event: dict[str, Any], client: WebClient) -> None:

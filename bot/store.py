@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -45,6 +46,7 @@ terminations_table = Table(
     Column("user_id", String(64), nullable=False),
     Column("signal", String(16), nullable=False),
     Column("at", Float, nullable=False),
+    Column("worker_pid", Integer, nullable=True),
 )
 
 
@@ -66,6 +68,7 @@ class Termination:
     user_id: str
     signal: str
     at: float
+    worker_pid: int | None = None
 
 
 def make_engine(db_url: str) -> Engine:
@@ -75,6 +78,10 @@ def make_engine(db_url: str) -> Engine:
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(url, pool_pre_ping=True)
+
+
+def _termination(row: Any) -> Termination:
+    return Termination(row.task_id, row.task_name, row.worker, row.user_id, row.signal, row.at, row.worker_pid)
 
 
 class Store:
@@ -98,19 +105,19 @@ class Store:
         query = select(terminations_table).where(terminations_table.c.task_id == task_id)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return Termination(row.task_id, row.task_name, row.worker, row.user_id, row.signal, row.at) if row else None
+        return _termination(row) if row else None
 
     def terminations(self, task_ids: list[str]) -> dict[str, Termination]:
         if not task_ids:
             return {}
         query = select(terminations_table).where(terminations_table.c.task_id.in_(task_ids))
         with self.engine.connect() as conn:
-            return {r.task_id: Termination(r.task_id, r.task_name, r.worker, r.user_id, r.signal, r.at)
-                    for r in conn.execute(query)}
+            return {r.task_id: _termination(r) for r in conn.execute(query)}
 
     def save_termination(self, termination: Termination) -> None:
         values = {"task_name": termination.task_name[:255], "worker": termination.worker[:255],
-                  "user_id": termination.user_id, "signal": termination.signal, "at": termination.at}
+                  "user_id": termination.user_id, "signal": termination.signal, "at": termination.at,
+                  "worker_pid": termination.worker_pid}
         with self.engine.begin() as conn:
             changed = conn.execute(update(terminations_table)
                                    .where(terminations_table.c.task_id == termination.task_id)

@@ -7,8 +7,7 @@ renderers stay inside Slack's limits the same way.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from bot import assess
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
@@ -67,8 +66,6 @@ class Controls:
     """What task control may offer. Without it (or disabled) a view has no Terminate or Purge button."""
 
     enabled: bool
-    signalled: Mapping[str, float] = field(default_factory=dict)  # task id -> when SIGTERM was sent
-    kill_after: float = 10.0
     disabled_note: str = ""
 
 
@@ -129,14 +126,9 @@ def purge_action(queue: QueueInfo, section: str) -> Action:
                                   "and only that queue. It cannot be undone.", "Purge", "Cancel"))
 
 
-def task_action(task: TaskInfo, section: str, now: float, controls: Controls) -> Action:
+def task_action(task: TaskInfo, section: str, now: float) -> Action:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
     described = f"{task.name} ({task.id[:8]}) on {task.worker}, {running}"
-    sent_at = controls.signalled.get(task.id)
-    if sent_at is not None and now - sent_at >= controls.kill_after:
-        return Action("kill", "Kill (SIGKILL)", target_value(section, task.id), style="danger",
-                      confirm=Confirm("Kill this task?", f"{described} ignored SIGTERM. SIGKILL stops it at once, "
-                                      "without cleanup.", "Kill", "Cancel"))
     return Action("terminate", "Terminate", target_value(section, task.id), style="danger",
                   confirm=Confirm("Terminate this task?", f"{described}. Its worker sends it SIGTERM.",
                                   "Terminate", "Cancel"))
@@ -157,10 +149,8 @@ def worker_item(worker: WorkerInfo) -> Item:
 
 def task_item(task: TaskInfo, now: float, section: str = "active", controls: Controls | None = None) -> Item:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
-    action = task_action(task, section, now, controls) if controls is not None and controls.enabled else None
+    action = task_action(task, section, now) if controls is not None and controls.enabled else None
     text = f"on {task.worker}, {running} {task.args_summary}".rstrip()
-    if controls is not None and task.id in controls.signalled:
-        text += " (SIGTERM sent)"
     return Item(None, task.name, text, code=task.id, action=action)
 
 
