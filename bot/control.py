@@ -33,7 +33,7 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
 # These pools run tasks in the worker's own process or threads: there is no child to signal.
 POOLS_WITHOUT_TERMINATE = {"solo", "threads"}
 REPLY_TIMEOUT = 1.0
-GONE_WAIT = 1.0  # how long we watch for the task to disappear after the signal
+GONE_WAIT = 3.0  # how long we watch for the process to die after the signal (the pool notices late under load)
 GONE_POLL = 0.02
 
 

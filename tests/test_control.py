@@ -262,6 +262,6 @@ def test_console_terminates_with_confirmation(rabbit: RabbitNode, worker: Celery
     out = result.stdout
     assert result.returncode == 0, result.stderr
     assert "Terminate this task?" in out and "Cancelled; nothing was done." in out
-    assert f"Terminated stackapp.sleep `{other_id[:8]}`" in out
+    assert f"Terminated stackapp.sleep `{other_id[:8]}`" in out, out[-4000:]
     active_ids = {t["id"] for t in (inspect.active() or {}).get(worker.name, [])}
     assert task_id in active_ids and other_id not in active_ids
