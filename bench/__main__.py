@@ -12,10 +12,10 @@ import sys
 import traceback
 from types import ModuleType
 
-from bench import status
+from bench import status, terminate
 from bench.common import log
 
-BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (status,)}
+BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (status, terminate)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -284,12 +284,14 @@ def bot_env(stack: Stack, flower_url: str | None, log_level: str, db_name: str) 
 
 
 @contextlib.contextmanager
-def running_bot(stack: Stack, name: str, flower_url: str | None = None, log_level: str = "INFO") -> Iterator[Bot]:
+def running_bot(stack: Stack, name: str, flower_url: str | None = None, log_level: str = "INFO",
+                extra_env: dict[str, str] | None = None) -> Iterator[Bot]:
     """`opsbot run` in Socket Mode, connected to the stand-in and past its heartbeat warm-up.
 
-    On the way out the bot is stopped and its connection gone, so the next bot gets every envelope.
+    `extra_env` adds or overrides settings (OPSBOT_ADMINS, say). On the way out the bot is stopped
+    and its connection gone, so the next bot gets every envelope.
     """
-    env = bot_env(stack, flower_url, log_level, f"{name}.sqlite3")
+    env = bot_env(stack, flower_url, log_level, f"{name}.sqlite3") | (extra_env or {})
     bot = Bot(env, stack.tmp / f"{name}.log")
     try:
         if not wait_until(lambda: stack.slack.connections > 0 or not bot.running(), 30):

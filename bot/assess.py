@@ -7,6 +7,7 @@ their words and colours from here, so they always agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from bot.snapshot import (
     BrokerStatus,
@@ -50,6 +51,11 @@ def duration(seconds: float) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def clock(epoch: float) -> str:
+    """A time of day in the bot's local time zone, to the second."""
+    return datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
 
 
 def problem_text(problem: Problem, setting: str) -> str:

@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         if mode == "console":
             from bot import console
 
-            return console.run(*runtime.console_commands())
+            screen = Console()
+            commands, operator = runtime.console_commands(lambda line: screen.print(line, style="bold"))
+            return console.run(commands, operator, screen)
         runtime.run_slack()
         return 0
     except ConfigError as problem:

@@ -9,28 +9,36 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.access import HOW_TO_CONFIGURE, Actor
-from bot.control import Outcome, TaskControl, clock_time
+from bot.alerting import AlertService
+from bot.alerts import ALL
+from bot.assess import clock
+from bot.control import Outcome, TaskControl
 from bot.redact import redact
 from bot.snapshot import Level, Snapshot
 from bot.store import AuditEntry
 from bot.views import (
     SECTIONS,
+    SNOOZES,
     Controls,
     Item,
     Notice,
     Section,
     View,
     help_view,
+    incidents_view,
     message_view,
     status_view,
 )
 
+SNOOZE_VALUES = {value for _, value in SNOOZES}
+
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
-           "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit"}
+           "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
+           "mute": "mute", "unmute": "unmute", "incidents": "incidents"}
 TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
@@ -88,7 +96,11 @@ def parse(text: str) -> Command:
         if len(rest) != 1:
             raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
         return Command(name, target=rest[0])
-    if name in ("help", "audit") or not rest:
+    if name == "mute":
+        if not 1 <= len(rest) <= 2:
+            raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower]")
+        return Command(name, target=" ".join(rest))
+    if name in ("help", "audit", "unmute", "incidents") or not rest:
         return Command(name)
     if len(rest) == 1:
         return Command(name, parse_page(rest[0]))
@@ -115,7 +127,7 @@ def parse_button(action_id: str, value: str) -> Command:
 
 def audit_view(entries: list[AuditEntry]) -> View:
     items = tuple(
-        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock_time(e.at)} {e.action} {e.target}",
+        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock(e.at)} {e.action} {e.target}",
              f"{e.outcome}, by {e.user_id}: {e.detail}")
         for e in entries)
     note = "" if entries else "No task-control attempt yet."
@@ -123,12 +135,34 @@ def audit_view(entries: list[AuditEntry]) -> View:
                 (Section("Audit", items, note=note),))
 
 
-class Commands:
-    """Answers commands; needs a way to take a snapshot and, for actions, the task control."""
+DURATION = re.compile(r"^(?P<count>\d{1,4})(?P<unit>[smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_MUTE = 7 * 86400
+MUTE_SCOPES = ("broker", "celery", "flower")
 
-    def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None) -> None:
+
+def parse_mute(target: str) -> tuple[float, str]:
+    words = target.split()
+    match = DURATION.match(words[0].lower())
+    if not match:
+        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.")
+    seconds = int(match["count"]) * UNIT_SECONDS[match["unit"]]
+    if not 0 < seconds <= MAX_MUTE:
+        raise UsageError("Mute for between 1 second and 7 days.")
+    scope = words[1].lower() if len(words) > 1 else ALL
+    if scope not in (*MUTE_SCOPES, ALL):
+        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery or flower (or nothing for all).")
+    return seconds, scope
+
+
+class Commands:
+    """Answers commands; needs a way to take a snapshot and, for actions, task control and alerting."""
+
+    def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
+                 alerts: AlertService | None = None) -> None:
         self.take_snapshot = take_snapshot
         self.control = control
+        self.alerts = alerts
 
     def controls(self) -> Controls | None:
         if self.control is None:
@@ -138,7 +172,9 @@ class Commands:
         return Controls(enabled=True)
 
     def status(self, section: str, page: int = 1) -> View:
-        return status_view(self.take_snapshot(), section, page, self.controls())
+        view = status_view(self.take_snapshot(), section, page, self.controls())
+        muted = self.alerts.muted_note() if self.alerts else ""
+        return replace(view, footer=f"{view.footer} · {muted}") if muted else view
 
     def run(self, command: Command, actor: Actor) -> Reply:
         if command.name == "help":
@@ -147,7 +183,44 @@ class Commands:
             return Reply(self._audit(actor))
         if command.name in TARGETED:
             return self._act(command, actor)
+        if command.name in ("mute", "unmute", "incidents"):
+            return Reply(self._alerting(command, actor), replace_original=False)
         return Reply(self.status(command.name, command.page))
+
+    def _alerting(self, command: Command, actor: Actor) -> View:
+        if self.alerts is None:
+            return message_view("opsbot", "Alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts.",
+                                Level.WARN)
+        if command.name == "incidents":
+            return incidents_view(self.alerts.open_incidents(), self.alerts.clock(), self.alerts.muted_note())
+        refusal = self.control.refusal(actor) if self.control else None
+        if refusal:
+            return message_view("opsbot", refusal.message, refusal.level)
+        if command.name == "unmute":
+            self.alerts.unmute()
+            return message_view("opsbot", f"Alerts unmuted by {actor.mention}.", Level.OK)
+        seconds, scope = parse_mute(command.target)
+        until = self.alerts.mute(scope, seconds)
+        what = "All alerts" if scope == ALL else f"Alerts about {scope}"
+        return message_view("opsbot", f"{what} muted until {clock(until)} by {actor.mention}.", Level.OK)
+
+    def run_alert_button(self, action_id: str, value: str, actor: Actor) -> Reply | None:
+        """Acknowledge, snooze or show status from an alert. None: the alert message itself is redrawn."""
+        if self.alerts is None:
+            return Reply(message_view("opsbot", "Alerting is off.", Level.WARN), replace_original=False)
+        if action_id == "alert_status":
+            return Reply(self.status("overview"), replace_original=False)
+        incident_id, _, how_long = value.partition("|")
+        if action_id == "alert_ack":
+            done = self.alerts.acknowledge(incident_id, actor.mention)
+        elif action_id.startswith("alert_snooze_") and how_long in SNOOZE_VALUES:
+            done = self.alerts.snooze(incident_id, how_long, actor.mention)
+        else:
+            return Reply(message_view("opsbot", FORGED, Level.WARN), replace_original=False)
+        if done:
+            return None
+        return Reply(message_view("opsbot", "That incident is resolved or already acknowledged; nothing was done.",
+                                  Level.OK), replace_original=False)
 
     def _audit(self, actor: Actor) -> View:
         if self.control is None:
@@ -180,7 +253,7 @@ class Commands:
             later = control.follow_up(task_id)
             return self.status(section).with_notice(Notice(later.level, later.message))
 
-        return Reply(view, follow_up=follow_up, follow_up_after=control.settings.kill_after)
+        return Reply(view, follow_up=follow_up, follow_up_after=control.follow_up_delay)
 
     def run_text(self, text: str, actor: Actor) -> Reply:
         try:

@@ -54,6 +54,11 @@ class Settings(BaseSettings):
     audit_channel: str | None = Field(None, validation_alias="OPSBOT_AUDIT_CHANNEL")
     kill_after: float = Field(10.0, ge=0, le=3600, validation_alias="OPSBOT_KILL_AFTER")
     poll_seconds: float = Field(10.0, ge=1, validation_alias="OPSBOT_POLL_SECONDS")
+    alert_after: int = Field(2, ge=1, le=100, validation_alias="OPSBOT_ALERT_AFTER")
+    resolve_after: int = Field(2, ge=1, le=100, validation_alias="OPSBOT_RESOLVE_AFTER")
+    remind_minutes: float = Field(60.0, gt=0, validation_alias="OPSBOT_REMIND_MINUTES")
+    backlog_threshold: int = Field(100, ge=0, validation_alias="OPSBOT_BACKLOG_THRESHOLD")
+    backlog_minutes: float = Field(10.0, ge=0, validation_alias="OPSBOT_BACKLOG_MINUTES")
     db_url: str = Field(f"sqlite:///{DEFAULT_DB_PATH}", validation_alias="OPSBOT_DB_URL")
     log_level: str = Field("INFO", validation_alias="OPSBOT_LOG_LEVEL")
 

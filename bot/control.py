@@ -11,7 +11,6 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import amqp.exceptions
 import kombu
@@ -20,6 +19,7 @@ import requests
 from celery import Celery
 
 from bot.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
+from bot.assess import clock
 from bot.config import Settings, strip_credentials, url_credentials
 from bot.probes import amqp_connection, redis_queue_keys
 from bot.redact import redact
@@ -33,7 +33,11 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
 # These pools run tasks in the worker's own process or threads: there is no child to signal.
 POOLS_WITHOUT_TERMINATE = {"solo", "threads"}
 REPLY_TIMEOUT = 1.0
-GONE_WAIT = 3.0  # how long we watch for the process to die after the signal (the pool notices late under load)
+# How long the answer waits to see the signalled process leave the pool. Usually 50 ms; but an exited
+# pool child can stay listed (a zombie) until Celery's 4-second liveness timer reaps it, so a longer
+# look comes later (`follow_up_delay`) rather than holding up the answer.
+GONE_WAIT = 0.5
+REAP_DELAY = 5.0
 GONE_POLL = 0.02
 
 
@@ -184,19 +188,15 @@ def short_id(task_id: str) -> str:
     return task_id[:8]
 
 
-def clock_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch).strftime("%H:%M")
-
-
 class TaskControl:
     def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
-                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
+                 announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.store = store
         self.access = access
         self.announce = announce or (lambda text: None)
-        self.clock = clock
+        self.clock = clock_
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
@@ -210,7 +210,7 @@ class TaskControl:
         """Record an attempt that did not even parse (a forged or mangled button)."""
         self._audit(actor, action, target or "(empty)", "forged", reason)
 
-    def _refuse(self, actor: Actor) -> Outcome | None:
+    def refusal(self, actor: Actor) -> Outcome | None:
         """None when the actor may act; otherwise the refusal to show."""
         if not self.access.configured:
             return Outcome(Level.WARN, HOW_TO_CONFIGURE)
@@ -228,7 +228,7 @@ class TaskControl:
         return outcome
 
     def _terminate(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
-        refusal = self._refuse(actor)
+        refusal = self.refusal(actor)
         if refusal:
             return refusal, "denied"
         if not TASK_ID.match(task_id):
@@ -248,7 +248,7 @@ class TaskControl:
                 if lingering:
                     return lingering, "lingering"
                 return Outcome(Level.OK, f"Already terminated by {self._who(previous.user_id)} at "
-                                         f"{clock_time(previous.at)}; nothing else was done."), "already"
+                                         f"{clock(previous.at)}; nothing else was done."), "already"
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \
@@ -263,12 +263,17 @@ class TaskControl:
                 "no_reply"
         self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
                                                 task.worker_pid))
-        what = f"{task.name} `{short_id(task.id)}` on {task.worker}"
+        done = f"Terminated {task.name} `{short_id(task.id)}` on {task.worker} ({signal}), by {actor.mention}"
         if self.stack.wait_gone(task, GONE_WAIT):
-            return Outcome(Level.OK, f"Terminated {what} ({signal}), by {actor.mention}.", changed=True), "done"
-        return Outcome(Level.WARN, f"Sent {signal} to {what}, by {actor.mention}, but its process "
-                                   f"(pid {task.worker_pid}) is still alive. Checking again in "
-                                   f"{self.settings.kill_after:g} s.", changed=True), "signalled"
+            return Outcome(Level.OK, f"{done}.", changed=True), "done"
+        return Outcome(Level.WARN, f"{done}; its process (pid {task.worker_pid}) has not left the pool yet: "
+                                   f"checking again in {self.follow_up_delay:g} s.", changed=True), "signalled"
+
+    @property
+    def follow_up_delay(self) -> float:
+        """When to look again whether a signalled process stopped: OPSBOT_KILL_AFTER, but not before
+        Celery has had time to reap a child that did exit."""
+        return max(self.settings.kill_after, REAP_DELAY)
 
     def _lingering(self, termination: Termination) -> Outcome | None:
         """If a terminated task's process outlived its signal, say what can still be done."""
@@ -304,7 +309,7 @@ class TaskControl:
         return outcome
 
     def _purge(self, actor: Actor, queue: str) -> tuple[Outcome, str]:
-        refusal = self._refuse(actor)
+        refusal = self.refusal(actor)
         if refusal:
             return refusal, "denied"
         if queue not in self.settings.queues:
@@ -325,5 +330,5 @@ class TaskControl:
         return f"<@{user_id}>" if user_id.startswith(("U", "W")) else user_id
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
-        refusal = self._refuse(actor)
+        refusal = self.refusal(actor)
         return refusal if refusal else self.store.latest_audit(limit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from celery import Celery
 from celery.events.receiver import EventReceiver
@@ -22,18 +23,39 @@ WARM_UP_SECONDS = 2.5
 RECONNECT_SECONDS = 1.0
 
 
+WATCH_SECONDS = 0.5  # how often the set of live workers is compared with the last one
+
+
 class HeartbeatMonitor:
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, on_change: Callable[[], None] | None = None) -> None:
         self.app = app
+        # Called when a worker appears or goes quiet, or the event connection drops: poll now.
+        self.on_change = on_change or (lambda: None)
         self.state = State()
         self._connected_at: float | None = None
         self._receiver: EventReceiver | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
+        self._watcher = threading.Thread(target=self._watch, name="heartbeat-watch", daemon=True)
 
     def start(self) -> HeartbeatMonitor:
         self._thread.start()
+        self._watcher.start()
         return self
+
+    def _watch(self) -> None:
+        last = self.alive_workers()
+        while not self._stopped.wait(WATCH_SECONDS):
+            current = self.alive_workers()
+            if current is not None and last is not None and current != last:
+                self._notify()
+            last = current
+
+    def _notify(self) -> None:
+        try:
+            self.on_change()
+        except Exception:
+            log.exception("heartbeat change handler failed")
 
     @property
     def ready(self) -> bool:
@@ -53,6 +75,8 @@ class HeartbeatMonitor:
             except Exception as exc:
                 # The broker is down or restarting: try again; the probes report the outage.
                 log.debug("event stream lost: %s", type(exc).__name__)
+            if self._connected_at is not None and not self._stopped.is_set():
+                self._notify()  # a connection we had just dropped: the broker may be gone
             self._connected_at = None
             self._stopped.wait(RECONNECT_SECONDS)
 

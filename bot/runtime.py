@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from bot.access import Access, Actor
+from bot.alerting import AlertService, ConsoleSink, Sink
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -37,31 +38,50 @@ class Runtime:
         self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers)
         self.prober = Prober(settings, self.celery_probe)
         self.store: Store | None = None
+        self.alerts: AlertService | None = None
 
     def _alive_workers(self) -> set[str] | None:
         return self.heartbeats.alive_workers() if self.heartbeats else None
 
+    def _on_workers_changed(self) -> None:
+        if self.alerts is not None:
+            self.alerts.poll_soon()
+
     def start_background(self) -> None:
         """Long-running modes follow worker heartbeats; a one-shot status does not need to."""
-        self.heartbeats = HeartbeatMonitor(self.celery_probe.app).start()
+        self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed).start()
+
+    def _store(self) -> Store:
+        if self.store is None:
+            self.store = open_store(self.settings)
+        return self.store
+
+    def start_alerts(self, sink: Sink) -> AlertService:
+        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink)
+        self.alerts.start()
+        return self.alerts
 
     def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
         """The command set with task control, for one edge's idea of who may act."""
-        if self.store is None:
-            self.store = open_store(self.settings)
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
-        control = TaskControl(self.settings, stack, self.store, access, announce)
-        return Commands(self.prober.snapshot, control)
+        control = TaskControl(self.settings, stack, self._store(), access, announce)
+        return Commands(self.prober.snapshot, control, self.alerts)
 
-    def console_commands(self) -> tuple[Commands, Actor]:
+    def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
         operator = console_actor()
+        self.start_alerts(ConsoleSink(print_line))
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
         from bot import slack_app
+        from bot.alerting import SlackSink
 
         client = slack_app.make_client(self.settings)
+        if self.settings.alert_channel:
+            self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel))
+        else:
+            log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
         app = slack_app.build_app(self.settings, commands, client)
@@ -71,6 +91,8 @@ class Runtime:
             slack_app.run_http(app, self.settings)
 
     def close(self) -> None:
+        if self.alerts is not None:
+            self.alerts.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
         self.prober.close()

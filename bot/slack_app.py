@@ -177,6 +177,15 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
         shared = View(view.title, view.summary, view.level, view.sections, (), f"Shared by <@{user}> · {view.footer}")
         respond(response_type="in_channel", replace_original=False, **blocks.message(shared))
 
+    def on_alert_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
+        ack()
+        who = actor(body.get("user", {}).get("id", ""))
+        reply = commands.run_alert_button(action.get("action_id", ""), str(action.get("value", "")), who)
+        if reply is not None:  # None: the alert message is redrawn through the outbox
+            deliver(reply, respond)
+
+    app.action(re.compile(r"^alert_(ack|status|snooze_\w+)$"))(on_alert_button)
+
     # Last, so it only sees what no listener above claimed: buttons that are not ours.
     app.action(re.compile(".*"))(on_button)
 

@@ -6,6 +6,7 @@ terminated by whom (so a second click can say "already terminated by @x at 14:02
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     create_engine,
+    delete,
     insert,
     select,
     update,
@@ -48,6 +50,39 @@ terminations_table = Table(
     Column("at", Float, nullable=False),
     Column("worker_pid", Integer, nullable=True),
 )
+
+
+alert_state_table = Table(
+    "alert_state", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("data", Text, nullable=False),
+)
+
+incident_messages_table = Table(
+    "incident_messages", metadata,
+    Column("incident_id", String(255), primary_key=True),
+    Column("channel", String(64), nullable=False),
+    Column("ts", String(32), nullable=False),
+)
+
+outbox_table = Table(
+    "outbox", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("incident_id", String(255), nullable=False, index=True),
+    Column("kind", String(16), nullable=False),  # post, refresh, thread
+    Column("payload", Text, nullable=False),  # JSON: text and blocks
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_try_at", Float, nullable=False, default=0.0),
+)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    incident_id: str
+    kind: str
+    payload: dict[str, Any]
+    attempts: int
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,52 @@ class Store:
                                    .values(**values)).rowcount
             if not changed:
                 conn.execute(insert(terminations_table).values(task_id=termination.task_id, **values))
+
+    # --- alerting ---
+
+    def load_alert_state(self) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(alert_state_table.c.data).where(alert_state_table.c.id == 1)).first()
+        return json.loads(row.data) if row else {}
+
+    def save_alert_state(self, data: dict[str, Any], outbox: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """The engine's new state and the Slack posts it calls for, in one transaction: a crash in
+        between can neither lose a post nor queue one for a state that was never saved."""
+        text = json.dumps(data)
+        with self.engine.begin() as conn:
+            if not conn.execute(update(alert_state_table).where(alert_state_table.c.id == 1)
+                                .values(data=text)).rowcount:
+                conn.execute(insert(alert_state_table).values(id=1, data=text))
+            for incident_id, kind, payload in outbox:
+                conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
+                                                         payload=json.dumps(payload), attempts=0, next_try_at=0.0))
+
+    def due_outbox(self, now: float) -> list[OutboxItem]:
+        query = select(outbox_table).order_by(outbox_table.c.id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).fetchall()
+        # Every row, due or not, so the sender keeps each incident's posts in order.
+        return [OutboxItem(r.id, r.incident_id, r.kind, json.loads(r.payload),
+                           r.attempts if r.next_try_at <= now else -1) for r in rows]
+
+    def outbox_done(self, item_id: int, message: tuple[str, str, str] | None = None) -> None:
+        """Drop a sent item; for a first post, remember the message in the same transaction."""
+        with self.engine.begin() as conn:
+            if message is not None:
+                incident_id, channel, ts = message
+                conn.execute(insert(incident_messages_table).values(incident_id=incident_id, channel=channel, ts=ts))
+            conn.execute(delete(outbox_table).where(outbox_table.c.id == item_id))
+
+    def outbox_retry(self, item_id: int, attempts: int, next_try_at: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox_table).where(outbox_table.c.id == item_id)
+                         .values(attempts=attempts, next_try_at=next_try_at))
+
+    def incident_message(self, incident_id: str) -> tuple[str, str] | None:
+        query = select(incident_messages_table).where(incident_messages_table.c.incident_id == incident_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return (row.channel, row.ts) if row else None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bot import assess
+from bot.alerts import Incident
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 
 OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
@@ -253,6 +254,9 @@ COMMANDS = (
     ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM (admins)"),
     ("/tasks purge <queue>", "delete the waiting tasks of one watched queue (admins)"),
     ("/tasks audit", "the latest 20 task-control attempts (admins)"),
+    ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
+    ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
+    ("/tasks unmute", "end every mute (admins)"),
     ("/tasks help", "this help"),
 )
 
@@ -266,3 +270,47 @@ def help_view(problem: str = "") -> View:
 def message_view(title: str, text: str, level: Level | None = None,
                  sections: tuple[Section, ...] = ()) -> View:
     return View(title, text, level, sections)
+
+
+# --- Alerts -----------------------------------------------------------------------------------
+
+SNOOZES = (("1 h", "3600"), ("4 h", "14400"), ("until tomorrow", "tomorrow"))
+
+
+def incident_actions(incident_id: str) -> tuple[Action, ...]:
+    return (
+        Action("alert_ack", "Acknowledge", incident_id, style="primary"),
+        *(Action(f"alert_snooze_{value}", f"Snooze {label}", f"{incident_id}|{value}") for label, value in SNOOZES),
+        Action("alert_status", "Show status", incident_id),
+    )
+
+
+def incident_view(incident: Incident, now: float) -> View:
+    """The alert message of one incident: what is down, since when, what it means, who is on it."""
+    level = Level(incident.level) if incident.open else Level.OK
+    since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
+    items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
+    if incident.acked_by:
+        items.append(Item(None, "Acknowledged", f"by {incident.acked_by} at {assess.clock(incident.acked_at or now)}"))
+    if incident.snoozed_until and incident.snoozed_until > now and incident.open:
+        items.append(Item(None, "Snoozed", f"until {assess.clock(incident.snoozed_until)} by {incident.snoozed_by}"))
+    if incident.open:
+        title = f"Alert: {incident.text}"
+        actions = incident_actions(incident.id)
+    else:
+        resolved_at = incident.resolved_at or now
+        title = f"Resolved: {incident.text}"
+        items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
+                                                f"at {assess.clock(resolved_at)}"))
+        actions = ()
+    return View(title[:150], incident.text, level, (Section("Incident", tuple(items)),), actions,
+                footer=f"Incident {incident.id}")
+
+
+def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
+    items = tuple(Item(Level(i.level), assess.clock(i.started_at), f"{i.text} ({assess.duration(now - i.started_at)})"
+                       + (f", acknowledged by {i.acked_by}" if i.acked_by else ""))
+                  for i in sorted(incidents, key=lambda i: i.started_at))
+    summary = f"{assess.plural(len(items), 'open incident')}." if items else "No open incident."
+    return View("Incidents", summary, max((Level(i.level) for i in incidents), default=Level.OK),
+                (Section("Open incidents", items, note=muted_note),))

@@ -173,8 +173,8 @@ def test_a_task_that_ignores_sigterm_is_reported_plainly(slack: SlackStandIn, ad
     admin_bot(OPSBOT_KILL_AFTER="1")
     task_id = start_sleeper(rabbit, slack, name="stackapp.stubborn", queue="spare")
     answer = click(slack, "terminate", f"active|{task_id}")
-    assert "is still alive" in text_of(answer) and answer["_replace"]
-    later = slack.wait_for_response(lambda r: "ignores the signal" in text_of(r.body), timeout=10)
+    assert "has not left the pool yet" in text_of(answer) and answer["_replace"]
+    later = slack.wait_for_response(lambda r: "ignores the signal" in text_of(r.body), timeout=15)
     (pid,) = [p for p in stubborn_worker.pool_child_pids() if f"kill -9 {p}" in text_of(later.body)]
     assert later.replace_original
     again = click(slack, "terminate", f"active|{task_id}")

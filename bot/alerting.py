@@ -1,0 +1,223 @@
+"""The alerting edge: the scheduler that polls, the store that remembers, and the sinks that tell people.
+
+`AlertService` feeds each snapshot to the pure engine (`bot.alerts`) under a lock, saves the new state
+together with the posts it calls for, and hands them to a sink: Slack (through the outbox, so a Slack
+outage delays a post but never loses or doubles it) or the console (printed as they happen).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from slack_sdk import WebClient
+
+from bot import alerts, blocks
+from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.assess import clock
+from bot.config import Settings
+from bot.store import Store
+from bot.views import incident_view
+
+log = logging.getLogger(__name__)
+
+CONFIRM_SECONDS = 1.0  # a pending failure (or recovery) is confirmed this soon, not a whole poll later
+FLUSH_SECONDS = 5.0  # how often the outbox is retried
+MAX_BACKOFF = 300.0
+MORNING_HOUR = 9  # "snooze until tomorrow" ends at this hour
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(alert_after=settings.alert_after, resolve_after=settings.resolve_after,
+                  remind_seconds=settings.remind_minutes * 60, backlog_threshold=settings.backlog_threshold,
+                  backlog_seconds=settings.backlog_minutes * 60)
+
+
+class Sink(Protocol):
+    def outbox_rows(self, effects: list[Effect], now: float) -> list[tuple[str, str, dict[str, Any]]]: ...
+
+    def deliver(self, effects: list[Effect], now: float) -> None: ...
+
+
+# --- Slack ------------------------------------------------------------------------------------
+
+
+class SlackSink:
+    """Posts through the store's outbox: rows are written with the engine's state, then sent in order."""
+
+    def __init__(self, store: Store, client: WebClient, channel: str, clock_: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.client = client
+        self.channel = channel
+        self.clock = clock_
+        self._lock = threading.Lock()
+
+    def outbox_rows(self, effects: list[Effect], now: float) -> list[tuple[str, str, dict[str, Any]]]:
+        rows = []
+        for effect in effects:
+            incident = effect.incident
+            if isinstance(effect, Timeline):
+                rows.append((incident.id, "thread", {"text": effect.text}))
+            else:
+                kind = "post" if isinstance(effect, Post) else "refresh"
+                rows.append((incident.id, kind, blocks.message(incident_view(incident, now), include_slack_only=True)))
+        return rows
+
+    def deliver(self, effects: list[Effect], now: float) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is due, each incident's items strictly in order; a failure holds back the rest."""
+        with self._lock:
+            held: set[str] = set()
+            for item in self.store.due_outbox(self.clock()):
+                if item.incident_id in held:
+                    continue
+                if item.attempts < 0:  # not due yet: later items of this incident must wait too
+                    held.add(item.incident_id)
+                    continue
+                try:
+                    self._send(item.id, item.incident_id, item.kind, item.payload)
+                except Exception as exc:
+                    held.add(item.incident_id)
+                    delay = min(MAX_BACKOFF, 2.0 ** min(item.attempts + 1, 9))
+                    log.warning("Slack post for incident %s failed (%s); retrying in %.0f s",
+                                item.incident_id, type(exc).__name__, delay)
+                    self.store.outbox_retry(item.id, item.attempts + 1, self.clock() + delay)
+
+    def _send(self, item_id: int, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
+        message = self.store.incident_message(incident_id)
+        if kind == "post" and message is None:
+            response = self.client.chat_postMessage(channel=self.channel, unfurl_links=False, **payload)
+            self.store.outbox_done(item_id, (incident_id, response["channel"], response["ts"]))
+            return
+        if message is None:
+            # Never posted (it fired and resolved during a mute): nothing to update.
+            self.store.outbox_done(item_id)
+            return
+        channel, ts = message
+        if kind == "thread":
+            self.client.chat_postMessage(channel=channel, thread_ts=ts, text=payload["text"])
+        else:  # a refresh, or a post whose message exists already (sent before a crash): update in place
+            self.client.chat_update(channel=channel, ts=ts, **payload)
+        self.store.outbox_done(item_id)
+
+
+# --- Console ----------------------------------------------------------------------------------
+
+
+class ConsoleSink:
+    """Console mode: alerts are printed as they fire and resolve."""
+
+    def __init__(self, print_line: Callable[[str], None]) -> None:
+        self.print_line = print_line
+
+    def outbox_rows(self, effects: list[Effect], now: float) -> list[tuple[str, str, dict[str, Any]]]:
+        return []
+
+    def deliver(self, effects: list[Effect], now: float) -> None:
+        for effect in effects:
+            incident = effect.incident
+            if isinstance(effect, Post):
+                self.print_line(f"ALERT   {clock(now)}  {incident.text}. {incident.impact}")
+            elif isinstance(effect, Timeline):
+                self.print_line(f"        {clock(now)}  {incident.text}: {effect.text}")
+            elif isinstance(effect, Refresh) and not incident.open:
+                self.print_line(f"RESOLVED {clock(now)}  {incident.text}")
+
+
+# --- The service ------------------------------------------------------------------------------
+
+
+def tomorrow_morning(now: float) -> float:
+    moment = datetime.fromtimestamp(now) + timedelta(days=1)
+    return moment.replace(hour=MORNING_HOUR, minute=0, second=0, microsecond=0).timestamp()
+
+
+class AlertService:
+    def __init__(self, settings: Settings, store: Store, take_snapshot: Callable[[], Any], sink: Sink,
+                 clock_: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.take_snapshot = take_snapshot
+        self.sink = sink
+        self.clock = clock_
+        self.policy = policy_from(settings)
+        self._lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
+                                                           "misfire_grace_time": 30})
+
+    # The engine's state lives in the store: a restart carries on with the same incidents.
+    def _load(self) -> AlertState:
+        return AlertState.from_json(self.store.load_alert_state())
+
+    def _apply(self, change: Callable[[AlertState, float], tuple[AlertState, list[Effect]]]) -> list[Effect]:
+        with self._lock:
+            now = self.clock()
+            state, effects = change(self._load(), now)
+            self.store.save_alert_state(state.to_json(), self.sink.outbox_rows(effects, now))
+        self.sink.deliver(effects, now)
+        return effects
+
+    def poll(self) -> None:
+        try:
+            snapshot = self.take_snapshot()
+            self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy))
+        except Exception:
+            log.exception("alert poll failed")
+            return
+        if alerts.unsettled(self._load()):
+            self.poll_soon(CONFIRM_SECONDS)
+
+    def poll_soon(self, delay: float = 0.0) -> None:
+        """Poll out of turn: a worker went quiet, the broker connection dropped, or to confirm a change."""
+        if not self.scheduler.running:
+            return
+        run_at = datetime.now() + timedelta(seconds=delay)
+        self.scheduler.add_job(self.poll, "date", run_date=run_at, id="poll-soon", replace_existing=True)
+
+    def start(self) -> None:
+        self.scheduler.add_job(self.poll, "interval", seconds=self.settings.poll_seconds, id="poll",
+                               next_run_time=datetime.now())
+        if isinstance(self.sink, SlackSink):
+            self.scheduler.add_job(self.sink.flush, "interval", seconds=FLUSH_SECONDS, id="flush")
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    # --- What people do ---
+
+    def acknowledge(self, incident_id: str, user: str) -> bool:
+        return bool(self._apply(lambda state, now: alerts.acknowledge(state, incident_id, user, now)))
+
+    def snooze(self, incident_id: str, how_long: str, user: str) -> bool:
+        def change(state: AlertState, now: float) -> tuple[AlertState, list[Effect]]:
+            until = tomorrow_morning(now) if how_long == "tomorrow" else now + float(how_long)
+            return alerts.snooze(state, incident_id, until, user, now)
+
+        return bool(self._apply(change))
+
+    def mute(self, scope: str, seconds: float) -> float:
+        until = self.clock() + seconds
+        self._apply(lambda state, now: (alerts.mute(state, scope, until), []))
+        return until
+
+    def unmute(self) -> None:
+        self._apply(lambda state, now: (alerts.unmute(state), []))
+
+    def open_incidents(self) -> list[Incident]:
+        return list(self._load().incidents.values())
+
+    def muted_note(self) -> str:
+        now = self.clock()
+        mutes = {scope: until for scope, until in self._load().mutes.items() if until > now}
+        if not mutes:
+            return ""
+        return "Alerts muted: " + ", ".join(f"{scope} until {clock(until)}" for scope, until in sorted(mutes.items()))

@@ -1,0 +1,309 @@
+"""The alert engine: a pure state machine fed snapshots and the clock.
+
+Per thing that can be wrong (the broker, Celery, Flower, each queue, each worker) a check counts
+consecutive failures and successes: ok, pending on the first failure, firing after `alert_after`
+failures, resolved after `resolve_after` successes. A flapping service neither spams nor resolves
+falsely. `step` returns the new state and the effects (post, refresh, thread line) for the edges to
+carry out; nothing here does I/O, so every transition is testable with plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from bot import assess
+from bot.assess import Finding
+from bot.snapshot import CeleryState, Level, Snapshot
+
+WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost
+ALL = "all"  # the mute scope that silences everything
+
+
+@dataclass(frozen=True)
+class Policy:
+    alert_after: int = 2
+    resolve_after: int = 2
+    remind_seconds: float = 3600.0
+    backlog_threshold: int = 100
+    backlog_seconds: float = 600.0
+
+
+@dataclass(frozen=True)
+class Check:
+    failing: int = 0  # consecutive failures
+    passing: int = 0  # consecutive successes
+    since: float | None = None  # when the current run of failures began
+
+
+@dataclass(frozen=True)
+class Incident:
+    id: str
+    key: str
+    level: int
+    text: str
+    impact: str
+    started_at: float  # the first failure
+    fired_at: float
+    resolved_at: float | None = None
+    acked_by: str | None = None
+    acked_at: float | None = None
+    snoozed_until: float | None = None
+    snoozed_by: str | None = None
+    last_reminded_at: float | None = None
+    silenced: bool = False  # fired while muted: not posted (yet)
+
+    @property
+    def open(self) -> bool:
+        return self.resolved_at is None
+
+
+@dataclass(frozen=True)
+class AlertState:
+    checks: dict[str, Check] = field(default_factory=dict)
+    incidents: dict[str, Incident] = field(default_factory=dict)  # open ones, by key
+    known_workers: dict[str, float] = field(default_factory=dict)  # name -> last seen
+    backlog_since: dict[str, float] = field(default_factory=dict)  # queue -> above threshold since
+    mutes: dict[str, float] = field(default_factory=dict)  # scope ("all", "flower", ...) -> until
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AlertState:
+        return cls(
+            checks={k: Check(**v) for k, v in data.get("checks", {}).items()},
+            incidents={k: Incident(**v) for k, v in data.get("incidents", {}).items()},
+            known_workers=dict(data.get("known_workers", {})),
+            backlog_since=dict(data.get("backlog_since", {})),
+            mutes=dict(data.get("mutes", {})),
+        )
+
+
+# --- Effects: what the edges must do ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Post:
+    """Open the incident's message."""
+
+    incident: Incident
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """Redraw the incident's message in place (acknowledged, snoozed, changed, resolved)."""
+
+    incident: Incident
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """A line in the incident's thread."""
+
+    incident: Incident
+    text: str
+
+
+Effect = Post | Refresh | Timeline
+
+
+# --- What is wrong ----------------------------------------------------------------------------
+
+
+def service_of(key: str) -> str:
+    """The mute scope a key belongs to: "worker:w1@h" -> "celery", "queue:x" -> "broker"."""
+    head = key.split(":", 1)[0].split(".", 1)[0]
+    return {"worker": "celery", "queue": "broker"}.get(head, head)
+
+
+def impact(snapshot: Snapshot, key: str) -> str:
+    """What the failure means for users, in one line."""
+    waiting = snapshot.broker.waiting
+    service = service_of(key)
+    if service == "broker" and not key.startswith("queue:"):
+        return "No task can be queued or processed while the broker is down."
+    if key.startswith("queue:"):
+        return f"Tasks waiting in {key.split(':')[1]} are not being processed."
+    if key == "celery":
+        return f"Tasks are not being processed: {assess.plural(waiting, 'task')} waiting."
+    if key.startswith("worker:"):
+        return "Its tasks are not being processed; the other workers carry on."
+    return "Monitoring only: tasks still run, but Flower's dashboards are unavailable."
+
+
+def vanished_workers(snapshot: Snapshot, known: dict[str, float], now: float) -> list[Finding]:
+    """Workers we saw before that no longer answer at all (a killed worker is just absent)."""
+    if snapshot.celery.state is not CeleryState.RUNNING:
+        return []  # the "celery" finding (or the broker's) covers them all
+    present = {w.name for w in snapshot.celery.workers}
+    # The wording must not change from poll to poll, or every poll would redraw the alert.
+    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.clock(seen)})")
+            for name, seen in sorted(known.items()) if name not in present]
+
+
+def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Policy) -> list[Finding]:
+    found = []
+    for queue in snapshot.broker.queues:
+        start = since.get(queue.name)
+        if start is not None and queue.ready > policy.backlog_threshold and now - start >= policy.backlog_seconds:
+            found.append(Finding(f"queue:{queue.name}:backlog", Level.WARN,
+                                 f"Queue {queue.name}: more than {policy.backlog_threshold} tasks waiting "
+                                 f"since {assess.clock(start)}"))
+    return found
+
+
+def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy) -> dict[str, Finding]:
+    found = [f for f in assess.findings(snapshot) if f.level >= Level.WARN]
+    if snapshot.celery.state is not CeleryState.RUNNING:
+        found = [f for f in found if not f.key.startswith("worker:")]
+    found += vanished_workers(snapshot, state.known_workers, now)
+    found += backlog(snapshot, state.backlog_since, now, policy)
+    return {f.key: f for f in found}
+
+
+def remembered_workers(snapshot: Snapshot, known: dict[str, float], now: float) -> dict[str, float]:
+    seen = dict(known)
+    for worker in snapshot.celery.workers:
+        seen[worker.name] = now
+    return {name: at for name, at in seen.items() if now - at < WORKER_MEMORY}
+
+
+def backlog_starts(snapshot: Snapshot, since: dict[str, float], now: float, policy: Policy) -> dict[str, float]:
+    if not snapshot.broker.up:
+        return dict(since)  # no news about the queues: keep counting from when it began
+    return {q.name: since.get(q.name, now) for q in snapshot.broker.queues if q.ready > policy.backlog_threshold}
+
+
+def muted(state: AlertState, key: str, now: float) -> bool:
+    return any(until > now and scope in (ALL, service_of(key)) for scope, until in state.mutes.items())
+
+
+# --- The state machine ------------------------------------------------------------------------
+
+
+def incident_id(key: str, started_at: float) -> str:
+    return f"{key}@{int(started_at * 1000)}"
+
+
+def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy) -> tuple[AlertState, list[Effect]]:
+    failing = failures(snapshot, state, now, policy)
+    checks: dict[str, Check] = {}
+    incidents = dict(state.incidents)
+    effects: list[Effect] = []
+    for key in sorted(set(failing) | set(state.checks) | set(state.incidents)):
+        check = state.checks.get(key, Check())
+        finding = failing.get(key)
+        if finding is not None:
+            check = Check(check.failing + 1, 0, check.since or now)
+            effects += _on_failure(incidents, key, check, finding, impact(snapshot, key), state, now, policy)
+        else:
+            check = Check(0, check.passing + 1, None)
+            effects += _on_success(incidents, key, check, now, policy)
+        if check.failing or key in incidents:
+            checks[key] = check  # a passing check with nothing open is forgotten
+    effects += _reminders(incidents, now, policy)
+    new_state = replace(state, checks=checks, incidents=incidents,
+                        known_workers=remembered_workers(snapshot, state.known_workers, now),
+                        backlog_since=backlog_starts(snapshot, state.backlog_since, now, policy),
+                        mutes={s: u for s, u in state.mutes.items() if u > now})
+    effects += _unsilence(new_state, now)
+    return replace(new_state, incidents=_posted(new_state.incidents, effects)), effects
+
+
+def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding: Finding, impact_text: str,
+                state: AlertState, now: float, policy: Policy) -> list[Effect]:
+    current = incidents.get(key)
+    if current is None:
+        if check.failing < policy.alert_after:
+            return []  # pending: one bad poll does not wake anybody
+        since = check.since or now
+        incident = Incident(incident_id(key, since), key, int(finding.level), finding.text, impact_text, since, now,
+                            silenced=muted(state, key, now))
+        incidents[key] = incident
+        return [] if incident.silenced else [Post(incident)]
+    if (current.level, current.text, current.impact) == (int(finding.level), finding.text, impact_text):
+        return []
+    changed = replace(current, level=int(finding.level), text=finding.text, impact=impact_text)
+    incidents[key] = changed
+    if changed.silenced:
+        return []
+    # Texts that only count time ("last seen 12 s ago") change every poll: redraw, keep the thread quiet.
+    worse = changed.level != current.level
+    return [Refresh(changed)] + ([Timeline(changed, f"Now: {finding.text}")] if worse else [])
+
+
+def _on_success(incidents: dict[str, Incident], key: str, check: Check, now: float, policy: Policy) -> list[Effect]:
+    current = incidents.get(key)
+    if current is None or check.passing < policy.resolve_after:
+        return []
+    resolved = replace(current, resolved_at=now)
+    del incidents[key]
+    if current.silenced:
+        return []
+    return [Refresh(resolved), Timeline(resolved, f"Resolved after {assess.duration(now - current.started_at)}.")]
+
+
+def _reminders(incidents: dict[str, Incident], now: float, policy: Policy) -> list[Effect]:
+    effects: list[Effect] = []
+    for key, incident in incidents.items():
+        if incident.silenced or incident.acked_by or (incident.snoozed_until or 0) > now:
+            continue
+        last = max(incident.last_reminded_at or incident.fired_at, incident.snoozed_until or 0)
+        if now - last >= policy.remind_seconds:
+            incidents[key] = replace(incident, last_reminded_at=now)
+            effects.append(Timeline(incidents[key], f"Still not resolved after "
+                                                    f"{assess.duration(now - incident.started_at)}: {incident.text}"))
+    return effects
+
+
+def _unsilence(state: AlertState, now: float) -> list[Effect]:
+    """Incidents that fired during a mute and still fire once it is over get posted then."""
+    return [Post(i) for i in state.incidents.values() if i.silenced and not muted(state, i.key, now)]
+
+
+def _posted(incidents: dict[str, Incident], effects: list[Effect]) -> dict[str, Incident]:
+    posted = {e.incident.key for e in effects if isinstance(e, Post)}
+    return {k: replace(i, silenced=False) if k in posted else i for k, i in incidents.items()}
+
+
+def unsettled(state: AlertState) -> bool:
+    """A failure not yet confirmed, or a recovery not yet confirmed: worth a quick second look."""
+    return any((check.failing and key not in state.incidents) or (check.passing and key in state.incidents)
+               for key, check in state.checks.items())
+
+
+# --- What people do to incidents --------------------------------------------------------------
+
+
+def find(state: AlertState, incident_id_: str) -> Incident | None:
+    return next((i for i in state.incidents.values() if i.id == incident_id_), None)
+
+
+def acknowledge(state: AlertState, incident_id_: str, user: str, now: float) -> tuple[AlertState, list[Effect]]:
+    incident = find(state, incident_id_)
+    if incident is None or incident.acked_by:
+        return state, []
+    acked = replace(incident, acked_by=user, acked_at=now)
+    return _with(state, acked), [Refresh(acked), Timeline(acked, f"Acknowledged by {user}.")]
+
+
+def snooze(state: AlertState, incident_id_: str, until: float, user: str, now: float
+           ) -> tuple[AlertState, list[Effect]]:
+    incident = find(state, incident_id_)
+    if incident is None or until <= now:
+        return state, []
+    snoozed = replace(incident, snoozed_until=until, snoozed_by=user)
+    return _with(state, snoozed), [Refresh(snoozed), Timeline(snoozed, f"Snoozed by {user}.")]
+
+
+def mute(state: AlertState, scope: str, until: float) -> AlertState:
+    return replace(state, mutes={**state.mutes, scope: until})
+
+
+def unmute(state: AlertState) -> AlertState:
+    return replace(state, mutes={})
+
+
+def _with(state: AlertState, incident: Incident) -> AlertState:
+    return replace(state, incidents={**state.incidents, incident.key: incident})
