@@ -175,6 +175,16 @@ def backlog_starts(snapshot: Snapshot, since: dict[str, float], now: float, poli
     return {q.name: since.get(q.name, now) for q in snapshot.broker.queues if q.ready > policy.backlog_threshold}
 
 
+def observable(snapshot: Snapshot, key: str) -> bool:
+    """Can this snapshot tell whether `key` is fine? Not a worker while Celery is down, nor a queue
+    while the broker is: their absence from the findings then means nothing."""
+    if key.startswith("worker:"):
+        return snapshot.celery.state is CeleryState.RUNNING
+    if key.startswith("queue:"):
+        return snapshot.broker.up
+    return True
+
+
 def muted(state: AlertState, key: str, now: float) -> bool:
     return any(until > now and scope in (ALL, service_of(key)) for scope, until in state.mutes.items())
 
@@ -194,6 +204,9 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy) -> t
     for key in sorted(set(failing) | set(state.checks) | set(state.incidents)):
         check = state.checks.get(key, Check())
         finding = failing.get(key)
+        if finding is None and not observable(snapshot, key):
+            checks[key] = check  # no news (its broker or Celery is down): neither failure nor recovery
+            continue
         if finding is not None:
             check = Check(check.failing + 1, 0, check.since or now)
             effects += _on_failure(incidents, key, check, finding, impact(snapshot, key), state, now, policy)
@@ -208,7 +221,7 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy) -> t
                         backlog_since=backlog_starts(snapshot, state.backlog_since, now, policy),
                         mutes={s: u for s, u in state.mutes.items() if u > now})
     effects += _unsilence(new_state, now)
-    return replace(new_state, incidents=_posted(new_state.incidents, effects)), effects
+    return replace(new_state, incidents=_posted(new_state.incidents, effects, now)), effects
 
 
 def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding: Finding, impact_text: str,
@@ -262,9 +275,10 @@ def _unsilence(state: AlertState, now: float) -> list[Effect]:
     return [Post(i) for i in state.incidents.values() if i.silenced and not muted(state, i.key, now)]
 
 
-def _posted(incidents: dict[str, Incident], effects: list[Effect]) -> dict[str, Incident]:
+def _posted(incidents: dict[str, Incident], effects: list[Effect], now: float) -> dict[str, Incident]:
+    """Mark what was just posted; reminders count from the post (a muted incident posts late)."""
     posted = {e.incident.key for e in effects if isinstance(e, Post)}
-    return {k: replace(i, silenced=False) if k in posted else i for k, i in incidents.items()}
+    return {k: replace(i, silenced=False, last_reminded_at=now) if k in posted else i for k, i in incidents.items()}
 
 
 def unsettled(state: AlertState) -> bool:

@@ -295,15 +295,15 @@ def incident_view(incident: Incident, now: float) -> View:
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
         items.append(Item(None, "Snoozed", f"until {assess.clock(incident.snoozed_until)} by {incident.snoozed_by}"))
     if incident.open:
-        title = f"Alert: {incident.text}"
+        title = "Alert"
         actions = incident_actions(incident.id)
     else:
         resolved_at = incident.resolved_at or now
-        title = f"Resolved: {incident.text}"
+        title = "Resolved"
         items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
                                                 f"at {assess.clock(resolved_at)}"))
         actions = ()
-    return View(title[:150], incident.text, level, (Section("Incident", tuple(items)),), actions,
+    return View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
 
 
