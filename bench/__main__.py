@@ -12,10 +12,10 @@ import sys
 import traceback
 from types import ModuleType
 
-from bench import status, terminate
+from bench import alerts, status, terminate
 from bench.common import log
 
-BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (status, terminate)}
+BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (status, terminate, alerts)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

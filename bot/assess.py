@@ -153,10 +153,26 @@ def worker_level(worker: WorkerInfo) -> Level:
 
 def worker_text(worker: WorkerInfo) -> str:
     if not worker.answered:
+        if worker.heartbeat_age is not None:
+            return f"lost: last heartbeat {duration(worker.heartbeat_age)} ago"
         return "sends heartbeats but did not answer: busy, blocked or shutting down"
     pool = worker.pool or "unknown pool"
     concurrency = f" x{worker.concurrency}" if worker.concurrency else ""
     return f"{pool}{concurrency}, {len(worker.active)} active, {worker.reserved} reserved"
+
+
+def worker_details_text(worker: WorkerInfo) -> str:
+    """The long form for `/tasks workers`: everything known about one worker."""
+    parts = [worker_text(worker)]
+    if worker.answered and worker.heartbeat_age is not None:
+        parts.append(f"online (heartbeat {duration(worker.heartbeat_age)} ago)")
+    if worker.processed is not None:
+        parts.append(f"{worker.processed} processed")
+    if worker.uptime is not None:
+        parts.append(f"up {duration(worker.uptime)}")
+    if worker.loadavg:
+        parts.append("load " + " ".join(f"{value:.2f}" for value in worker.loadavg))
+    return ", ".join(parts)
 
 
 # --- Flower -----------------------------------------------------------------------------------

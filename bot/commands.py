@@ -15,7 +15,8 @@ from bot.access import HOW_TO_CONFIGURE, Actor
 from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
-from bot.control import Outcome, TaskControl
+from bot.control import TASK_ID, Outcome, TaskControl
+from bot.history import History
 from bot.redact import redact
 from bot.snapshot import Level, Snapshot
 from bot.store import AuditEntry
@@ -28,6 +29,7 @@ from bot.views import (
     Section,
     View,
     help_view,
+    history_item,
     incidents_view,
     message_view,
     status_view,
@@ -38,7 +40,9 @@ SNOOZE_VALUES = {value for _, value in SNOOZES}
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
-           "mute": "mute", "unmute": "unmute", "incidents": "incidents"}
+           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show"}
+HISTORY_STATES = {"failed": "FAILURE", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
+MAX_FILTER = 100
 TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
@@ -56,8 +60,9 @@ class UsageError(ValueError):
 class Command:
     name: str  # a section of the status ("overview", "workers", ...), "help", or an action
     page: int = 1
-    target: str = ""  # the task id or queue of an action
+    target: str = ""  # the task id or queue of an action; a final state for history
     section: str = ""  # for a button: the view it was clicked in, redrawn after the action
+    name_filter: str = ""  # history: part of a task name
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,12 @@ def parse(text: str) -> Command:
         if len(rest) != 1:
             raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
         return Command(name, target=rest[0])
+    if name == "history":
+        return parse_history(rest)
+    if name == "show":
+        if len(rest) != 1:
+            raise UsageError("Usage: /tasks show <task-id>")
+        return Command(name, target=rest[0])
     if name == "mute":
         if not 1 <= len(rest) <= 2:
             raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower]")
@@ -110,6 +121,14 @@ def parse(text: str) -> Command:
 FORGED = "That button is not one I made; nothing was done."
 
 
+def parse_history(words: list[str]) -> Command:
+    state = HISTORY_STATES.get(words[0].lower(), "") if words else ""
+    name = " ".join(words[1:] if state else words)
+    if len(name) > MAX_FILTER:
+        raise UsageError(f"A name filter is at most {MAX_FILTER} characters.")
+    return Command("history", target=state, name_filter=name)
+
+
 def parse_button(action_id: str, value: str) -> Command:
     """A button's value is only a claim: check its shape here, and its target when acting."""
     if action_id in ("page", "share"):
@@ -117,6 +136,13 @@ def parse_button(action_id: str, value: str) -> Command:
         if not match or match["section"] not in SECTIONS or not 1 <= int(match["page"]) <= MAX_PAGE:
             raise UsageError(FORGED)
         return Command(match["section"], int(match["page"]))
+    if action_id == "history_page":
+        page, _, rest = (value or "").partition("|")
+        state, _, name = rest.partition("|")
+        if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE or state not in ("", *HISTORY_STATES.values()) \
+                or len(name) > MAX_FILTER:
+            raise UsageError(FORGED)
+        return Command("history", int(page), target=state, name_filter=name)
     if action_id in TARGETED:
         match = TARGET_VALUE.match(value or "")
         if not match or match["section"] not in SECTIONS:
@@ -159,10 +185,11 @@ class Commands:
     """Answers commands; needs a way to take a snapshot and, for actions, task control and alerting."""
 
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
-                 alerts: AlertService | None = None) -> None:
+                 alerts: AlertService | None = None, history: History | None = None) -> None:
         self.take_snapshot = take_snapshot
         self.control = control
         self.alerts = alerts
+        self.history = history
 
     def controls(self) -> Controls | None:
         if self.control is None:
@@ -185,7 +212,30 @@ class Commands:
             return self._act(command, actor)
         if command.name in ("mute", "unmute", "incidents"):
             return Reply(self._alerting(command, actor), replace_original=False)
+        if command.name in ("history", "show"):
+            return Reply(self._history(command))
         return Reply(self.status(command.name, command.page))
+
+    def _history(self, command: Command) -> View:
+        if self.history is None:
+            return message_view("opsbot", "Task history is not available here.", Level.WARN)
+        if command.name == "history":
+            return self.history.page(command.target or None, command.name_filter or None, command.page)
+        if not TASK_ID.match(command.target):
+            return message_view("opsbot", "That is not a valid task id.", Level.WARN)
+        found = self.history.task(command.target)
+        if found is None:
+            return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
+        return found
+
+    def home(self) -> View:
+        """The App Home dashboard: the overview, plus the latest failures from the history."""
+        view = self.status("overview")
+        if self.history is None:
+            return view
+        failures = tuple(history_item(row) for row in self.history.recent_failures())
+        note = "" if failures else "No failure on record."
+        return replace(view, sections=(*view.sections, Section("Recent failures", failures, note=note)))
 
     def _alerting(self, command: Command, actor: Actor) -> View:
         if self.alerts is None:

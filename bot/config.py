@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     backlog_minutes: float = Field(10.0, ge=0, validation_alias="OPSBOT_BACKLOG_MINUTES")
     db_url: str = Field(f"sqlite:///{DEFAULT_DB_PATH}", validation_alias="OPSBOT_DB_URL")
     log_level: str = Field("INFO", validation_alias="OPSBOT_LOG_LEVEL")
+    history_days: float = Field(7.0, gt=0, le=3650, validation_alias="OPSBOT_HISTORY_DAYS")
+    history_max_rows: int = Field(100_000, ge=10, validation_alias="OPSBOT_HISTORY_MAX_ROWS")
+    digest_at: str | None = Field(None, validation_alias="OPSBOT_DIGEST_AT")
 
     @field_validator("queues", "admins", mode="before")
     @classmethod
@@ -105,6 +108,13 @@ class Settings(BaseSettings):
         parts = urlsplit(value)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @field_validator("digest_at")
+    @classmethod
+    def _time_of_day(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+            raise ValueError("must be a time of day like 09:00")
         return value
 
     @field_validator("log_level")

@@ -27,10 +27,13 @@ WATCH_SECONDS = 0.5  # how often the set of live workers is compared with the la
 
 
 class HeartbeatMonitor:
-    def __init__(self, app: Celery, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, app: Celery, on_change: Callable[[], None] | None = None,
+                 on_task_event: Callable[[dict], None] | None = None) -> None:
         self.app = app
         # Called when a worker appears or goes quiet, or the event connection drops: poll now.
         self.on_change = on_change or (lambda: None)
+        # Every task event (sent, received, started, succeeded, ...), for the task history.
+        self.on_task_event = on_task_event or (lambda event: None)
         self.state = State()
         self._connected_at: float | None = None
         self._receiver: EventReceiver | None = None
@@ -83,10 +86,25 @@ class HeartbeatMonitor:
     def _listen(self) -> None:
         with self.app.connection_for_read() as conn:
             conn.ensure_connection(max_retries=0)
-            receiver = self.app.events.Receiver(conn, handlers={"*": self.state.event})
+            receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
             self._receiver = receiver
             self._connected_at = time.monotonic()
             receiver.capture(limit=None, timeout=None, wakeup=True)
+
+    def _on_event(self, event: dict) -> None:
+        self.state.event(event)
+        if str(event.get("type", "")).startswith("task-"):
+            try:
+                self.on_task_event(event)
+            except Exception:
+                log.exception("task event handler failed")
+
+    def worker_details(self) -> dict[str, dict]:
+        """What the heartbeats tell about each worker: age of the last one, alive or not, load average."""
+        now = time.time()
+        return {name: {"heartbeat_age": now - worker.heartbeats[-1], "alive": worker.alive,
+                       "loadavg": worker.loadavg}
+                for name, worker in list(self.state.workers.items()) if worker.heartbeats}
 
     def stop(self) -> None:
         self._stopped.set()

@@ -48,6 +48,7 @@ REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
 # With no idea how many workers to expect, wait at most this long for their replies.
 DISCOVERY_TIMEOUT = 1.0
+LOST_MEMORY = 3600.0  # a worker whose heartbeats stopped is listed as lost for an hour
 
 
 def target_of(url: str) -> str:
@@ -260,11 +261,14 @@ class CeleryProbe:
     """
 
     def __init__(self, settings: Settings,
-                 alive_workers: Callable[[], set[str] | None] | None = None) -> None:
+                 alive_workers: Callable[[], set[str] | None] | None = None,
+                 heartbeat_details: Callable[[], dict[str, dict]] | None = None) -> None:
         self.settings = settings
         self.app = make_control_app(settings.broker_url, settings.probe_timeout)
         # Heartbeats are fresher than our last answer (a dead worker drops out after ~4 s).
         self.alive_workers = alive_workers or (lambda: None)
+        # What heartbeats say of each worker (age, load average); empty without a monitor.
+        self.heartbeat_details = heartbeat_details or (lambda: {})
         self._last_answered: set[str] = set()
         self._lock = threading.Lock()
 
@@ -287,11 +291,16 @@ class CeleryProbe:
         answered = set(replies["active"])
         with self._lock:
             self._last_answered = answered
+        details = self.heartbeat_details()
+        lost = tuple(WorkerInfo(name=name, answered=False, heartbeat_age=d["heartbeat_age"],
+                                loadavg=tuple(d["loadavg"] or ()) or None)
+                     for name, d in sorted(details.items())
+                     if not d["alive"] and name not in answered and d["heartbeat_age"] < LOST_MEMORY)
         if not answered:
-            return CeleryStatus(state=CeleryState.NOT_RUNNING)
-        workers = [self._worker(name, replies) for name in sorted(answered)]
+            return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost)
+        workers = [self._worker(name, replies, details.get(name) or {}) for name in sorted(answered)]
         silent = [WorkerInfo(name=name, answered=False) for name in sorted(expected - answered)]
-        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent))
+        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent), lost=lost)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
         """active, then reserved and stats from just the workers that answered the first call."""
@@ -310,14 +319,19 @@ class CeleryProbe:
         return replies
 
     @staticmethod
-    def _worker(name: str, replies: dict[str, dict]) -> WorkerInfo:
+    def _worker(name: str, replies: dict[str, dict], heartbeat: dict) -> WorkerInfo:
         stats = replies.get("stats", {}).get(name) or {}
+        totals = stats.get("total") or {}
         return WorkerInfo(
             name=name,
             pool=pool_name(stats),
             concurrency=(stats.get("pool") or {}).get("max-concurrency"),
             active=tuple(task_from(raw, name) for raw in replies["active"].get(name) or []),
             reserved=len(replies.get("reserved", {}).get(name) or []),
+            processed=sum(totals.values()) if isinstance(totals, dict) else None,
+            uptime=stats.get("uptime"),
+            loadavg=tuple(heartbeat.get("loadavg") or ()) or None,
+            heartbeat_age=heartbeat.get("heartbeat_age"),
         )
 
 

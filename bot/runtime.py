@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import time
 from collections.abc import Callable
 
 from bot.access import Access, Actor
@@ -12,6 +13,7 @@ from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
 from bot.heartbeats import HeartbeatMonitor
+from bot.history import History, HistoryRecorder, digest_text
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
 from bot.store import Store
@@ -35,10 +37,15 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.heartbeats: HeartbeatMonitor | None = None
-        self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers)
+        self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers,
+                                        heartbeat_details=self._heartbeat_details)
         self.prober = Prober(settings, self.celery_probe)
         self.store: Store | None = None
         self.alerts: AlertService | None = None
+        self.recorder: HistoryRecorder | None = None
+
+    def _heartbeat_details(self) -> dict[str, dict]:
+        return self.heartbeats.worker_details() if self.heartbeats else {}
 
     def _alive_workers(self) -> set[str] | None:
         return self.heartbeats.alive_workers() if self.heartbeats else None
@@ -48,8 +55,11 @@ class Runtime:
             self.alerts.poll_soon()
 
     def start_background(self) -> None:
-        """Long-running modes follow worker heartbeats; a one-shot status does not need to."""
-        self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed).start()
+        """Long-running modes follow worker heartbeats and record task history; a one-shot status does not."""
+        self.recorder = HistoryRecorder(self._store(), self.settings.history_days,
+                                        self.settings.history_max_rows).start()
+        self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
+                                           on_task_event=self.recorder.on_event).start()
 
     def _store(self) -> Store:
         if self.store is None:
@@ -65,7 +75,8 @@ class Runtime:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
-        return Commands(self.prober.snapshot, control, self.alerts)
+        history = History(self.settings, self._store(), self.recorder)
+        return Commands(self.prober.snapshot, control, self.alerts, history)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -79,7 +90,11 @@ class Runtime:
 
         client = slack_app.make_client(self.settings)
         if self.settings.alert_channel:
-            self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel))
+            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel))
+            if self.settings.digest_at:
+                channel = self.settings.alert_channel
+                alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
+                    channel=channel, text=digest_text(self._store(), time.time())))
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
@@ -95,6 +110,8 @@ class Runtime:
             self.alerts.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
         self.prober.close()
         if self.store is not None:
             self.store.close()

@@ -100,10 +100,11 @@ def publish_home(client: WebClient, user_id: str, view: View) -> None:
 
 
 def home_view(reply: Reply, commands: Commands) -> View:
-    if reply.replace_original:
-        return reply.view
-    # No message to answer beside in the Home tab: show the outcome on top of the dashboard.
-    return commands.status("overview").with_notice(Notice(reply.view.level, reply.view.summary))
+    if reply.replace_original and reply.view.notice is None:
+        return reply.view  # paging: the page asked for
+    # After an action, the dashboard again, with the outcome on top.
+    notice = reply.view.notice or Notice(reply.view.level, reply.view.summary)
+    return commands.home().with_notice(notice)
 
 
 def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
@@ -162,7 +163,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
         deliver(reply, respond)
         schedule_follow_up(reply, lambda view: respond(replace_original=True, **blocks.message(view)))
 
-    for action_id in ("page", "terminate", "kill", "purge"):
+    for action_id in ("page", "terminate", "kill", "purge", "history_page"):
         app.action(action_id)(on_button)
 
     @app.action("share")
@@ -193,7 +194,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
         if event.get("tab") == "home":
             user = event.get("user", "")
-            publish_home(client, user, safely(lambda: commands.run(Command("overview"), actor(user))).view)
+            publish_home(client, user, safely(lambda: Reply(commands.home())).view)
 
     @app.error
     def on_error(error: Exception) -> None:

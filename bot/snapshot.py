@@ -81,6 +81,10 @@ class WorkerInfo:
     active: tuple[TaskInfo, ...] = ()
     reserved: int = 0  # prefetched: taken from the broker, not yet running
     answered: bool = True  # False: seen by its heartbeats, but it did not answer our request
+    processed: int | None = None  # tasks run since the worker started
+    uptime: float | None = None  # seconds
+    loadavg: tuple[float, ...] | None = None  # the host's, from the heartbeats
+    heartbeat_age: float | None = None  # seconds since its last heartbeat
 
 
 class CeleryState(StrEnum):
@@ -94,6 +98,7 @@ class CeleryStatus:
     state: CeleryState
     workers: tuple[WorkerInfo, ...] = ()
     problem: Problem | None = None
+    lost: tuple[WorkerInfo, ...] = ()  # heartbeats stopped recently: shown, not judged
 
     @property
     def active_tasks(self) -> tuple[TaskInfo, ...]:

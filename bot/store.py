@@ -7,6 +7,7 @@ terminated by whom (so a second click can say "already terminated by @x at 14:02
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    func,
     insert,
     select,
     update,
@@ -74,6 +76,26 @@ outbox_table = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_try_at", Float, nullable=False, default=0.0),
 )
+
+
+task_history_table = Table(
+    "task_history", metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("name", String(255), nullable=True, index=True),
+    Column("state", String(16), nullable=False, index=True),
+    Column("worker", String(255), nullable=True),
+    Column("args", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Column("exception", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("retries", Integer, nullable=False, default=0),
+    Column("runtime", Float, nullable=True),
+    Column("received_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True, index=True),
+    Column("updated_at", Float, nullable=False, index=True),
+)
+HISTORY_COLUMNS = [c.name for c in task_history_table.columns]
 
 
 @dataclass(frozen=True)
@@ -205,6 +227,68 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
         return (row.channel, row.ts) if row else None
+
+    # --- task history ---
+
+    def record_task_events(self, events: list[dict[str, Any]],
+                           fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]) -> None:
+        """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database)."""
+        ids = list({e["uuid"] for e in events})
+        table = task_history_table
+        with self.engine.begin() as conn:
+            found = conn.execute(select(table).where(table.c.task_id.in_(ids)))
+            existing = {r.task_id: dict(r._mapping) for r in found}
+            rows = dict(existing)
+            for event in events:
+                rows[event["uuid"]] = fold(rows.get(event["uuid"]), event)
+            for task_id, row in rows.items():
+                values = {k: v for k, v in row.items() if k in HISTORY_COLUMNS}
+                if task_id in existing:
+                    conn.execute(update(table).where(table.c.task_id == task_id).values(**values))
+                else:
+                    conn.execute(insert(table).values(**values))
+
+    def prune_history(self, older_than: float, max_rows: int) -> int:
+        table = task_history_table
+        with self.engine.begin() as conn:
+            removed = conn.execute(delete(table).where(table.c.updated_at < older_than)).rowcount
+            count = conn.execute(select(func.count()).select_from(table)).scalar_one()
+            if count > max_rows:
+                cutoff = conn.execute(select(table.c.updated_at).order_by(table.c.updated_at.desc())
+                                      .offset(max_rows - 1).limit(1)).scalar_one()
+                removed += conn.execute(delete(table).where(table.c.updated_at < cutoff)).rowcount
+        return removed
+
+    def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int
+                       ) -> tuple[list[dict[str, Any]], int]:
+        """Finished tasks, newest first, optionally of one final state and with a name containing `name`."""
+        table = task_history_table
+        where = [table.c.finished_at.is_not(None)]
+        if state:
+            where.append(table.c.state == state)
+        if name:
+            where.append(table.c.name.contains(name, autoescape=True))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+            rows = conn.execute(select(table).where(*where).order_by(table.c.finished_at.desc())
+                                .offset(offset).limit(limit))
+            return [dict(r._mapping) for r in rows], int(total)
+
+    def task(self, task_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(task_history_table).where(task_history_table.c.task_id == task_id)).first()
+        return dict(row._mapping) if row else None
+
+    def failure_counts(self, since: float, limit: int = 5) -> tuple[dict[str, int], list[tuple[str, int]]]:
+        """Tasks finished since `since` by final state, and the task names that failed most."""
+        table = task_history_table
+        with self.engine.connect() as conn:
+            by_state = dict(conn.execute(select(table.c.state, func.count()).where(table.c.finished_at >= since)
+                                         .group_by(table.c.state)).all())
+            failing = conn.execute(select(table.c.name, func.count().label("n"))
+                                   .where(table.c.finished_at >= since, table.c.state == "FAILURE")
+                                   .group_by(table.c.name).order_by(func.count().desc()).limit(limit)).all()
+        return {k: int(v) for k, v in by_state.items()}, [(str(n), int(c)) for n, c in failing]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -6,6 +6,7 @@ to recognise a task ("export(report_id=42)") and nothing that should stay privat
 
 from __future__ import annotations
 
+import ast
 import re
 from typing import Any
 
@@ -44,3 +45,27 @@ def summarize_call(args: Any, kwargs: Any) -> str:
     if len(text) > MAX_SUMMARY:
         text = text[: MAX_SUMMARY - 1] + "…"
     return f"({text})"
+
+
+def _literal(text: Any) -> Any:
+    try:
+        return ast.literal_eval(text) if isinstance(text, str) else text
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return _UNPARSED
+
+
+_UNPARSED = object()
+# In a repr we could not parse: 'password': 'value'  or  password='value'
+_SECRET_IN_REPR = re.compile(
+    r"""(['"]?(?:\w*(?:pass|secret|token|key|auth|credential|cookie|session|signature)\w*)['"]?\s*[:=]\s*)"""
+    r"""('[^']*'|"[^"]*"|[^,)}\s]+)""", re.IGNORECASE)
+
+
+def summarize_repr(args: Any, kwargs: Any) -> str:
+    """Like `summarize_call`, for the reprs that Celery's events carry ("(1, 'a')", "{'k': 1}")."""
+    parsed_args, parsed_kwargs = _literal(args), _literal(kwargs)
+    if isinstance(parsed_args, (list, tuple)) and isinstance(parsed_kwargs, dict | None):
+        return summarize_call(list(parsed_args), parsed_kwargs or {})
+    text = _SECRET_IN_REPR.sub(lambda m: m.group(1) + MASK, f"{args or ''} {kwargs or ''}".strip())
+    text = redact(text)
+    return f"({text[: MAX_SUMMARY - 1]}…)" if len(text) > MAX_SUMMARY else f"({text})"

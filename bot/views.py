@@ -229,7 +229,9 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
 
 
 def workers_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
-    items = [worker_item(w) for w in worst_first(snapshot.celery.workers)]
+    workers = worst_first(snapshot.celery.workers) + list(snapshot.celery.lost)
+    items = [Item(Level.WARN if w in snapshot.celery.lost else assess.worker_level(w), w.name,
+                  assess.worker_details_text(w)) for w in workers]
     return paged_view(snapshot, "workers", "Workers", items, page, assess.celery_text(snapshot.celery), controls)
 
 
@@ -254,6 +256,8 @@ COMMANDS = (
     ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM (admins)"),
     ("/tasks purge <queue>", "delete the waiting tasks of one watched queue (admins)"),
     ("/tasks audit", "the latest 20 task-control attempts (admins)"),
+    ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
+    ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
     ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
     ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
     ("/tasks unmute", "end every mute (admins)"),
@@ -314,3 +318,65 @@ def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> Vi
     summary = f"{assess.plural(len(items), 'open incident')}." if items else "No open incident."
     return View("Incidents", summary, max((Level(i.level) for i in incidents), default=Level.OK),
                 (Section("Open incidents", items, note=muted_note),))
+
+
+# --- Task history -----------------------------------------------------------------------------
+
+STATE_LEVELS = {"SUCCESS": Level.OK, "FAILURE": Level.DOWN, "REVOKED": Level.WARN, "REJECTED": Level.WARN,
+                "RETRY": Level.WARN}
+HISTORY_PAGE = 20
+
+
+def history_item(row: dict) -> Item:
+    runtime = f", ran {assess.duration(row['runtime'])}" if row.get("runtime") is not None else ""
+    finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
+    worker = f" on {row['worker']}" if row.get("worker") else ""
+    return Item(STATE_LEVELS.get(row["state"]), row.get("name") or "?", f"{row['state']}{worker}{runtime}{finished}",
+                code=row["task_id"][:8])
+
+
+def history_view(rows: list[dict], total: int, page: int, state: str | None, name: str | None,
+                 note: str = "", source: str = "opsbot's history") -> View:
+    pages = max(1, -(-total // HISTORY_PAGE))
+    value = f"{{}}|{state or ''}|{name or ''}"
+    actions = []
+    if page > 1:
+        actions.append(Action("history_page", "Newer", value.format(page - 1)))
+    if page < pages:
+        actions.append(Action("history_page", "Older", value.format(page + 1)))
+    what = " ".join(filter(None, [state.lower() if state else "finished", "tasks",
+                                  f"named like '{name}'" if name else ""]))
+    summary = f"{total} {what}, newest first ({source})." if total else f"No {what} on record."
+    left = max(0, total - (page - 1) * HISTORY_PAGE - len(rows))
+    section = Section("History", tuple(history_item(r) for r in rows), more=left,
+                      note=" ".join(filter(None, [f"page {page} of {pages}" if pages > 1 else "", note])))
+    return View("Task history", summary, None, (section,), tuple(actions))
+
+
+def task_view(row: dict) -> View:
+    """The full story of one task."""
+    def when(key: str) -> str:
+        return assess.clock(row[key]) if row.get(key) else "—"
+
+    items = [
+        Item(STATE_LEVELS.get(row["state"]), "State", row["state"]),
+        Item(None, "Name", row.get("name") or "?"),
+        Item(None, "Worker", row.get("worker") or "—"),
+        Item(None, "Timeline", f"received {when('received_at')}, started {when('started_at')}, "
+                               f"finished {when('finished_at')}"),
+    ]
+    if row.get("runtime") is not None:
+        items.append(Item(None, "Runtime", assess.duration(row["runtime"])))
+    if row.get("retries"):
+        items.append(Item(None, "Retries", str(row["retries"])))
+    if row.get("args"):
+        items.append(Item(None, "Arguments", row["args"]))
+    if row.get("result"):
+        items.append(Item(None, "Result", row["result"]))
+    if row.get("exception"):
+        items.append(Item(Level.DOWN if row["state"] == "FAILURE" else None, "Exception", row["exception"]))
+    sections = [Section("Task", tuple(items))]
+    if row.get("traceback"):
+        sections.append(Section("Traceback (last lines)", (Item(None, "", "\n" + row["traceback"]),)))
+    return View(f"Task {row['task_id'][:8]}", f"{row.get('name') or '?'}: {row['state']}",
+                STATE_LEVELS.get(row["state"]), tuple(sections), footer=f"Task id {row['task_id']}")
