@@ -21,7 +21,7 @@ from bot import alerts, blocks
 from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
 from bot.assess import clock
 from bot.config import Settings
-from bot.store import Store
+from bot.store import StateConflict, Store
 from bot.views import incident_view
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 CONFIRM_SECONDS = 1.0  # a pending failure (or recovery) is confirmed this soon, not a whole poll later
 FLUSH_SECONDS = 5.0  # how often the outbox is retried
 MAX_BACKOFF = 300.0
+CLAIM_SECONDS = 60.0  # a replica that claimed a post and died frees it after this (then it may go twice)
 MORNING_HOUR = 9  # "snooze until tomorrow" ends at this hour
 
 
@@ -50,10 +51,12 @@ class Sink(Protocol):
 class SlackSink:
     """Posts through the store's outbox: rows are written with the engine's state, then sent in order."""
 
-    def __init__(self, store: Store, client: WebClient, channel: str, clock_: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: Store, client: WebClient, channel: str, replica: str = "",
+                 clock_: Callable[[], float] = time.time) -> None:
         self.store = store
         self.client = client
         self.channel = channel
+        self.replica = replica
         self.clock = clock_
         self._lock = threading.Lock()
 
@@ -80,6 +83,9 @@ class SlackSink:
                     continue
                 if item.attempts < 0:  # not due yet: later items of this incident must wait too
                     held.add(item.incident_id)
+                    continue
+                if not self.store.claim_outbox(item.id, self.replica, self.clock(), CLAIM_SECONDS):
+                    held.add(item.incident_id)  # another replica is sending it
                     continue
                 try:
                     self._send(item.id, item.incident_id, item.kind, item.payload)
@@ -141,30 +147,42 @@ def tomorrow_morning(now: float) -> float:
 
 class AlertService:
     def __init__(self, settings: Settings, store: Store, take_snapshot: Callable[[], Any], sink: Sink,
-                 clock_: Callable[[], float] = time.time) -> None:
+                 clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True) -> None:
         self.settings = settings
         self.store = store
         self.take_snapshot = take_snapshot
         self.sink = sink
         self.clock = clock_
+        # With several replicas only the leader polls; any replica may record an acknowledgement.
+        self.is_leader = is_leader
         self.policy = policy_from(settings)
         self._lock = threading.Lock()
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": 30})
 
-    # The engine's state lives in the store: a restart carries on with the same incidents.
+    # The engine's state lives in the store: a restart (or another replica) carries on with it.
     def _load(self) -> AlertState:
-        return AlertState.from_json(self.store.load_alert_state())
+        return AlertState.from_json(self.store.load_alert_state()[0])
 
-    def _apply(self, change: Callable[[AlertState, float], tuple[AlertState, list[Effect]]]) -> list[Effect]:
-        with self._lock:
-            now = self.clock()
-            state, effects = change(self._load(), now)
-            self.store.save_alert_state(state.to_json(), self.sink.outbox_rows(effects, now))
-        self.sink.deliver(effects, now)
-        return effects
+    def _apply(self, change: Callable[[AlertState, float], tuple[AlertState, list[Effect]]],
+               attempts: int = 3) -> list[Effect]:
+        for _ in range(attempts):
+            with self._lock:
+                now = self.clock()
+                data, version = self.store.load_alert_state()
+                state, effects = change(AlertState.from_json(data), now)
+                try:
+                    self.store.save_alert_state(state.to_json(), version, self.sink.outbox_rows(effects, now))
+                except StateConflict:
+                    continue  # another replica stepped first: start again from its state
+            self.sink.deliver(effects, now)
+            return effects
+        log.warning("alert state kept changing under us; gave up after %d attempts", attempts)
+        return []
 
     def poll(self) -> None:
+        if not self.is_leader():
+            return
         try:
             snapshot = self.take_snapshot()
             self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy))

@@ -185,11 +185,13 @@ class Commands:
     """Answers commands; needs a way to take a snapshot and, for actions, task control and alerting."""
 
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
-                 alerts: AlertService | None = None, history: History | None = None) -> None:
+                 alerts: AlertService | None = None, history: History | None = None,
+                 notes: Callable[[], list[str]] = list) -> None:
         self.take_snapshot = take_snapshot
         self.control = control
         self.alerts = alerts
         self.history = history
+        self.notes = notes  # lines for the status footer: mutes, which replica answered
 
     def controls(self) -> Controls | None:
         if self.control is None:
@@ -200,8 +202,8 @@ class Commands:
 
     def status(self, section: str, page: int = 1) -> View:
         view = status_view(self.take_snapshot(), section, page, self.controls())
-        muted = self.alerts.muted_note() if self.alerts else ""
-        return replace(view, footer=f"{view.footer} · {muted}") if muted else view
+        extra = [note for note in self.notes() if note]
+        return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
 
     def run(self, command: Command, actor: Actor) -> Reply:
         if command.name == "help":

@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     history_days: float = Field(7.0, gt=0, le=3650, validation_alias="OPSBOT_HISTORY_DAYS")
     history_max_rows: int = Field(100_000, ge=10, validation_alias="OPSBOT_HISTORY_MAX_ROWS")
     digest_at: str | None = Field(None, validation_alias="OPSBOT_DIGEST_AT")
+    replica_id: str | None = Field(None, max_length=100, validation_alias="OPSBOT_REPLICA_ID")
 
     @field_validator("queues", "admins", mode="before")
     @classmethod

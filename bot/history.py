@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -88,8 +89,10 @@ def fold(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
 class HistoryRecorder:
     """Receives task events from the event monitor's thread; a writer thread stores them in batches."""
 
-    def __init__(self, store: Any, days: float, max_rows: int) -> None:
+    def __init__(self, store: Any, days: float, max_rows: int,
+                 should_record: Callable[[], bool] = lambda: True) -> None:
         self.store = store
+        self.should_record = should_record  # with several replicas, only the leader records
         self.days = days
         self.max_rows = max_rows
         self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
@@ -103,6 +106,8 @@ class HistoryRecorder:
 
     def on_event(self, event: dict[str, Any]) -> None:
         if event.get("type") in EVENT_STATES and event.get("uuid"):
+            if not self.should_record():
+                return
             self.last_event_at = time.time()
             try:
                 self.events.put_nowait(event)

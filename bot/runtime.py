@@ -14,6 +14,7 @@ from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
 from bot.heartbeats import HeartbeatMonitor
 from bot.history import History, HistoryRecorder, digest_text
+from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
 from bot.store import Store
@@ -43,6 +44,8 @@ class Runtime:
         self.store: Store | None = None
         self.alerts: AlertService | None = None
         self.recorder: HistoryRecorder | None = None
+        self.replica = settings.replica_id or default_replica_id()
+        self.leadership: Leadership | None = None
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
@@ -54,10 +57,26 @@ class Runtime:
         if self.alerts is not None:
             self.alerts.poll_soon()
 
+    def _on_leadership(self, leading: bool) -> None:
+        if leading and self.alerts is not None:
+            self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
+
+    def _is_leader(self) -> bool:
+        return self.leadership is not None and self.leadership.is_leader()
+
+    def _notes(self) -> list[str]:
+        notes = [self.alerts.muted_note()] if self.alerts else []
+        store = self._store()
+        if store.shared:
+            leader = store.leader()
+            notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
+        return notes
+
     def start_background(self) -> None:
         """Long-running modes follow worker heartbeats and record task history; a one-shot status does not."""
-        self.recorder = HistoryRecorder(self._store(), self.settings.history_days,
-                                        self.settings.history_max_rows).start()
+        self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
+        self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
+                                        should_record=self._is_leader).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self.recorder.on_event).start()
 
@@ -67,7 +86,8 @@ class Runtime:
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink)
+        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
+                                   is_leader=self._is_leader)
         self.alerts.start()
         return self.alerts
 
@@ -76,7 +96,7 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history)
+        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -90,7 +110,7 @@ class Runtime:
 
         client = slack_app.make_client(self.settings)
         if self.settings.alert_channel:
-            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel))
+            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica))
             if self.settings.digest_at:
                 channel = self.settings.alert_channel
                 alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
@@ -112,6 +132,8 @@ class Runtime:
             self.heartbeats.stop()
         if self.recorder is not None:
             self.recorder.stop()
+        if self.leadership is not None:
+            self.leadership.stop()
         self.prober.close()
         if self.store is not None:
             self.store.close()

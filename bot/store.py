@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alembic import command
+from alembic.config import Config
 from sqlalchemy import (
     Column,
     Float,
@@ -24,10 +26,13 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    or_,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
 
 metadata = MetaData()
 
@@ -58,6 +63,7 @@ alert_state_table = Table(
     "alert_state", metadata,
     Column("id", Integer, primary_key=True),
     Column("data", Text, nullable=False),
+    Column("version", Integer, nullable=False, server_default="0"),  # compare-and-set between replicas
 )
 
 incident_messages_table = Table(
@@ -75,6 +81,15 @@ outbox_table = Table(
     Column("payload", Text, nullable=False),  # JSON: text and blocks
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_try_at", Float, nullable=False, default=0.0),
+    Column("claimed_by", String(128), nullable=True),  # the replica sending it, until claimed_until
+    Column("claimed_until", Float, nullable=True),
+)
+
+leader_table = Table(
+    "leader", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("replica", String(128), nullable=False),
+    Column("seen_at", Float, nullable=False),
 )
 
 
@@ -141,10 +156,34 @@ def _termination(row: Any) -> Termination:
     return Termination(row.task_id, row.task_name, row.worker, row.user_id, row.signal, row.at, row.worker_pid)
 
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+MIGRATION_LOCK = 0x6F7073626F74  # "opsbot": replicas starting together migrate one at a time
+
+
+class StateConflict(Exception):
+    """Another replica changed the alert state first; our step is void."""
+
+
+def migrate(engine: Engine) -> None:
+    """Create or upgrade the schema with Alembic, under a lock so that replicas never race."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
 class Store:
     def __init__(self, db_url: str) -> None:
         self.engine = make_engine(db_url)
-        metadata.create_all(self.engine)
+        migrate(self.engine)
+
+    @property
+    def shared(self) -> bool:
+        """A database several replicas can share (PostgreSQL), as opposed to a local SQLite file."""
+        return self.engine.dialect.name == "postgresql"
 
     def record(self, entry: AuditEntry) -> None:
         with self.engine.begin() as conn:
@@ -184,19 +223,30 @@ class Store:
 
     # --- alerting ---
 
-    def load_alert_state(self) -> dict[str, Any]:
+    def load_alert_state(self) -> tuple[dict[str, Any], int]:
+        """The engine's state and its version (0: none saved yet)."""
+        query = select(alert_state_table.c.data, alert_state_table.c.version).where(alert_state_table.c.id == 1)
         with self.engine.connect() as conn:
-            row = conn.execute(select(alert_state_table.c.data).where(alert_state_table.c.id == 1)).first()
-        return json.loads(row.data) if row else {}
+            row = conn.execute(query).first()
+        return (json.loads(row.data), int(row.version)) if row else ({}, 0)
 
-    def save_alert_state(self, data: dict[str, Any], outbox: list[tuple[str, str, dict[str, Any]]]) -> None:
+    def save_alert_state(self, data: dict[str, Any], version: int,
+                         outbox: list[tuple[str, str, dict[str, Any]]]) -> None:
         """The engine's new state and the Slack posts it calls for, in one transaction: a crash in
-        between can neither lose a post nor queue one for a state that was never saved."""
-        text = json.dumps(data)
+        between can neither lose a post nor queue one for a state that was never saved. The update is
+        conditional on the version we read, so two replicas stepping at once cannot both post."""
+        state_json = json.dumps(data)
+        table = alert_state_table
         with self.engine.begin() as conn:
-            if not conn.execute(update(alert_state_table).where(alert_state_table.c.id == 1)
-                                .values(data=text)).rowcount:
-                conn.execute(insert(alert_state_table).values(id=1, data=text))
+            if version == 0:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(table).values(id=1, data=state_json, version=1))
+                except IntegrityError:
+                    raise StateConflict() from None
+            elif not conn.execute(update(table).where(table.c.id == 1, table.c.version == version)
+                                  .values(data=state_json, version=version + 1)).rowcount:
+                raise StateConflict()
             for incident_id, kind, payload in outbox:
                 conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
                                                          payload=json.dumps(payload), attempts=0, next_try_at=0.0))
@@ -209,6 +259,14 @@ class Store:
         return [OutboxItem(r.id, r.incident_id, r.kind, json.loads(r.payload),
                            r.attempts if r.next_try_at <= now else -1) for r in rows]
 
+    def claim_outbox(self, item_id: int, replica: str, now: float, lease: float) -> bool:
+        """Take an item for sending, atomically: whoever's update matches first sends it."""
+        table = outbox_table
+        free = or_(table.c.claimed_until.is_(None), table.c.claimed_until < now, table.c.claimed_by == replica)
+        with self.engine.begin() as conn:
+            return bool(conn.execute(update(table).where(table.c.id == item_id, free)
+                                     .values(claimed_by=replica, claimed_until=now + lease)).rowcount)
+
     def outbox_done(self, item_id: int, message: tuple[str, str, str] | None = None) -> None:
         """Drop a sent item; for a first post, remember the message in the same transaction."""
         with self.engine.begin() as conn:
@@ -220,7 +278,20 @@ class Store:
     def outbox_retry(self, item_id: int, attempts: int, next_try_at: float) -> None:
         with self.engine.begin() as conn:
             conn.execute(update(outbox_table).where(outbox_table.c.id == item_id)
-                         .values(attempts=attempts, next_try_at=next_try_at))
+                         .values(attempts=attempts, next_try_at=next_try_at, claimed_by=None, claimed_until=None))
+
+    # --- replicas ---
+
+    def note_leader(self, replica: str, now: float) -> None:
+        with self.engine.begin() as conn:
+            if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
+                                .values(replica=replica, seen_at=now)).rowcount:
+                conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
+
+    def leader(self) -> tuple[str, float] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(leader_table).where(leader_table.c.id == 1)).first()
+        return (row.replica, row.seen_at) if row else None
 
     def incident_message(self, incident_id: str) -> tuple[str, str] | None:
         query = select(incident_messages_table).where(incident_messages_table.c.incident_id == incident_id)
