@@ -326,3 +326,93 @@ def time_slash_commands(slack: SlackStandIn, text: str, n: int, timeout: float =
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes (Linux /proc)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+MIB = 1024 * 1024
+
+
+def proc_stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (field 3, the state, comes first); None when gone."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw.rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time the process has used so far, all its threads included."""
+    fields = proc_stat_fields(pid)
+    if fields is None:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident memory (VmRSS of /proc/PID/status); None when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # reported in kB (KiB)
+    except OSError:
+        return None
+    return None
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time used so far by the live processes of one process group (a service and its helpers)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = proc_stat_fields(int(entry.name))
+            if fields is not None and int(fields[2]) == pgid:  # pgrp: field 5 of stat
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def mib(value: float | None) -> float | None:
+    """Bytes as MiB for JSON and tables, rounded; None stays None."""
+    return None if value is None else round(value / MIB, 1)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A target on any quantity (bytes, a share, a count): `value` must stay below `limit`, or at most
+    `limit` when `inclusive`. `Target` is the timing kind; this one carries its unit."""
+
+    name: str
+    value: float
+    limit: float
+    unit: str = ""
+    inclusive: bool = False
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit if self.inclusive else self.value < self.limit
+
+    def as_json(self) -> dict[str, Any]:
+        return {"target": self.name, "value": self.value, "limit": self.limit, "unit": self.unit, "met": self.met}
+
+
+def print_limits(limits: Sequence[Limit], title: str = "Targets (reported, not asserted)") -> None:
+    print(f"\n{title}")
+    width = max((len(t.name) for t in limits), default=0)
+    for t in limits:
+        verdict = "met" if t.met else "NOT MET"
+        value = f"{t.value:g}" if isinstance(t.value, float) else str(t.value)
+        print(f"  {t.name:<{width}}  {value:>10} {t.unit:<6} (limit {t.limit:g} {t.unit})  {verdict}")
+
+
+def print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain table: the first column left-aligned, the others right-aligned."""
+    lines = [tuple(header)] + [tuple("-" if cell is None else str(cell) for cell in row) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    print(f"\n{title}")
+    for i, line in enumerate(lines):
+        cells = [line[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True))]
+        print("  " + "  ".join(cells))
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))

@@ -1,0 +1,441 @@
+"""A synthetic Celery fleet for the benchmarks: N fake workers answering remote control on a real broker.
+
+Each fake worker is a kombu pidbox `Node`, made the way a Celery worker makes its own
+(celery/worker/pidbox.py: `app.control.mailbox.Node(hostname, state=..., handlers=...)`, then
+`node.listen(callback=...)`): an exclusive `<hostname>.celery.pidbox` queue bound to the
+`celery.pidbox` fanout exchange. So the bot's broadcast `inspect active` reaches every node, and each
+node replies on the reply exchange with its own hostname, through the app's producer pool, as a worker
+does. Handlers: ping, active, reserved, stats and revoke (terminate=True takes the task off `active`
+and replaces its pool process, as a prefork worker does), plus scheduled, revoked, registered,
+active_queues, query_task and clock for tools such as Flower.
+
+A handful of processes host the nodes: each process has one connection and one channel with one
+consumer per node, and drains it in its main thread. With heartbeats on, a thread of each process,
+on a connection of its own, sends worker-online for each of its nodes, then worker-heartbeat every
+2 s (each node at its own phase in the 2 s, as independent workers would be), and worker-offline
+when the fleet stops: one `EventDispatcher` per hostname, with Celery's fields (freq, active,
+processed, loadavg, sw_ident/sw_ver/sw_sys), as a worker's `Heart` sends them.
+
+Payloads follow Celery 5's: `active` and `reserved` are lists of `Request.info()` dicts (id, name,
+args, kwargs, type, hostname, time_start, acknowledged, delivery_info, worker_pid); `stats` has
+total, pid, clock, uptime, pool (prefork: implementation, max-concurrency, processes, ...), broker,
+prefetch_count and rusage. Hostnames look like Kubernetes pods (`celery@orders-worker-<hash>-<id>`),
+the usual length in a real deployment.
+
+On its own, for a look with `celery inspect`: `python -m bench.fleet --broker amqp://... --count 20`
+(until Ctrl-C); `Fleet` below is what the benchmarks use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from celery import Celery
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HEARTBEAT_SECONDS = 2.0  # celery.worker.heartbeat.Heart's default interval
+DEPLOYMENTS = ("orders-worker", "billing-worker", "reports-worker", "emails-worker", "media-worker")
+TASKS = {
+    "orders-worker": ("orders.tasks.process_order", "orders.tasks.reserve_stock"),
+    "billing-worker": ("billing.tasks.charge_invoice", "billing.tasks.sync_ledger"),
+    "reports-worker": ("reports.tasks.build_monthly_report", "reports.tasks.export_csv"),
+    "emails-worker": ("emails.tasks.send_digest", "emails.tasks.send_receipt"),
+    "media-worker": ("media.tasks.transcode_video", "media.tasks.make_thumbnails"),
+}
+QUEUE = "celery"
+
+log = logging.getLogger("bench.fleet")
+
+
+# --------------------------------------------------------------------------- names and payloads
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha1("/".join(map(str, parts)).encode()).hexdigest()
+
+
+def hostname(index: int) -> str:
+    """Fake worker `index`'s node name, like a Kubernetes pod's: celery@orders-worker-7f9c6d8b5d-x2k9q."""
+    deployment = DEPLOYMENTS[index % len(DEPLOYMENTS)]
+    digest = _digest("fleet", index)
+    replica_set = digest[:10]
+    pod = "".join("bcdfghjklmnpqrstvwxz2456789"[int(digest[10 + 2 * i: 12 + 2 * i], 16) % 27] for i in range(5))
+    return f"celery@{deployment}-{replica_set}-{pod}"
+
+
+def hostnames(count: int, first: int = 0) -> list[str]:
+    return [hostname(i) for i in range(first, first + count)]
+
+
+class FakeWorker:
+    """What one worker would say about itself; the `state` its pidbox handlers get."""
+
+    def __init__(self, index: int, tasks: int, reserved: int, concurrency: int) -> None:
+        self.index = index
+        self.hostname = hostname(index)
+        self.rng = random.Random(index)
+        self.deployment = DEPLOYMENTS[index % len(DEPLOYMENTS)]
+        self.task_names = TASKS[self.deployment]
+        now = time.time()
+        self.pid = self.rng.randint(7, 400)  # the worker's main process in its container
+        self.processes = [self.pid + 1 + i for i in range(concurrency)]
+        self.next_pid = self.processes[-1] + 1
+        self.started_at = now - self.rng.uniform(600, 7 * 86400)
+        self.concurrency = concurrency
+        self.totals = {name: self.rng.randint(1_000, 500_000) for name in self.task_names}
+        self.revoked: set[str] = set()
+        self.active = [self._request(slot, now, started=True) for slot in range(tasks)]
+        self.reserved = [self._request(None, now, started=False) for _ in range(reserved)]
+        self.rusage = {"utime": round(self.rng.uniform(100, 5000), 3), "stime": round(self.rng.uniform(10, 500), 3),
+                       "maxrss": self.rng.randint(80_000, 400_000), "ixrss": 0, "idrss": 0, "isrss": 0,
+                       "minflt": self.rng.randint(10_000, 900_000), "majflt": 0, "nswap": 0, "inblock": 0,
+                       "oublock": self.rng.randint(0, 10_000), "msgsnd": 0, "msgrcv": 0, "nsignals": 0,
+                       "nvcsw": self.rng.randint(10_000, 900_000), "nivcsw": self.rng.randint(100, 90_000)}
+
+    def _request(self, slot: int | None, now: float, started: bool) -> dict[str, Any]:
+        name = self.rng.choice(self.task_names)
+        order = self.rng.randint(100_000, 9_999_999)
+        customer = f"cus_{_digest(self.index, order)[:14]}"
+        return {
+            "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            "name": name,
+            "args": [order, customer],
+            "kwargs": {"region": self.rng.choice(("eu-west-1", "us-east-1", "ap-south-1")),
+                       "attempt": self.rng.randint(1, 3), "dry_run": False},
+            "type": name,
+            "hostname": self.hostname,
+            "time_start": now - self.rng.uniform(1, 1800) if started else None,
+            "acknowledged": started,
+            "delivery_info": {"exchange": "", "routing_key": QUEUE, "priority": 0, "redelivered": False},
+            "worker_pid": self.processes[slot] if started and slot is not None else None,
+        }
+
+    def processed(self) -> int:
+        return sum(self.totals.values())
+
+    def loadavg(self) -> list[float]:
+        base = self.rng.uniform(0.2, 3.5)
+        return [round(base * f, 2) for f in (1.0, 0.95, 0.9)]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "total": dict(self.totals),
+            "pid": self.pid,
+            "clock": str(int(time.time() - self.started_at)),
+            "uptime": int(time.time() - self.started_at),
+            "pool": {
+                "implementation": "celery.concurrency.prefork:TaskPool",
+                "max-concurrency": self.concurrency,
+                "processes": list(self.processes),
+                "max-tasks-per-child": "N/A",
+                "put-guarded-by-semaphore": False,
+                "timeouts": [0, 0],
+                "writes": {"total": self.processed(), "avg": f"{100 / self.concurrency:.2f}%",
+                           "all": ", ".join(f"{100 / self.concurrency:.2f}%" for _ in self.processes),
+                           "raw": ", ".join(str(self.processed() // self.concurrency) for _ in self.processes),
+                           "strategy": "fair", "inqueues": {"total": self.concurrency, "active": len(self.active)}},
+            },
+            "broker": {"hostname": "rabbitmq.internal", "userid": "celery", "virtual_host": "/", "port": 5672,
+                       "insist": False, "ssl": False, "transport": "amqp", "connect_timeout": 4,
+                       "transport_options": {}, "login_method": "PLAIN", "uri_prefix": None, "heartbeat": 120.0,
+                       "failover_strategy": "round-robin", "alternates": []},
+            "prefetch_count": self.concurrency * 4,
+            "rusage": dict(self.rusage),
+        }
+
+    def revoke(self, task_ids: set[str], terminate: bool) -> None:
+        self.revoked |= task_ids
+        if not terminate:
+            return
+        for task in [t for t in self.active if t["id"] in task_ids]:
+            self.active.remove(task)
+            if task["worker_pid"] in self.processes:  # the pool replaces the killed child
+                self.processes[self.processes.index(task["worker_pid"])] = self.next_pid
+                self.next_pid += 1
+
+
+# --------------------------------------------------------------------------- pidbox handlers
+
+
+def _ping(state: FakeWorker, **kwargs: Any) -> dict[str, str]:
+    return {"ok": "pong"}
+
+
+def _active(state: FakeWorker, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+    return state.active
+
+
+def _reserved(state: FakeWorker, **kwargs: Any) -> list[dict[str, Any]]:
+    return state.reserved
+
+
+def _stats(state: FakeWorker, **kwargs: Any) -> dict[str, Any]:
+    return state.stats()
+
+
+def _revoke(state: FakeWorker, task_id: str | list[str], terminate: bool = False, signal: str | None = None,
+            **kwargs: Any) -> dict[str, str]:
+    ids = {task_id} if isinstance(task_id, str) else set(task_id or ())
+    state.revoke(ids, bool(terminate))
+    return {"ok": f"tasks {', '.join(sorted(ids))} flagged as revoked"}
+
+
+def _scheduled(state: FakeWorker, **kwargs: Any) -> list[dict[str, Any]]:
+    return []
+
+
+def _revoked(state: FakeWorker, **kwargs: Any) -> list[str]:
+    return sorted(state.revoked)
+
+
+def _registered(state: FakeWorker, **kwargs: Any) -> list[str]:
+    return sorted(state.task_names)
+
+
+def _active_queues(state: FakeWorker, **kwargs: Any) -> list[dict[str, Any]]:
+    return [{"name": QUEUE, "exchange": {"name": QUEUE, "type": "direct", "durable": True},
+             "routing_key": QUEUE, "durable": True, "exclusive": False, "auto_delete": False,
+             "no_ack": False, "alias": None, "queue_arguments": None, "binding_arguments": None,
+             "consumer_arguments": None, "bindings": [], "max_priority": None, "expires": None,
+             "message_ttl": None, "max_length": None, "max_length_bytes": None}]
+
+
+def _query_task(state: FakeWorker, ids: str | list[str] = (), **kwargs: Any) -> dict[str, Any]:
+    wanted = {ids} if isinstance(ids, str) else set(ids)
+    found = {t["id"]: ["active", t] for t in state.active if t["id"] in wanted}
+    found.update({t["id"]: ["reserved", t] for t in state.reserved if t["id"] in wanted})
+    return found
+
+
+def _clock(state: FakeWorker, **kwargs: Any) -> dict[str, int]:
+    return {"clock": int(time.time() - state.started_at)}
+
+
+HANDLERS: dict[str, Callable[..., Any]] = {
+    "ping": _ping, "active": _active, "reserved": _reserved, "stats": _stats, "revoke": _revoke,
+    "scheduled": _scheduled, "revoked": _revoked, "registered": _registered,
+    "active_queues": _active_queues, "query_task": _query_task, "clock": _clock,
+}
+
+
+# --------------------------------------------------------------------------- one fleet process
+
+
+def fleet_app(broker_url: str) -> Celery:
+    app = Celery("fleet", broker=broker_url, set_as_current=False)
+    app.conf.update(broker_connection_retry_on_startup=True, worker_hijack_root_logger=False)
+    return app
+
+
+def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.Event) -> None:
+    """worker-online, worker-heartbeat every 2 s (phases spread over the 2 s), worker-offline at the end."""
+    from celery.worker.state import SOFTWARE_INFO
+
+    def fields(worker: FakeWorker) -> dict[str, Any]:
+        return {"freq": HEARTBEAT_SECONDS, "active": len(worker.active), "processed": worker.processed(),
+                "loadavg": worker.loadavg(), **SOFTWARE_INFO}
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=5)
+        dispatchers = [app.events.Dispatcher(conn, hostname=w.hostname, groups=["worker"]) for w in workers]
+        for dispatcher, worker in zip(dispatchers, workers, strict=True):
+            dispatcher.send("worker-online", **fields(worker))
+        step = HEARTBEAT_SECONDS / max(1, len(workers))
+        started = time.monotonic()
+        beat = 0
+        while not stopped.is_set():
+            # Worker k beats at started + k * step + n * 2 s: send every beat that is due.
+            due = int((time.monotonic() - started) / step)
+            while beat < due:
+                k = beat % len(workers)
+                dispatchers[k].send("worker-heartbeat", **fields(workers[k]))
+                beat += 1
+            stopped.wait(0.05)
+        for dispatcher, worker in zip(dispatchers, workers, strict=True):
+            with contextlib.suppress(Exception):
+                dispatcher.send("worker-offline", **fields(worker))
+        for dispatcher in dispatchers:
+            with contextlib.suppress(Exception):
+                dispatcher.close()
+
+
+def serve(broker_url: str, first: int, count: int, tasks: int, reserved: int, concurrency: int,
+          heartbeats: bool) -> None:
+    """Host fake workers first..first+count-1 until SIGTERM or SIGINT."""
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    app = fleet_app(broker_url)
+    workers = [FakeWorker(i, tasks, reserved, concurrency) for i in range(first, first + count)]
+    forward_clock = app.clock.forward
+
+    def on_message(node: Any) -> Callable[[dict, Any], None]:
+        def handle(body: dict, message: Any) -> None:  # as celery.worker.pidbox.Pidbox.on_message
+            forward_clock()
+            try:
+                node.handle_message(body, message)
+            except Exception:
+                log.exception("control command failed on %s", node.hostname)
+        return handle
+
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=5)
+        channel = conn.channel()
+        consumers = []
+        for worker in workers:
+            node = app.control.mailbox.Node(worker.hostname, state=worker, handlers=HANDLERS, channel=channel)
+            consumers.append(node.listen(callback=on_message(node)))
+        beats = None
+        if heartbeats:
+            beats = threading.Thread(target=send_heartbeats, args=(app, workers, stopped), daemon=True,
+                                     name="heartbeats")
+            beats.start()
+        print(f"fleet process {os.getpid()}: {count} workers from #{first} listening", flush=True)
+        while not stopped.is_set():
+            try:
+                conn.drain_events(timeout=0.5)
+            except TimeoutError:  # socket.timeout: nothing arrived within the half second
+                continue
+        if beats is not None:
+            beats.join(timeout=10)
+        for consumer in consumers:
+            with contextlib.suppress(Exception):
+                consumer.cancel()
+
+
+# --------------------------------------------------------------------------- the fleet, from the benchmark
+
+
+@dataclass(frozen=True)
+class FleetSpec:
+    workers: int
+    tasks: int = 10  # active tasks per worker
+    reserved: int = 2  # prefetched, waiting in the worker
+    concurrency: int | None = None  # pool size; default: `tasks` (every slot busy)
+    heartbeats: bool = True
+    processes: int = 2  # fleet processes hosting the nodes
+
+    @property
+    def pool_size(self) -> int:
+        return self.concurrency or max(1, self.tasks)
+
+
+_fleets: set[Fleet] = set()
+
+
+class Fleet:
+    """`spec.workers` fake workers in `spec.processes` processes, each in its own process group."""
+
+    def __init__(self, broker_url: str, spec: FleetSpec, log_dir: Path) -> None:
+        self.broker_url = broker_url
+        self.spec = spec
+        self.log_dir = log_dir
+        self.names = hostnames(spec.workers)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def start(self, timeout: float = 60.0) -> Self:
+        spec = self.spec
+        processes = max(1, min(spec.processes, spec.workers))
+        share, extra = divmod(spec.workers, processes)
+        first = 0
+        _fleets.add(self)
+        for i in range(processes):
+            count = share + (1 if i < extra else 0)
+            command = [sys.executable, "-m", "bench.fleet", "--broker", self.broker_url, "--first", str(first),
+                       "--count", str(count), "--tasks", str(spec.tasks), "--reserved", str(spec.reserved),
+                       "--concurrency", str(spec.pool_size)]
+            if not spec.heartbeats:
+                command.append("--no-heartbeats")
+            with (self.log_dir / f"fleet-{spec.workers}-{i}.log").open("wb") as out:
+                self.procs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
+                                                   stderr=subprocess.STDOUT, start_new_session=True))
+            first += count
+        missing = self.wait_answering(timeout)
+        if missing:
+            self.stop()
+            raise RuntimeError(f"{len(missing)} of {spec.workers} fake workers never answered ping "
+                               f"(first: {sorted(missing)[:3]}); logs in {self.log_dir}")
+        return self
+
+    def wait_answering(self, timeout: float) -> set[str]:
+        """Ping until every fake worker answered; the ones that did not, at the deadline."""
+        app = fleet_app(self.broker_url)
+        missing = set(self.names)
+        deadline = time.monotonic() + timeout
+        while missing and time.monotonic() < deadline:
+            if any(p.poll() is not None for p in self.procs):
+                raise RuntimeError(f"a fleet process exited; logs in {self.log_dir}")
+            with contextlib.suppress(Exception):
+                replies = app.control.ping(timeout=1.0, limit=len(self.names))
+                missing -= {name for reply in replies or [] for name in reply}
+        return missing
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (each process sends worker-offline for its nodes), then SIGKILL what lingers."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+        _fleets.discard(self)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+@atexit.register
+def _kill_fleets() -> None:
+    for fleet in list(_fleets):
+        with contextlib.suppress(Exception):
+            fleet.stop(timeout=2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", required=True, help="AMQP URL of the broker")
+    parser.add_argument("--first", type=int, default=0, help="index of the first fake worker (default 0)")
+    parser.add_argument("--count", type=int, default=10, help="fake workers in this process (default 10)")
+    parser.add_argument("--tasks", type=int, default=10, help="active tasks per worker (default 10)")
+    parser.add_argument("--reserved", type=int, default=2, help="reserved tasks per worker (default 2)")
+    parser.add_argument("--concurrency", type=int, default=None, help="pool size (default: --tasks)")
+    parser.add_argument("--no-heartbeats", action="store_true", help="send no worker events")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(args.broker, args.first, args.count, args.tasks, args.reserved, args.concurrency or max(1, args.tasks),
+          not args.no_heartbeats)
+
+
+if __name__ == "__main__":
+    main()

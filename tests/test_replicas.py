@@ -1,0 +1,156 @@
+"""Several `opsbot run` replicas on one PostgreSQL (this machine's): one alert per incident, failover of
+the alerting leader, clicks answered by any replica, a replica that loses the database stands down.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+import sqlalchemy
+
+from bot.store import Store
+from tests.fixtures_bot import BotProcess
+from tests.slack_standin import Message, SlackStandIn
+from tests.stack import FlowerProcess, wait_until
+
+pytestmark = pytest.mark.integration
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CHANNEL = "C_ALERTS"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    name = f"opsbot_test_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def leader_of(pg_url: str) -> str | None:
+    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            row = conn.exec_driver_sql("SELECT replica, seen_at FROM leader WHERE id = 1").first()
+    except sqlalchemy.exc.ProgrammingError:
+        return None  # no schema yet
+    finally:
+        engine.dispose()
+    return row[0] if row and time.time() - row[1] < 3 else None
+
+
+def alerts(slack: SlackStandIn, about: str) -> list[Message]:
+    return [m for m in slack.messages if m.channel == CHANNEL and not m.thread_ts and about in (m.text or "")]
+
+
+def resolved(slack: SlackStandIn, message: Message) -> bool:
+    current = slack.message(message.channel, message.ts)
+    return current is not None and (current.text or "").startswith("Resolved")
+
+
+@pytest.fixture
+def replicas(socket_bot: Callable[..., BotProcess], make_flower: Callable[..., FlowerProcess],
+             pg_url: str) -> Callable[[int], tuple[dict[str, BotProcess], FlowerProcess]]:
+    """Start n replicas r1..rn on one database, alerting about a Flower of their own."""
+
+    def start(n: int) -> tuple[dict[str, BotProcess], FlowerProcess]:
+        flower = make_flower()
+        bots = {f"r{i}": socket_bot(OPSBOT_DB_URL=pg_url, OPSBOT_REPLICA_ID=f"r{i}", FLOWER_URL=flower.url,
+                                    OPSBOT_ALERT_CHANNEL=CHANNEL, OPSBOT_POLL_SECONDS="2", OPSBOT_ADMINS="U_ADMIN")
+                for i in range(1, n + 1)}
+        assert wait_until(lambda: leader_of(pg_url) in bots, 15), "no replica took the lead"
+        return bots, flower
+
+    return start
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_one_alert_per_incident_whatever_the_replicas(slack: SlackStandIn, replicas: Callable, count: int) -> None:
+    _, flower = replicas(count)
+    flower.kill()
+    assert wait_until(lambda: alerts(slack, "Flower"), 20)
+    time.sleep(6)
+    assert len(alerts(slack, "Flower")) == 1
+    flower.restart()
+    (alert,) = alerts(slack, "Flower")
+    assert wait_until(lambda: resolved(slack, alert), 30)
+    assert len(alerts(slack, "Flower")) == 1
+
+
+def test_leader_killed_mid_incident_another_takes_over(slack: SlackStandIn, replicas: Callable,
+                                                       pg_url: str) -> None:
+    bots, flower = replicas(2)
+    flower.kill()
+    assert wait_until(lambda: alerts(slack, "Flower"), 20)
+    (alert,) = alerts(slack, "Flower")
+    leader = leader_of(pg_url)
+    assert leader is not None
+    bots[leader].process.kill()  # no goodbye: the lock goes with its connection
+    assert wait_until(lambda: leader_of(pg_url) not in (None, leader), 15), "nobody took over"
+    flower.restart()
+    assert wait_until(lambda: resolved(slack, alert), 30), "the new leader did not update the same message"
+    time.sleep(3)
+    assert len(alerts(slack, "Flower")) == 1
+
+
+def test_any_replica_answers_and_names_the_leader(slack: SlackStandIn, replicas: Callable, pg_url: str) -> None:
+    replicas(3)
+    leader = leader_of(pg_url)
+    answered = set()
+    for _ in range(9):
+        text = str(slack.request("slash_command", "", timeout=3.0))
+        assert f"leader {leader}" in text
+        answered |= {r for r in ("r1", "r2", "r3") if f"answered by {r}," in text}
+    assert len(answered) >= 2  # Socket Mode spreads envelopes over the connections
+
+
+def test_a_replica_that_loses_the_database_stops_leading(slack: SlackStandIn, replicas: Callable,
+                                                         pg_url: str) -> None:
+    bots, flower = replicas(2)
+    leader = leader_of(pg_url)
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        killed = conn.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"opsbot-leader-{leader}",)).fetchall()
+    admin.dispose()
+    assert killed, "the leader's lock connection was not found"
+    assert wait_until(lambda: "standing down" in bots[leader].output(), 10)
+    assert wait_until(lambda: leader_of(pg_url) not in (None, leader), 15)
+    flower.kill()
+    assert wait_until(lambda: alerts(slack, "Flower"), 20)
+    time.sleep(5)
+    assert len(alerts(slack, "Flower")) == 1
+
+
+def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(pg_url).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert conn.exec_driver_sql("SELECT count(*) FROM outbox").scalar() == 0
+    engine.dispose()
