@@ -12,10 +12,12 @@ import sys
 import traceback
 from types import ModuleType
 
-from bench import alerts, status, terminate
+from bench import alerts, failover, idle, scale, status, terminate
 from bench.common import log
 
-BENCHMARKS: dict[str, ModuleType] = {module.NAME: module for module in (status, terminate, alerts)}
+BENCHMARKS: dict[str, ModuleType] = {
+    module.NAME: module for module in (status, terminate, alerts, scale, idle, failover)
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -27,6 +27,7 @@ from bot.views import incident_view
 log = logging.getLogger(__name__)
 
 CONFIRM_SECONDS = 1.0  # a pending failure (or recovery) is confirmed this soon, not a whole poll later
+MIN_POLL_GAP = 0.5  # polls are spaced at least this much, so that two failures are two observations
 FLUSH_SECONDS = 5.0  # how often the outbox is retried
 MAX_BACKOFF = 300.0
 CLAIM_SECONDS = 60.0  # a replica that claimed a post and died frees it after this (then it may go twice)
@@ -157,6 +158,8 @@ class AlertService:
         self.is_leader = is_leader
         self.policy = policy_from(settings)
         self._lock = threading.Lock()
+        self._poll_lock = threading.Lock()
+        self._last_poll = float("-inf")
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": 30})
 
@@ -183,12 +186,18 @@ class AlertService:
     def poll(self) -> None:
         if not self.is_leader():
             return
-        try:
-            snapshot = self.take_snapshot()
-            self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy))
-        except Exception:
-            log.exception("alert poll failed")
-            return
+        # One poll at a time, each on a fresh snapshot: a slow scheduled poll must not land after a
+        # newer out-of-turn one, and two polls a moment apart are not two independent observations.
+        with self._poll_lock:
+            time.sleep(max(0.0, self._last_poll + MIN_POLL_GAP - time.monotonic()))
+            try:
+                snapshot = self.take_snapshot()
+                self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy))
+            except Exception:
+                log.exception("alert poll failed")
+                return
+            finally:
+                self._last_poll = time.monotonic()
         if alerts.unsettled(self._load()):
             self.poll_soon(CONFIRM_SECONDS)
 

@@ -31,7 +31,7 @@ def thread(slack: SlackStandIn, message: Message) -> list[str]:
     return [m.text or "" for m in slack.messages if m.thread_ts == message.ts]
 
 
-def wait_alert(slack: SlackStandIn, about: str, timeout: float = 20) -> Message:
+def wait_alert(slack: SlackStandIn, about: str, timeout: float = 30) -> Message:
     assert wait_until(lambda: alerts(slack, about), timeout), f"no alert about {about}"
     return alerts(slack, about)[0]
 
