@@ -1,0 +1,415 @@
+"""Benchmark `scale`: `/tasks`, `/tasks active` and `/tasks workers` against 10, 100 and 500 workers.
+
+The workers are a synthetic fleet (bench/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
+answer Celery's remote control as distinct workers, with M active tasks each (default M = 10, so
+5,000 active tasks at N = 500; 2 reserved each; prefork pool of M processes) and worker heartbeats
+every 2 s, as real workers send them. Flower runs on the same node (it sees the same heartbeats) and
+the Slack stand-in plays Slack.
+
+One `opsbot run` (Socket Mode, bot defaults: no admins, so no Terminate buttons, unless
+--scale-admins) serves every size, so its resident memory can be followed across them. Per size:
+start the fleet; send `/tasks workers` until the answer counts all N workers (how long that takes is
+reported); a few untimed commands; sit quiet for --scale-quiet seconds (the bot's CPU share while it
+only follows heartbeats); then K rounds of `/tasks`, `/tasks active`, `/tasks workers`, one after the
+other, each timed from the envelope leaving the stand-in to the ack (the bot answers in the ack);
+finally stop the fleet (each fake worker sends worker-offline).
+
+Every answer is checked against Slack's limits (at most 50 blocks, 3000 characters per section text,
+150 per header, 75 per button label, 25 elements per actions block) and for completeness: the Celery
+line must say "Running: N workers, N*M active, N*R reserved" with nobody "not answering". A section
+text of exactly 3000 characters ending in "…" was cut by bot.blocks: within the limit, but lines lost.
+Memory is the bot process's VmRSS, read before each fleet starts, after the warm-up and after the
+timed commands (and after every command, for the trend).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.common import (
+    SLACK_ACK_LIMIT,
+    Bot,
+    Limit,
+    Stack,
+    Target,
+    Timings,
+    cpu_seconds,
+    group_cpu_seconds,
+    load_average,
+    log,
+    mib,
+    print_limits,
+    print_rows,
+    print_table,
+    print_targets,
+    rss_bytes,
+    running_bot,
+    write_json,
+)
+from bench.fleet import Fleet, FleetSpec
+from tests.slack_standin import SlackStandIn
+from tests.stack import FlowerProcess, RabbitNode
+
+NAME = "scale"
+HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 100, 500 workers"
+COMMANDS = (("/tasks", ""), ("/tasks active", "active"), ("/tasks workers", "workers"))
+ACK_TIMEOUT = 10.0
+SEEN_TIMEOUT = 60.0  # for the bot to count the whole fleet after it started
+MAX_BLOCKS = 50
+MAX_SECTION_TEXT = 3000
+MAX_HEADER = 150
+MAX_BUTTON_LABEL = 75
+MAX_BUTTON_VALUE = 2000
+MAX_ACTIONS = 25
+CUT_MARK = "…"
+CELERY_LINE = re.compile(r"Running: (\d+) workers?, (\d+) active, (\d+) reserved(?:; (\d+) workers? not answering)?")
+PROBED = re.compile(r"Probed in (\d+) ms")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(NAME)
+    group.add_argument("--scale-sizes", default="10,100,500", metavar="LIST",
+                       help="fleet sizes, comma-separated (default: 10,100,500)")
+    group.add_argument("--scale-k", type=int, default=30,
+                       help="timed rounds per size; each round sends the three commands (default: 30)")
+    group.add_argument("--scale-tasks", type=int, default=10, help="active tasks per fake worker (default: 10)")
+    group.add_argument("--scale-reserved", type=int, default=2, help="reserved tasks per fake worker (default: 2)")
+    group.add_argument("--scale-processes", type=int, default=2,
+                       help="processes hosting the fake workers (default: 2)")
+    group.add_argument("--scale-no-heartbeats", action="store_true",
+                       help="fake workers send no worker events (the bot then cannot know how many to expect)")
+    group.add_argument("--scale-admins", action="store_true",
+                       help="OPSBOT_ADMINS=U_ADMIN: Terminate buttons, one block per active task")
+    group.add_argument("--scale-quiet", type=float, default=10.0, metavar="SECONDS",
+                       help="quiet time per size to measure the bot's CPU share while idle (default: 10)")
+    group.add_argument("--scale-warmup", type=int, default=2, help="untimed rounds per size (default: 2)")
+
+
+# --------------------------------------------------------------------------- the services
+
+
+@contextlib.contextmanager
+def fleet_stack() -> Iterator[Stack]:
+    """A private RabbitMQ node, Flower on it and the Slack stand-in; no real worker (the fleet comes later)."""
+    with contextlib.ExitStack() as cleanup:
+        tmp = Path(tempfile.mkdtemp(prefix="opsbot-bench-scale-"))
+        cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+        log("starting RabbitMQ node")
+        rabbit = RabbitNode(name_prefix="opsbot-bench-scale")
+        cleanup.callback(rabbit.cleanup)
+        rabbit.start()
+        log("starting Flower")
+        flower = FlowerProcess(rabbit.amqp_url)
+        cleanup.callback(flower.cleanup)
+        flower.start()
+        slack = cleanup.enter_context(SlackStandIn())
+        cleanup.callback(log, "stopping the stack")
+        # bench.common's bot helpers use the broker, Flower, the stand-in and tmp; there is no worker.
+        yield Stack(rabbit, None, flower, slack, tmp)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- one answer
+
+
+@dataclass
+class Answer:
+    """What one ack carried, measured against Slack's limits and against the fleet."""
+
+    bytes: int
+    blocks: int
+    longest_section: int
+    cut_sections: int
+    rows_shown: int  # complete item lines in the longest section (a page holds 20)
+    violations: list[str]
+    workers: int | None  # from "Running: N workers, ..."; None when the Celery line is missing
+    active: int | None
+    reserved: int | None
+    silent: int
+    probe_ms: int | None
+
+
+def examine(payload: dict[str, Any]) -> Answer:
+    blocks = payload.get("blocks") or []
+    violations: list[str] = []
+    sections: list[str] = []
+    if len(blocks) > MAX_BLOCKS:
+        violations.append(f"{len(blocks)} blocks > {MAX_BLOCKS}")
+    for i, block in enumerate(blocks):
+        kind = block.get("type")
+        if kind == "section":
+            texts = [(block.get("text") or {}).get("text", "")]
+            texts += [f.get("text", "") for f in block.get("fields") or []]
+            sections += texts
+            for text in texts:
+                if len(text) > MAX_SECTION_TEXT:
+                    violations.append(f"block {i}: section text of {len(text)} chars > {MAX_SECTION_TEXT}")
+        elif kind == "header":
+            text = (block.get("text") or {}).get("text", "")
+            if len(text) > MAX_HEADER:
+                violations.append(f"block {i}: header of {len(text)} chars > {MAX_HEADER}")
+        elif kind == "context":
+            for element in block.get("elements") or []:
+                if len(element.get("text", "")) > MAX_SECTION_TEXT:
+                    violations.append(f"block {i}: context text of {len(element['text'])} chars")
+        buttons = list(block.get("elements") or []) if kind == "actions" else []
+        if kind == "actions" and len(buttons) > MAX_ACTIONS:
+            violations.append(f"block {i}: {len(buttons)} actions > {MAX_ACTIONS}")
+        if block.get("accessory"):
+            buttons.append(block["accessory"])
+        for button in buttons:
+            label = (button.get("text") or {}).get("text", "")
+            if len(label) > MAX_BUTTON_LABEL:
+                violations.append(f"block {i}: button label of {len(label)} chars > {MAX_BUTTON_LABEL}")
+            if len(button.get("value", "")) > MAX_BUTTON_VALUE:
+                violations.append(f"block {i}: button value of {len(button['value'])} chars > {MAX_BUTTON_VALUE}")
+    longest = max(sections, key=len, default="")
+    rows = [line for line in longest.splitlines()[1:] if not line.startswith("_")]  # not heading, not "… more"
+    readable = "\n".join(sections)
+    celery = CELERY_LINE.search(readable)
+    probed = PROBED.search(json.dumps(blocks))
+    return Answer(
+        bytes=len(json.dumps(payload).encode()),
+        blocks=len(blocks),
+        longest_section=max((len(t) for t in sections), default=0),
+        cut_sections=sum(1 for t in sections if len(t) >= MAX_SECTION_TEXT and t.endswith(CUT_MARK)),
+        rows_shown=sum(1 for line in rows if not line.endswith(CUT_MARK)),
+        violations=violations,
+        workers=int(celery[1]) if celery else None,
+        active=int(celery[2]) if celery else None,
+        reserved=int(celery[3]) if celery else None,
+        silent=int(celery[4] or 0) if celery else 0,
+        probe_ms=int(probed[1]) if probed else None,
+    )
+
+
+def complete(answer: Answer, spec: FleetSpec) -> bool:
+    """Did the answer count every worker, task and reservation of the fleet, with nobody silent?"""
+    return (answer.workers, answer.active, answer.reserved, answer.silent) == (
+        spec.workers, spec.workers * spec.tasks, spec.workers * spec.reserved, 0)
+
+
+def ask(slack: SlackStandIn, text: str) -> tuple[float | None, dict[str, Any] | None]:
+    """One slash command: its ack latency and payload, or (None, None) without an ack in time."""
+    envelope = slack.send_slash_command(text)
+    try:
+        payload = slack.wait_ack(envelope, ACK_TIMEOUT)
+    except TimeoutError:
+        return None, None
+    return slack.ack_latency(envelope), payload
+
+
+# --------------------------------------------------------------------------- one size
+
+
+@dataclass
+class CommandResult:
+    timings: Timings = field(default_factory=Timings)
+    answers: list[Answer] = field(default_factory=list)
+    last_payload: dict[str, Any] | None = None  # kept in the JSON: what a user saw
+
+    def summary(self, spec: FleetSpec) -> dict[str, Any]:
+        answers = self.answers
+        probe = sorted(a.probe_ms for a in answers if a.probe_ms is not None)
+        stats = self.timings.stats()
+        return {
+            "answers": len(answers),
+            "complete": sum(1 for a in answers if complete(a, spec)),
+            "max_bytes": max((a.bytes for a in answers), default=0),
+            "max_blocks": max((a.blocks for a in answers), default=0),
+            "longest_section_text": max((a.longest_section for a in answers), default=0),
+            "answers_with_cut_sections": sum(1 for a in answers if a.cut_sections),
+            "fewest_rows_in_longest_section": min((a.rows_shown for a in answers), default=None),
+            "violations": sorted({v for a in answers for v in a.violations}),
+            "probe_ms_p50": probe[len(probe) // 2] if probe else None,
+            "probe_ms_max": probe[-1] if probe else None,
+            "all_within_3s": self.timings.failed == 0 and stats.max < SLACK_ACK_LIMIT,
+            "seen": sorted({(a.workers, a.active, a.reserved, a.silent) for a in answers
+                            if not complete(a, spec)}, key=str)[:10],
+        }
+
+
+@dataclass
+class SizeResult:
+    spec: FleetSpec
+    commands: dict[str, CommandResult]
+    rss: dict[str, int | None]
+    rss_trend: list[int | None]
+    cpu_share: dict[str, float | None]
+    seen_after: float | None
+    fleet_start_seconds: float
+
+
+def share(before: float | None, after: float | None, wall: float) -> float | None:
+    if before is None or after is None or wall <= 0:
+        return None
+    return round((after - before) / wall, 4)
+
+
+def measure_size(stack: Stack, bot: Bot, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
+    pid = bot.process.pid
+    rss: dict[str, int | None] = {"before_fleet": rss_bytes(pid)}
+    log(f"N={spec.workers}: starting the fleet ({spec.workers} x {spec.tasks} active, {spec.processes} processes)")
+    started = time.monotonic()
+    with Fleet(stack.rabbit.amqp_url, spec, stack.tmp) as fleet:
+        fleet_start = time.monotonic() - started
+        seen_at = time.monotonic()
+        seen_after: float | None = None
+        while time.monotonic() - seen_at < SEEN_TIMEOUT:
+            _, payload = ask(stack.slack, "workers")
+            if payload is not None and complete(examine(payload), spec):
+                seen_after = time.monotonic() - seen_at
+                break
+            time.sleep(0.5)
+        if seen_after is None:
+            log(f"N={spec.workers}: the bot never counted the whole fleet within {SEEN_TIMEOUT:.0f} s")
+        for _ in range(warmup):
+            for _, text in COMMANDS:
+                ask(stack.slack, text)
+        rss["after_warmup"] = rss_bytes(pid)
+        log(f"N={spec.workers}: {quiet:.0f} s quiet")
+        cpu0, t0 = cpu_seconds(pid), time.monotonic()
+        time.sleep(quiet)
+        cpu_quiet = share(cpu0, cpu_seconds(pid), time.monotonic() - t0)
+        log(f"N={spec.workers}: {k} timed rounds of {', '.join(name for name, _ in COMMANDS)}")
+        groups = {"fleet": fleet.pids, "rabbitmq": [stack.rabbit.pid], "flower": [stack.flower.pid]}
+        before = {name: sum(group_cpu_seconds(p) for p in pids if p) for name, pids in groups.items()}
+        bench_before = cpu_seconds_self()
+        cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        results = {name: CommandResult() for name, _ in COMMANDS}
+        trend: list[int | None] = []
+        for _ in range(k):
+            for name, text in COMMANDS:
+                latency, payload = ask(stack.slack, text)
+                if latency is None or payload is None:
+                    results[name].timings.failed += 1
+                else:
+                    results[name].timings.samples.append(latency)
+                    results[name].answers.append(examine(payload))
+                    results[name].last_payload = payload
+                trend.append(rss_bytes(pid))
+        wall = time.monotonic() - t1
+        cpu_timed = share(cpu1, cpu_seconds(pid), wall)
+        after = {name: sum(group_cpu_seconds(p) for p in pids if p) for name, pids in groups.items()}
+        rss["after_timed"] = rss_bytes(pid)
+        cpu = {"bot_quiet": cpu_quiet, "bot_timed": cpu_timed,
+               **{f"{name}_timed": share(before[name], after[name], wall) for name in groups},
+               "bench_and_standin_timed": share(bench_before, cpu_seconds_self(), wall)}
+    if not bot.running():
+        raise RuntimeError(f"the bot exited during N={spec.workers}:\n{bot.output_tail()}")
+    return SizeResult(spec, results, rss, trend, cpu, seen_after, fleet_start)
+
+
+def cpu_seconds_self() -> float:
+    return cpu_seconds(os.getpid()) or 0.0
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = [int(s) for s in args.scale_sizes.split(",") if s.strip()]
+    if not sizes or min(sizes) < 1 or args.scale_k < 1:
+        raise ValueError("--scale-sizes needs positive sizes and --scale-k at least 1")
+    load_at_start = load_average()
+    extra_env = {"OPSBOT_ADMINS": "U_ADMIN"} if args.scale_admins else {}
+    results: list[SizeResult] = []
+    with fleet_stack() as stack, running_bot(stack, "scale", log_level=args.bot_log_level,
+                                             extra_env=extra_env) as bot:
+        rss_start = rss_bytes(bot.process.pid)
+        for size in sizes:
+            spec = FleetSpec(workers=size, tasks=args.scale_tasks, reserved=args.scale_reserved,
+                             heartbeats=not args.scale_no_heartbeats, processes=args.scale_processes)
+            results.append(measure_size(stack, bot, spec, args.scale_k, args.scale_warmup, args.scale_quiet))
+        time.sleep(3)  # the last fleet's offline events handled
+        rss_end = rss_bytes(bot.process.pid)
+        info = {"rabbitmq": stack.rabbitmq_version(), "bot_pid": bot.process.pid}
+    return report(results, {
+        "config": {"sizes": sizes, "k": args.scale_k, "tasks_per_worker": args.scale_tasks,
+                   "reserved_per_worker": args.scale_reserved, "fleet_processes": args.scale_processes,
+                   "heartbeats": not args.scale_no_heartbeats, "admins": args.scale_admins,
+                   "quiet_seconds": args.scale_quiet, "warmup_rounds": args.scale_warmup,
+                   "bot_log_level": args.bot_log_level},
+        "load_average_at_start": load_at_start,
+        "stack": info,
+        "bot_rss_mib": {"start": mib(rss_start), "end": mib(rss_end)},
+    })
+
+
+def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
+    rows = [(f"N={r.spec.workers:<3} {name}", r.commands[name].timings.stats())
+            for r in results for name, _ in COMMANDS]
+    print_table("Answer time (ack) against the fleet", rows)
+    summaries = {r.spec.workers: {name: r.commands[name].summary(r.spec) for name, _ in COMMANDS} for r in results}
+    print_rows("Answers", ("size / command", "answers", "complete", "bytes max", "blocks max", "longest text",
+                           "cut", "rows shown", "violations", "probe ms p50", "probe ms max", "all < 3 s"), [
+        (f"N={n:<3} {name}", s["answers"], s["complete"], s["max_bytes"], s["max_blocks"], s["longest_section_text"],
+         s["answers_with_cut_sections"], s["fewest_rows_in_longest_section"], len(s["violations"]),
+         s["probe_ms_p50"], s["probe_ms_max"],
+         "yes" if s["all_within_3s"] else "NO")
+        for n, by_name in summaries.items() for name, s in by_name.items()])
+    print_rows("Bot memory (VmRSS, MiB) and CPU (share of one core)", (
+        "size", "rss before fleet", "after warm-up", "after timed", "trend min", "trend max", "seen after s",
+        "bot cpu quiet", "bot cpu timed", "fleet cpu", "rabbit cpu", "flower cpu"), [
+        (f"N={r.spec.workers}", mib(r.rss["before_fleet"]), mib(r.rss["after_warmup"]), mib(r.rss["after_timed"]),
+         mib(min((v for v in r.rss_trend if v), default=None)), mib(max((v for v in r.rss_trend if v), default=None)),
+         None if r.seen_after is None else round(r.seen_after, 1), r.cpu_share["bot_quiet"],
+         r.cpu_share["bot_timed"], r.cpu_share["fleet_timed"], r.cpu_share["rabbitmq_timed"],
+         r.cpu_share["flower_timed"])
+        for r in results])
+    print(f"\n  bot RSS at start {extra['bot_rss_mib']['start']} MiB, at end {extra['bot_rss_mib']['end']} MiB")
+    for n, by_name in summaries.items():
+        for name, s in by_name.items():
+            for v in s["violations"]:
+                print(f"  N={n} {name}: {v}")
+            if s["seen"]:
+                print(f"  N={n} {name}: incomplete answers (workers, active, reserved, silent): {s['seen']}")
+    print(f"  load average (1/5/15 min) at start: {extra['load_average_at_start']}")
+    targets, limits = [], []
+    for r in results:
+        for name, _ in COMMANDS:
+            res, s = r.commands[name], summaries[r.spec.workers][name]
+            worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
+            targets.append(Target(f"N={r.spec.workers} {name}: every ack within Slack's 3 s (max)", worst,
+                                  SLACK_ACK_LIMIT))
+            limits.append(Limit(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
+                                inclusive=True))
+            limits.append(Limit(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
+                                MAX_SECTION_TEXT, "chars", inclusive=True))
+            limits.append(Limit(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
+                                s["answers_with_cut_sections"], 0, "", inclusive=True))
+            limits.append(Limit(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
+                                + res.timings.failed, 0, "", inclusive=True))
+    print_targets(targets)
+    print_limits(limits, "Slack limits and completeness (reported, not asserted)")
+    return {
+        "benchmark": NAME, **extra,
+        "sizes": [{
+            "workers": r.spec.workers, "active_tasks": r.spec.workers * r.spec.tasks,
+            "reserved_tasks": r.spec.workers * r.spec.reserved, "fleet_start_seconds": round(r.fleet_start_seconds, 2),
+            "bot_counted_whole_fleet_after_seconds": None if r.seen_after is None else round(r.seen_after, 2),
+            "commands": {name: {**r.commands[name].timings.as_json(), **summaries[r.spec.workers][name],
+                                "last_answer": r.commands[name].last_payload} for name, _ in COMMANDS},
+            "bot_rss_mib": {key: mib(value) for key, value in r.rss.items()},
+            "bot_rss_trend_mib": [mib(v) for v in r.rss_trend],
+            "cpu_share_of_one_core": r.cpu_share,
+        } for r in results],
+        "targets": [t.as_json() for t in targets] + [t.as_json() for t in limits],
+    }
+
+
+def main(args: argparse.Namespace) -> None:
+    path = write_json(NAME, run(args))
+    print(f"\n  results: {path}")
+
