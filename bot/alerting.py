@@ -131,7 +131,7 @@ class ConsoleSink:
         for effect in effects:
             incident = effect.incident
             if isinstance(effect, Post):
-                self.print_line(f"ALERT   {clock(now)}  {incident.text}. {incident.impact}")
+                self.print_line(f"ALERT   {clock(now)}  {incident.text} — {incident.impact}")
             elif isinstance(effect, Timeline):
                 self.print_line(f"        {clock(now)}  {incident.text}: {effect.text}")
             elif isinstance(effect, Refresh) and not incident.open:

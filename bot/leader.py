@@ -104,4 +104,9 @@ class Leadership:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(timeout=3)
-        self._drop()
+        self.on_change = lambda leading: None  # shutting down is not standing down
+        self._leading = False
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
