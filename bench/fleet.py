@@ -15,6 +15,7 @@ on a connection of its own, sends worker-online for each of its nodes, then work
 2 s (each node at its own phase in the 2 s, as independent workers would be), and worker-offline
 when the fleet stops: one `EventDispatcher` per hostname, with Celery's fields (freq, active,
 processed, loadavg, sw_ident/sw_ver/sw_sys), as a worker's `Heart` sends them.
+`FleetSpec.without_heartbeat` leaves the last ones silent, as `celery worker --without-heartbeat` would.
 
 Payloads follow Celery 5's: `active` and `reserved` are lists of `Request.info()` dicts (id, name,
 args, kwargs, type, hostname, time_start, acknowledged, delivery_info, worker_pid); `stats` has
@@ -277,8 +278,11 @@ def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.E
 
 
 def serve(broker_url: str, first: int, count: int, tasks: int, reserved: int, concurrency: int,
-          heartbeats: bool) -> None:
-    """Host fake workers first..first+count-1 until SIGTERM or SIGINT."""
+          heartbeats: bool, silent_from: int | None = None) -> None:
+    """Host fake workers first..first+count-1 until SIGTERM or SIGINT.
+
+    Workers numbered `silent_from` and up send no events, like `celery worker --without-heartbeat`.
+    """
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
@@ -303,8 +307,9 @@ def serve(broker_url: str, first: int, count: int, tasks: int, reserved: int, co
             node = app.control.mailbox.Node(worker.hostname, state=worker, handlers=HANDLERS, channel=channel)
             consumers.append(node.listen(callback=on_message(node)))
         beats = None
-        if heartbeats:
-            beats = threading.Thread(target=send_heartbeats, args=(app, workers, stopped), daemon=True,
+        beating = [w for w in workers if silent_from is None or w.index < silent_from]
+        if heartbeats and beating:
+            beats = threading.Thread(target=send_heartbeats, args=(app, beating, stopped), daemon=True,
                                      name="heartbeats")
             beats.start()
         print(f"fleet process {os.getpid()}: {count} workers from #{first} listening", flush=True)
@@ -330,6 +335,7 @@ class FleetSpec:
     reserved: int = 2  # prefetched, waiting in the worker
     concurrency: int | None = None  # pool size; default: `tasks` (every slot busy)
     heartbeats: bool = True
+    without_heartbeat: int = 0  # the last ones send no events (`celery worker --without-heartbeat`)
     processes: int = 2  # fleet processes hosting the nodes
 
     @property
@@ -367,6 +373,8 @@ class Fleet:
                        "--concurrency", str(spec.pool_size)]
             if not spec.heartbeats:
                 command.append("--no-heartbeats")
+            if spec.without_heartbeat:
+                command += ["--silent-from", str(spec.workers - spec.without_heartbeat)]
             with (self.log_dir / f"fleet-{spec.workers}-{i}.log").open("wb") as out:
                 self.procs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=out,
                                                    stderr=subprocess.STDOUT, start_new_session=True))
@@ -431,10 +439,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reserved", type=int, default=2, help="reserved tasks per worker (default 2)")
     parser.add_argument("--concurrency", type=int, default=None, help="pool size (default: --tasks)")
     parser.add_argument("--no-heartbeats", action="store_true", help="send no worker events")
+    parser.add_argument("--silent-from", type=int, default=None, metavar="INDEX",
+                        help="workers from this index on send no worker events (--without-heartbeat)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve(args.broker, args.first, args.count, args.tasks, args.reserved, args.concurrency or max(1, args.tasks),
-          not args.no_heartbeats)
+          not args.no_heartbeats, args.silent_from)
 
 
 if __name__ == "__main__":

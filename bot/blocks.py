@@ -131,4 +131,4 @@ def to_dicts(blocks: list[Block]) -> list[dict]:
 
 def message(view: View, include_slack_only: bool = True) -> dict:
     """Keyword arguments for a Slack message carrying this view: blocks and the plain fallback."""
-    return {"text": cut(view.text, 3000), "blocks": to_dicts(render(view, include_slack_only))}
+    return {"text": cut(escape_keeping_mentions(view.text), 3000), "blocks": to_dicts(render(view, include_slack_only))}

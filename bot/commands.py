@@ -17,7 +17,7 @@ from bot.alerts import ALL
 from bot.assess import clock
 from bot.control import TASK_ID, Outcome, TaskControl
 from bot.history import History
-from bot.redact import redact
+from bot.redact import defang, redact
 from bot.snapshot import Level, Snapshot
 from bot.store import AuditEntry
 from bot.views import (
@@ -47,7 +47,7 @@ TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
 MAX_PAGE = 10_000
-SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>\d{1,5})$")
+SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>[0-9]{1,5})$")
 TARGET_VALUE = re.compile(r"^(?P<section>[a-z]+)\|(?P<target>.{1,255})$", re.DOTALL)
 OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
 
@@ -78,12 +78,17 @@ class Reply:
 
 def shown(text: str, limit: int = 40) -> str:
     """User input echoed back: short, single-line and without anything secret."""
-    text = redact(" ".join(text.split()))
+    text = defang(redact(" ".join(text.split())))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def is_number(word: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses."""
+    return word.isascii() and word.isdigit()
+
+
 def parse_page(word: str) -> int:
-    if not word.isdigit() or not 1 <= int(word) <= MAX_PAGE:
+    if not is_number(word) or not 1 <= int(word) <= MAX_PAGE:
         raise UsageError(f"'{shown(word)}' is not a page number.")
     return int(word)
 
@@ -139,7 +144,7 @@ def parse_button(action_id: str, value: str) -> Command:
     if action_id == "history_page":
         page, _, rest = (value or "").partition("|")
         state, _, name = rest.partition("|")
-        if not page.isdigit() or not 1 <= int(page) <= MAX_PAGE or state not in ("", *HISTORY_STATES.values()) \
+        if not is_number(page) or not 1 <= int(page) <= MAX_PAGE or state not in ("", *HISTORY_STATES.values()) \
                 or len(name) > MAX_FILTER:
             raise UsageError(FORGED)
         return Command("history", int(page), target=state, name_filter=name)

@@ -24,7 +24,7 @@ YES = {"y", "yes"}
 
 def pick(line: str, offered: list[Action]) -> Action | None:
     """The numbered choice the user typed, if the line is a number."""
-    if not line.isdigit():
+    if not (line.isascii() and line.isdigit()):
         return None
     number = int(line)
     if not 1 <= number <= len(offered):

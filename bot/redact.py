@@ -12,8 +12,11 @@ from collections.abc import Iterable
 
 MASK = "***"
 
-# scheme://user:password@  or  scheme://token@  — the userinfo part of any URL in free text.
-_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s'\"]+)@")
+# scheme://user:password@  or  scheme://token@  — the userinfo part of any URL in free text. The
+# look-behind lets a scheme start only where a word starts: without it, a long word is rescanned
+# from every position (quadratic). Quotes are allowed in the userinfo: a password may hold them,
+# and masking a little too much is the safe mistake.
+_URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.\-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
 # Slack tokens have a recognisable prefix; mask them even when not configured (pasted in args).
 _SLACK_TOKEN = re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+|\bxapp-[A-Za-z0-9-]+")
 
@@ -36,6 +39,11 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
     for secret in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
+
+
+def defang(text: str) -> str:
+    """User input echoed back can never be markup: Slack reads <@U1>, <!channel> and <url|x> as such."""
+    return text.replace("<", "\u2039").replace(">", "\u203a")
 
 
 class RedactingFilter(logging.Filter):

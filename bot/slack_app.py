@@ -70,8 +70,10 @@ def audit_announcer(settings: Settings, client: WebClient) -> Callable[[str], No
     return lambda text: client.chat_postMessage(channel=channel, text=text, unfurl_links=False)
 
 
-def actor(user_id: str) -> Actor:
-    return Actor(user_id, f"<@{user_id}>")
+def actor(user_id: object) -> Actor:
+    """Who clicked or typed; a payload without a proper user id is still someone, never a crash."""
+    user = user_id if isinstance(user_id, str) and user_id else "unknown"
+    return Actor(user[:64], f"<@{user[:64]}>")
 
 
 def safely(build: Callable[[], Reply]) -> Reply:
@@ -132,11 +134,11 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
 
     @app.command("/tasks")
     def on_tasks(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
-        text = command.get("text") or ""
-        who = actor(command.get("user_id", ""))
+        text = str(command.get("text") or "")
+        who = actor(command.get("user_id"))
         try:
             parsed: Command | None = parse(text)
-        except UsageError:
+        except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
         if parsed is not None and parsed.name in TARGETED:
             # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
@@ -153,8 +155,8 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     def on_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond,
                   client: WebClient) -> None:
         ack()
-        who = actor(body.get("user", {}).get("id", ""))
-        action_id, value = action.get("action_id", ""), str(action.get("value", ""))
+        who = actor((body.get("user") or {}).get("id"))
+        action_id, value = str(action.get("action_id", "")), str(action.get("value", ""))
         reply = safely(lambda: commands.run_button(action_id, value, who))
         if body.get("container", {}).get("type") == "view":  # clicked in the App Home tab
             publish_home(client, who.id, home_view(reply, commands))
@@ -169,19 +171,24 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     @app.action("share")
     def on_share(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         ack()
-        user = body.get("user", {}).get("id", "")
-        reply = safely(lambda: commands.run_button("share", str(action.get("value", "")), actor(user)))
+        who = actor((body.get("user") or {}).get("id"))
+        reply = safely(lambda: commands.run_button("share", str(action.get("value", "")), who))
         if not reply.replace_original:
             deliver(reply, respond)
             return
         view = reply.view
-        shared = View(view.title, view.summary, view.level, view.sections, (), f"Shared by <@{user}> · {view.footer}")
+        shared = View(view.title, view.summary, view.level, view.sections, (),
+                      f"Shared by {who.mention} · {view.footer}")
         respond(response_type="in_channel", replace_original=False, **blocks.message(shared))
 
     def on_alert_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         ack()
-        who = actor(body.get("user", {}).get("id", ""))
-        reply = commands.run_alert_button(action.get("action_id", ""), str(action.get("value", "")), who)
+        who = actor((body.get("user") or {}).get("id"))
+        try:
+            reply = commands.run_alert_button(str(action.get("action_id", "")), str(action.get("value", "")), who)
+        except Exception:
+            log.exception("alert button failed")
+            reply = Reply(message_view("opsbot", OOPS, Level.DOWN), replace_original=False)
         if reply is not None:  # None: the alert message is redrawn through the outbox
             deliver(reply, respond)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from bot import assess
 from bot.alerts import Incident
+from bot.redact import defang, redact
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 
 OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
@@ -325,6 +326,7 @@ def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> Vi
 STATE_LEVELS = {"SUCCESS": Level.OK, "FAILURE": Level.DOWN, "REVOKED": Level.WARN, "REJECTED": Level.WARN,
                 "RETRY": Level.WARN}
 HISTORY_PAGE = 20
+MAX_ECHO = 60
 
 
 def history_item(row: dict) -> Item:
@@ -344,8 +346,9 @@ def history_view(rows: list[dict], total: int, page: int, state: str | None, nam
         actions.append(Action("history_page", "Newer", value.format(page - 1)))
     if page < pages:
         actions.append(Action("history_page", "Older", value.format(page + 1)))
+    shown_name = defang(redact(name))[:MAX_ECHO] if name else ""
     what = " ".join(filter(None, [state.lower() if state else "finished", "tasks",
-                                  f"named like '{name}'" if name else ""]))
+                                  f"named like '{shown_name}'" if name else ""]))
     summary = f"{total} {what}, newest first ({source})." if total else f"No {what} on record."
     left = max(0, total - (page - 1) * HISTORY_PAGE - len(rows))
     section = Section("History", tuple(history_item(r) for r in rows), more=left,
