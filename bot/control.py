@@ -279,6 +279,8 @@ class TaskControl:
         """If a terminated task's process outlived its signal, say what can still be done."""
         if termination.worker_pid is None or termination.signal == "SIGKILL":
             return None
+        if self.clock() - termination.at < REAP_DELAY:
+            return None  # an exited child stays listed until Celery reaps it: too early to tell
         if not self.stack.process_alive(termination.worker, termination.worker_pid):
             return None
         host = termination.worker.split("@", 1)[-1]

@@ -61,7 +61,8 @@ def test_flower_killed_alerts_once_and_resolves(slack: SlackStandIn, socket_bot:
     flower.restart()
     resolved = wait_resolved(slack, alert)
     assert "Acknowledge" not in json.dumps(resolved.blocks)
-    assert any(line.startswith("Resolved after") for line in thread(slack, alert))
+    # The thread line follows the redraw through the outbox, a moment later.
+    assert wait_until(lambda: any(line.startswith("Resolved after") for line in thread(slack, alert)), 10)
     assert len(alerts(slack, "Flower")) == 1
 
 
@@ -137,7 +138,7 @@ def test_recovery_while_the_bot_was_down_resolves_on_start(slack: SlackStandIn,
     first.stop()
     flower.restart()
     socket_bot(FLOWER_URL=flower.url, **ALERTING)
-    wait_resolved(slack, alert, timeout=15)
+    wait_resolved(slack, alert)
     assert len(alerts(slack, "Flower")) == 1
 
 
