@@ -85,7 +85,8 @@ class SlackSink:
                 if item.attempts < 0:  # not due yet: later items of this incident must wait too
                     held.add(item.incident_id)
                     continue
-                if not self.store.claim_outbox(item.id, self.replica, self.clock(), CLAIM_SECONDS):
+                if self.store.shared and not self.store.claim_outbox(item.id, self.replica, self.clock(),
+                                                                     CLAIM_SECONDS):
                     held.add(item.incident_id)  # another replica is sending it
                     continue
                 try:
@@ -96,6 +97,10 @@ class SlackSink:
                     log.warning("Slack post for incident %s failed (%s); retrying in %.0f s",
                                 item.incident_id, type(exc).__name__, delay)
                     self.store.outbox_retry(item.id, item.attempts + 1, self.clock() + delay)
+
+    def release(self) -> None:
+        """On the way out: what we claimed and did not send is free for the others at once."""
+        self.store.release_claims(self.replica)
 
     def _send(self, item_id: int, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
         message = self.store.incident_message(incident_id)
@@ -223,6 +228,8 @@ class AlertService:
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if isinstance(self.sink, SlackSink):
+            self.sink.release()
 
     # --- What people do ---
 

@@ -267,6 +267,11 @@ class Store:
             return bool(conn.execute(update(table).where(table.c.id == item_id, free)
                                      .values(claimed_by=replica, claimed_until=now + lease)).rowcount)
 
+    def release_claims(self, replica: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(outbox_table).where(outbox_table.c.claimed_by == replica)
+                         .values(claimed_by=None, claimed_until=None))
+
     def outbox_done(self, item_id: int, message: tuple[str, str, str] | None = None) -> None:
         """Drop a sent item; for a first post, remember the message in the same transaction."""
         with self.engine.begin() as conn:
