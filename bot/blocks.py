@@ -79,23 +79,36 @@ def more_line(count: int) -> str:
     return f"_… and {count} more_"
 
 
+def text_blocks(lines: list[str]) -> list[Block]:
+    """Lines in as few section blocks as fit 3000 characters each: long lists are split, never cut short."""
+    chunks: list[list[str]] = [[]]
+    for line in lines:
+        line = cut(line, MAX_SECTION_TEXT)
+        if chunks[-1] and len("\n".join([*chunks[-1], line])) > MAX_SECTION_TEXT:
+            chunks.append([])
+        chunks[-1].append(line)
+    return [SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))) for chunk in chunks if chunk]
+
+
 def section_blocks(section: Section) -> list[Block]:
-    """Plain items share one text block; an item with a button needs a block of its own."""
+    """Plain items share text blocks; an item with a button needs a block of its own."""
     heading = f"*{escape(section.title)}*"
     if section.note:
         heading += f"  _{escape(section.note)}_"
-    blocks: list[Block] = []
+    buttons: list[Block] = []
     lines = [heading]
     for item in section.items:
         if item.action is None:
             lines.append(item_line(item))
             continue
-        blocks.append(SectionBlock(text=MarkdownTextObject(text=cut(item_line(item), MAX_SECTION_TEXT)),
-                                   accessory=button(item.action)))
-    if section.more:
-        lines.append(more_line(section.more))
-    text = cut("\n".join(lines), MAX_SECTION_TEXT)
-    return [SectionBlock(text=MarkdownTextObject(text=text)), *blocks]
+        buttons.append(SectionBlock(text=MarkdownTextObject(text=cut(item_line(item), MAX_SECTION_TEXT)),
+                                    accessory=button(item.action)))
+    if not section.more:
+        return [*text_blocks(lines), *buttons]
+    if not buttons:
+        return text_blocks([*lines, more_line(section.more)])
+    # "… and N more" goes after the rows it continues.
+    return [*text_blocks(lines), *buttons, ContextBlock(elements=[MarkdownTextObject(text=more_line(section.more))])]
 
 
 def render(view: View, include_slack_only: bool = True) -> list[Block]:

@@ -273,11 +273,11 @@ class CeleryProbe:
         self._lock = threading.Lock()
 
     def expected(self) -> set[str]:
-        alive = self.alive_workers()
-        if alive is not None:
-            return alive
+        """Whom to wait for: the workers whose heartbeats we see and those that answered last time
+        (some workers send no heartbeats; a worker that died is dropped after one slow answer)."""
+        alive = self.alive_workers() or set()
         with self._lock:
-            return set(self._last_answered)
+            return alive | self._last_answered
 
     def probe(self, deadline: float) -> CeleryStatus:
         expected = self.expected()
@@ -299,24 +299,41 @@ class CeleryProbe:
         if not answered:
             return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost)
         workers = [self._worker(name, replies, details.get(name) or {}) for name in sorted(answered)]
-        silent = [WorkerInfo(name=name, answered=False) for name in sorted(expected - answered)]
+        heartbeating = self.alive_workers() or set()
+        silent = [WorkerInfo(name=name, answered=False) for name in sorted((expected & heartbeating) - answered)]
         return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent), lost=lost)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
-        """active, then reserved and stats from just the workers that answered the first call."""
-        limit = len(expected) or None
+        """`active` from everyone, then `reserved` and `stats` from exactly the workers that answered."""
         replies: dict[str, dict] = {}
+        destination: list[str] | None = None
+        limit = len(expected) or None
         for command in ("active", "reserved", "stats"):
             remaining = max(0.05, deadline - time.monotonic())
             timeout = min(remaining, DISCOVERY_TIMEOUT) if limit is None else remaining
-            inspector = self.app.control.inspect(timeout=timeout, limit=limit, connection=conn)
+            inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=limit,
+                                                 connection=conn)
             replies[command] = getattr(inspector, command)() or {}
             if command == "active":
-                # Workers that did not answer `active` will not answer the others either.
-                limit = len(replies["active"])
+                self._ask_missing(conn, expected, replies["active"], limit, deadline)
+                # Addressed by name, the others answer as soon as these have: no one else can crowd in.
+                destination = sorted(replies["active"])
+                limit = len(destination)
                 if not limit:
                     break
         return replies
+
+    def _ask_missing(self, conn: kombu.Connection, expected: set[str], answers: dict[str, Any],
+                     limit: int | None, deadline: float) -> None:
+        """`limit` counts replies, not names: a worker we did not expect may have taken the place of one we
+        did. If the limit was reached without them, ask the missing ones by name."""
+        missing = sorted(expected - set(answers))
+        if not missing or limit is None or len(answers) < limit:
+            return
+        timeout = max(0.05, deadline - time.monotonic())
+        inspector = self.app.control.inspect(destination=missing, timeout=timeout, limit=len(missing),
+                                             connection=conn)
+        answers.update(inspector.active() or {})
 
     @staticmethod
     def _worker(name: str, replies: dict[str, dict], heartbeat: dict) -> WorkerInfo:

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 MASK = "***"
 
 # scheme://user:password@  or  scheme://token@  — the userinfo part of any URL in free text. The
-# look-behind lets a scheme start only where a word starts: without it, a long word is rescanned
-# from every position (quadratic). Quotes are allowed in the userinfo: a password may hold them,
-# and masking a little too much is the safe mistake.
-_URL_USERINFO = re.compile(r"(?<![a-zA-Z0-9+.\-])(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
+# scheme is bounded (real ones are short): unbounded, a long word would be rescanned from every
+# position (quadratic). A URL glued to the end of another word is still found. Quotes are allowed in
+# the userinfo: a password may hold them, and masking a little too much is the safe mistake.
+_URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://)(?P<userinfo>[^/@\s]+)@")
 # Slack tokens have a recognisable prefix; mask them even when not configured (pasted in args).
 _SLACK_TOKEN = re.compile(r"\bxox[abposr]-[A-Za-z0-9-]+|\bxapp-[A-Za-z0-9-]+")
 

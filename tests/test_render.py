@@ -174,3 +174,15 @@ def test_running_time_and_redacted_args_shown() -> None:
     snap = snapshot(celery=CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 1, (task,)),)))
     text = console_text(status_view(snap, "active"))
     assert "running 3 min 12 s" in text and "(password=***)" in text
+
+
+def test_a_page_of_long_rows_is_split_into_blocks_not_cut() -> None:
+    long_name = "orders-worker-19b6d8a270-p6nrs.production.example.internal"
+    tasks = tuple(TaskInfo(f"{n:08d}-aaaa-bbbb-cccc-{n:012d}", "reports.export_monthly_statement_pdf",
+                           f"celery@{long_name}", NOW - n, "(" + "x" * 80 + ")") for n in range(45))
+    worker = WorkerInfo(f"celery@{long_name}", "prefork", 45, tasks)
+    snap = snapshot(celery=CeleryStatus(CeleryState.RUNNING, (worker,)))
+    rendered = slack_text(blocks.to_dicts(blocks.render(status_view(snap, "active"))))
+    shown = [t.id for t in tasks if t.id in rendered]
+    assert len(shown) == 20  # the whole first page, none lost to the 3000-character limit
+    assert "and 25 more" in rendered
