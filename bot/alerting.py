@@ -79,10 +79,10 @@ class SlackSink:
         """Send what is due, each incident's items strictly in order; a failure holds back the rest."""
         with self._lock:
             held: set[str] = set()
-            for item in self.store.due_outbox(self.clock()):
+            for item in self.store.pending_outbox(self.clock()):
                 if item.incident_id in held:
                     continue
-                if item.attempts < 0:  # not due yet: later items of this incident must wait too
+                if not item.due:  # later items of this incident must wait too
                     held.add(item.incident_id)
                     continue
                 if self.store.shared and not self.store.claim_outbox(item.id, self.replica, self.clock(),

@@ -179,6 +179,12 @@ def strip_credentials(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+def http_endpoint(url: str) -> tuple[str, tuple[str, str] | None]:
+    """An HTTP service's base URL without credentials or trailing slash, and the basic auth they gave."""
+    user, password = url_credentials(url)
+    return strip_credentials(url).rstrip("/"), ((user, password or "") if user else None)
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read and validate settings; any problem becomes one ConfigError naming the variables."""
     try:

@@ -20,8 +20,8 @@ from celery import Celery
 
 from bot.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
 from bot.assess import clock
-from bot.config import Settings, strip_credentials, url_credentials
-from bot.probes import amqp_connection, redis_queue_keys
+from bot.config import Settings, http_endpoint
+from bot.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
 from bot.redact import redact
 from bot.snapshot import Level
 from bot.store import AuditEntry, Store, Termination
@@ -85,11 +85,8 @@ class Stack:
         return conn
 
     def find_active(self, task_id: str) -> ActiveTask | None:
-        expected = self.expected_workers()
         with self._connection() as conn:
-            inspector = self.app.control.inspect(timeout=REPLY_TIMEOUT, limit=len(expected) or None,
-                                                 connection=conn)
-            replies = inspector.active() or {}
+            replies = ask_active(self.app, conn, self.expected_workers(), time.monotonic() + REPLY_TIMEOUT)
         for worker, tasks in replies.items():
             for raw in tasks or []:
                 if raw.get("id") == task_id:
@@ -104,8 +101,6 @@ class Stack:
             return (inspector.stats() or {}).get(worker) or {}
 
     def pool_of(self, worker: str) -> str | None:
-        from bot.probes import pool_name
-
         stats = self._stats(worker)
         return pool_name(stats) if stats else None
 
@@ -169,11 +164,9 @@ class Stack:
 
     def final_state(self, task_id: str) -> str | None:
         """What Flower knows of a finished task (SUCCESS, FAILURE, REVOKED, ...), if anything."""
-        user, password = url_credentials(self.settings.flower_url)
-        base = strip_credentials(self.settings.flower_url).rstrip("/")
+        base, auth = http_endpoint(self.settings.flower_url)
         try:
-            response = self.session.get(f"{base}/api/task/info/{task_id}", timeout=1.0,
-                                        auth=(user, password or "") if user else None)
+            response = self.session.get(f"{base}/api/task/info/{task_id}", timeout=1.0, auth=auth)
             if response.ok:
                 return str(response.json().get("state") or "") or None
         except (requests.RequestException, ValueError):

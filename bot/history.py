@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from bot.config import strip_credentials, url_credentials
+from bot.config import http_endpoint
 from bot.redact import redact
 from bot.summaries import summarize_repr
 from bot.views import HISTORY_PAGE, View, history_view, task_view
@@ -157,10 +157,8 @@ EVENTS_OFF = ("No task events have reached opsbot: start workers with -E (or set
 
 def flower_rows(settings: Any, session: requests.Session, limit: int) -> list[dict[str, Any]]:
     """Finished tasks as Flower's API lists them, shaped like our history rows."""
-    user, password = url_credentials(settings.flower_url)
-    base = strip_credentials(settings.flower_url).rstrip("/")
-    response = session.get(f"{base}/api/tasks", params={"limit": 200}, timeout=settings.probe_timeout,
-                           auth=(user, password or "") if user else None)
+    base, auth = http_endpoint(settings.flower_url)
+    response = session.get(f"{base}/api/tasks", params={"limit": 200}, timeout=settings.probe_timeout, auth=auth)
     response.raise_for_status()
     rows = []
     for task_id, info in response.json().items():

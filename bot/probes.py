@@ -25,7 +25,7 @@ import redis.exceptions
 import requests
 from celery import Celery
 
-from bot.config import Settings, strip_credentials, url_credentials
+from bot.config import Settings, http_endpoint, strip_credentials
 from bot.redact import redact, redact_url
 from bot.snapshot import (
     BrokerStatus,
@@ -252,6 +252,25 @@ def task_from(raw: dict[str, Any], worker: str) -> TaskInfo:
     )
 
 
+def ask_active(app: Celery, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, Any]:
+    """Every worker's `active` tasks, waiting only for the workers we expect.
+
+    `limit` counts replies, not names: a worker we did not expect may take the place of one we did.
+    If the limit was reached without them, the missing ones are asked again by name. With nobody to
+    expect, wait at most DISCOVERY_TIMEOUT.
+    """
+    limit = len(expected) or None
+    remaining = max(0.05, deadline - time.monotonic())
+    timeout = min(remaining, DISCOVERY_TIMEOUT) if limit is None else remaining
+    answers = app.control.inspect(timeout=timeout, limit=limit, connection=conn).active() or {}
+    missing = sorted(expected - set(answers))
+    if missing and limit is not None and len(answers) >= limit:
+        timeout = max(0.05, deadline - time.monotonic())
+        inspector = app.control.inspect(destination=missing, timeout=timeout, limit=len(missing), connection=conn)
+        answers.update(inspector.active() or {})
+    return answers
+
+
 class CeleryProbe:
     """Asks the workers, over the broker, what they run.
 
@@ -305,35 +324,17 @@ class CeleryProbe:
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
         """`active` from everyone, then `reserved` and `stats` from exactly the workers that answered."""
-        replies: dict[str, dict] = {}
-        destination: list[str] | None = None
-        limit = len(expected) or None
-        for command in ("active", "reserved", "stats"):
-            remaining = max(0.05, deadline - time.monotonic())
-            timeout = min(remaining, DISCOVERY_TIMEOUT) if limit is None else remaining
-            inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=limit,
+        replies = {"active": ask_active(self.app, conn, expected, deadline)}
+        # Addressed by name, the others answer as soon as these have: no one else can crowd in.
+        destination = sorted(replies["active"])
+        for command in ("reserved", "stats"):
+            if not destination:
+                break
+            timeout = max(0.05, deadline - time.monotonic())
+            inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=len(destination),
                                                  connection=conn)
             replies[command] = getattr(inspector, command)() or {}
-            if command == "active":
-                self._ask_missing(conn, expected, replies["active"], limit, deadline)
-                # Addressed by name, the others answer as soon as these have: no one else can crowd in.
-                destination = sorted(replies["active"])
-                limit = len(destination)
-                if not limit:
-                    break
         return replies
-
-    def _ask_missing(self, conn: kombu.Connection, expected: set[str], answers: dict[str, Any],
-                     limit: int | None, deadline: float) -> None:
-        """`limit` counts replies, not names: a worker we did not expect may have taken the place of one we
-        did. If the limit was reached without them, ask the missing ones by name."""
-        missing = sorted(expected - set(answers))
-        if not missing or limit is None or len(answers) < limit:
-            return
-        timeout = max(0.05, deadline - time.monotonic())
-        inspector = self.app.control.inspect(destination=missing, timeout=timeout, limit=len(missing),
-                                             connection=conn)
-        answers.update(inspector.active() or {})
 
     @staticmethod
     def _worker(name: str, replies: dict[str, dict], heartbeat: dict) -> WorkerInfo:
@@ -356,10 +357,8 @@ class CeleryProbe:
 
 
 def probe_flower(settings: Settings, session: requests.Session, timeout: float) -> FlowerStatus:
-    base = strip_credentials(settings.flower_url).rstrip("/")
+    base, auth = http_endpoint(settings.flower_url)
     target = redact_url(base)
-    user, password = url_credentials(settings.flower_url)
-    auth = (user, password or "") if user else None
     try:
         response = session.get(f"{base}/healthcheck", auth=auth, timeout=timeout)
         response.raise_for_status()

@@ -120,6 +120,7 @@ class OutboxItem:
     kind: str
     payload: dict[str, Any]
     attempts: int
+    due: bool  # False: waiting out a retry delay
 
 
 @dataclass(frozen=True)
@@ -203,13 +204,6 @@ class Store:
             row = conn.execute(query).first()
         return _termination(row) if row else None
 
-    def terminations(self, task_ids: list[str]) -> dict[str, Termination]:
-        if not task_ids:
-            return {}
-        query = select(terminations_table).where(terminations_table.c.task_id.in_(task_ids))
-        with self.engine.connect() as conn:
-            return {r.task_id: _termination(r) for r in conn.execute(query)}
-
     def save_termination(self, termination: Termination) -> None:
         values = {"task_name": termination.task_name[:255], "worker": termination.worker[:255],
                   "user_id": termination.user_id, "signal": termination.signal, "at": termination.at,
@@ -251,13 +245,13 @@ class Store:
                 conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
                                                          payload=json.dumps(payload), attempts=0, next_try_at=0.0))
 
-    def due_outbox(self, now: float) -> list[OutboxItem]:
+    def pending_outbox(self, now: float) -> list[OutboxItem]:
+        """Every item, due or not, in order: the sender keeps each incident's posts in sequence."""
         query = select(outbox_table).order_by(outbox_table.c.id)
         with self.engine.connect() as conn:
             rows = conn.execute(query).fetchall()
-        # Every row, due or not, so the sender keeps each incident's posts in order.
-        return [OutboxItem(r.id, r.incident_id, r.kind, json.loads(r.payload),
-                           r.attempts if r.next_try_at <= now else -1) for r in rows]
+        return [OutboxItem(r.id, r.incident_id, r.kind, json.loads(r.payload), r.attempts, r.next_try_at <= now)
+                for r in rows]
 
     def claim_outbox(self, item_id: int, replica: str, now: float, lease: float) -> bool:
         """Take an item for sending, atomically: whoever's update matches first sends it."""
