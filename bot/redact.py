@@ -40,12 +40,14 @@ _AUTH_SCHEME = re.compile(r"\b(?P<scheme>Bearer|Basic)\s++[A-Za-z0-9._~+/-]++=*+
 # Words that make a key secret: its value is masked wherever the key appears.
 SECRET_WORDS = "pass|secret|token|key|auth|credential|cookie|session|signature"
 SECRET_KEY = re.compile(SECRET_WORDS, re.IGNORECASE)
+# "KeyError: 'x'", "AuthError: refused": an exception's class and message, not a key and its value.
+_NOT_AN_EXCEPTION = "(?<!Error)(?<!Exception)(?<!Warning)"
 # 'password': 'value'  or  password=value  or  "api_key": "value": a secret-looking key (whole word,
 # optionally quoted), ':' or '=', and its value: a quoted string (to its closing quote, or to the end
 # when the text was cut inside it) or a bare run up to the next separator. `(?<!\w)` lets a key start
 # only where a word starts, and the look-ahead scans that one word once.
 _SECRET_PAIR = re.compile(
-    rf"""(?<!\w)(?P<key>['"]?(?=\w*?(?:{SECRET_WORDS}))\w++['"]?\s*+[:=]\s*+)"""
+    rf"""(?<!\w)(?P<key>['"]?(?=\w*?(?:{SECRET_WORDS}))\w++{_NOT_AN_EXCEPTION}['"]?\s*+[:=]\s*+)"""
     r"""(?:'[^']*+(?:'|\Z)|"[^"]*+(?:"|\Z)|[^,)}\s]++)""",
     re.IGNORECASE)
 
