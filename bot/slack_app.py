@@ -240,7 +240,7 @@ def capped(wsgi_app: Callable[..., Any], limit: int = MAX_BODY) -> Callable[...,
         except ValueError:
             length = -1
         if not 0 <= length <= limit:
-            start_response("413 Payload Too Large", [("Content-Type", "text/plain"), ("Connection", "close")])
+            start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
             return [b"Payload Too Large"]
         return wsgi_app(environ, start_response)
 

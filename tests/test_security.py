@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from io import StringIO
+from io import BytesIO, StringIO
 from pathlib import Path
 from typing import Any
 
@@ -399,3 +399,30 @@ def test_http_mode_never_builds_an_app_without_verification() -> None:
                         slack_signing_secret=None)
     with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
         build_app(settings, Commands(take_snapshot=snapshot), make_client(settings))
+
+
+def test_the_body_cap_answers_413_before_the_app_reads_anything() -> None:
+    from wsgiref.util import setup_testing_defaults
+    from wsgiref.validate import validator
+
+    from bot.slack_app import capped
+
+    reached: list[int] = []
+
+    def slack_handler(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        reached.append(len(environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    def post(size: int) -> str:
+        environ: dict[str, Any] = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": str(size),
+                                   "QUERY_STRING": "", "wsgi.input": BytesIO(b"x" * size)}
+        setup_testing_defaults(environ)
+        statuses: list[str] = []
+        body = validator(capped(slack_handler, limit=1024))(environ, lambda s, h, e=None: statuses.append(s))
+        list(body)
+        body.close()
+        return statuses[0]
+
+    assert post(1025) == "413 Payload Too Large" and reached == []
+    assert post(1024) == "200 OK" and reached == [1024]
