@@ -1,8 +1,12 @@
-"""Who may terminate and purge: checked on the server for every attempt (a button is only a claim).
+"""Who may terminate and purge, and who may read task details: checked on the server for every
+attempt (a button is only a claim).
 
 Admins are the user IDs in `OPSBOT_ADMINS`, the members of the Slack user group
 `OPSBOT_ADMIN_GROUP` (cached for a minute), and, with `OPSBOT_WORKSPACE_ADMINS=true`, the
-workspace's admins and owners. Slack lookups are injected, so the policy itself is plain code.
+workspace's admins and owners (of this workspace: not a Slack Connect partner's). Viewers are the
+user IDs in `OPSBOT_VIEWERS` and the members of `OPSBOT_VIEWER_GROUP`; when either is set, task
+details (arguments, results, exceptions) are for viewers and admins only. Slack lookups are injected,
+so the policy itself is plain code.
 """
 
 from __future__ import annotations
@@ -35,14 +39,17 @@ class Access:
                  workspace_admins: bool = False,
                  group_members: Callable[[str], set[str]] | None = None,
                  is_workspace_admin: Callable[[str], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 viewers: tuple[str, ...] = (), viewer_group: str | None = None) -> None:
         self.admins = frozenset(admins)
         self.admin_group = admin_group
         self.workspace_admins = workspace_admins
+        self.viewers = frozenset(viewers)
+        self.viewer_group = viewer_group
         self.group_members = group_members
         self.is_workspace_admin = is_workspace_admin
         self.clock = clock
-        self._group_cache: tuple[float, frozenset[str]] | None = None
+        self._group_cache: dict[str, tuple[float, frozenset[str]]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -53,7 +60,7 @@ class Access:
         """True for an admin. Raises AccessUnknown when Slack could not tell us."""
         if actor.id in self.admins:
             return True
-        if self.admin_group and actor.id in self._group():
+        if self.admin_group and actor.id in self._group(self.admin_group):
             return True
         if self.workspace_admins and self.is_workspace_admin is not None:
             try:
@@ -62,21 +69,36 @@ class Access:
                 raise AccessUnknown("could not look up the user in Slack") from exc
         return False
 
-    def _group(self) -> frozenset[str]:
+    @property
+    def viewers_configured(self) -> bool:
+        return bool(self.viewers or self.viewer_group)
+
+    def may_view(self, actor: Actor) -> bool:
+        """True for anyone while no viewer is configured, else for viewers and admins.
+        Raises AccessUnknown when Slack could not tell us."""
+        if not self.viewers_configured or actor.id in self.viewers:
+            return True
+        if self.viewer_group and actor.id in self._group(self.viewer_group):
+            return True
+        return self.allows(actor)
+
+    def _group(self, group_id: str) -> frozenset[str]:
         with self._lock:
-            cached = self._group_cache
+            cached = self._group_cache.get(group_id)
             if cached and self.clock() - cached[0] < GROUP_CACHE_SECONDS:
                 return cached[1]
-        if self.group_members is None or self.admin_group is None:
+        if self.group_members is None:
             return frozenset()
         try:
-            members = frozenset(self.group_members(self.admin_group))
+            members = frozenset(self.group_members(group_id))
         except Exception as exc:
-            raise AccessUnknown("could not read the admin user group from Slack") from exc
+            raise AccessUnknown("could not read a user group from Slack") from exc
         with self._lock:
-            self._group_cache = (self.clock(), members)
+            self._group_cache[group_id] = (self.clock(), members)
         return members
 
 
+NOT_A_VIEWER = ("Task details are for opsbot's viewers and admins only (OPSBOT_VIEWERS, OPSBOT_VIEWER_GROUP); "
+                "ask an admin to add you.")
 HOW_TO_CONFIGURE = ("Task control is off: no admins are configured. Set OPSBOT_ADMINS (Slack user IDs), "
                     "OPSBOT_ADMIN_GROUP (a user group ID) or OPSBOT_WORKSPACE_ADMINS=true.")

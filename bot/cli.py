@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             from bot import console
 
             screen = Console()
-            commands, operator = runtime.console_commands(lambda line: screen.print(line, style="bold"))
+            # Alert lines quote queue and worker names: data, never rich markup.
+            commands, operator = runtime.console_commands(
+                lambda line: screen.print(line, style="bold", markup=False, highlight=False))
             return console.run(commands, operator, screen)
         runtime.run_slack()
         return 0

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bot.access import HOW_TO_CONFIGURE, Actor
+from bot.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
@@ -44,12 +44,21 @@ ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker
 HISTORY_STATES = {"failed": "FAILURE", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
 MAX_FILTER = 100
 TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
+# Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
+FOR_VIEWERS = ("active", "history", "show")
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
 MAX_PAGE = 10_000
 SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>[0-9]{1,5})$")
 TARGET_VALUE = re.compile(r"^(?P<section>[a-z]+)\|(?P<target>.{1,255})$", re.DOTALL)
 OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
+
+
+def without_arguments(snapshot: Snapshot) -> Snapshot:
+    """The snapshot with every running task's arguments left out."""
+    workers = tuple(replace(w, active=tuple(replace(t, args_summary="") for t in w.active))
+                    for w in snapshot.celery.workers)
+    return replace(snapshot, celery=replace(snapshot.celery, workers=workers))
 
 
 class UsageError(ValueError):
@@ -205,8 +214,21 @@ class Commands:
             return Controls(enabled=False, disabled_note=HOW_TO_CONFIGURE)
         return Controls(enabled=True)
 
+    def viewer_refusal(self, actor: Actor) -> View | None:
+        """None when the actor may read task details; otherwise the refusal to show."""
+        access = self.control.access if self.control else None
+        try:
+            if access is None or access.may_view(actor):
+                return None
+        except AccessUnknown as problem:
+            return message_view("opsbot", f"Could not check your permissions ({problem}).", Level.WARN)
+        return message_view("opsbot", NOT_A_VIEWER, Level.WARN)
+
     def status(self, section: str, page: int = 1) -> View:
-        view = status_view(self.take_snapshot(), section, page, self.controls())
+        snapshot = self.take_snapshot()
+        if section != "active" and self.control and self.control.access.viewers_configured:
+            snapshot = without_arguments(snapshot)  # seen by anyone: no task details
+        view = status_view(snapshot, section, page, self.controls())
         extra = [note for note in self.notes() if note]
         return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
 
@@ -215,6 +237,8 @@ class Commands:
             return Reply(help_view())
         if command.name == "audit":
             return Reply(self._audit(actor))
+        if command.name in FOR_VIEWERS and (refusal := self.viewer_refusal(actor)):
+            return Reply(refusal, replace_original=False)
         if command.name in TARGETED:
             return self._act(command, actor)
         if command.name in ("mute", "unmute", "incidents"):
@@ -320,6 +344,8 @@ class Commands:
 
     def run_button(self, action_id: str, value: str, actor: Actor) -> Reply:
         """A button pressed, in Slack or as a numbered choice in the console."""
+        if action_id == "share" and (refusal := self.viewer_refusal(actor)):
+            return Reply(refusal, replace_original=False)  # sharing shows the channel what the viewer sees
         try:
             return self.run(parse_button(action_id, value), actor)
         except UsageError as problem:

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     alert_channel: str | None = Field(None, validation_alias="OPSBOT_ALERT_CHANNEL")
     admins: CommaList = Field((), validation_alias="OPSBOT_ADMINS")
     admin_group: str | None = Field(None, validation_alias="OPSBOT_ADMIN_GROUP")
+    viewers: CommaList = Field((), validation_alias="OPSBOT_VIEWERS")
+    viewer_group: str | None = Field(None, validation_alias="OPSBOT_VIEWER_GROUP")
     workspace_admins: bool = Field(False, validation_alias="OPSBOT_WORKSPACE_ADMINS")
     audit_channel: str | None = Field(None, validation_alias="OPSBOT_AUDIT_CHANNEL")
     kill_after: float = Field(10.0, ge=0, le=3600, validation_alias="OPSBOT_KILL_AFTER")
@@ -66,14 +68,23 @@ class Settings(BaseSettings):
     digest_at: str | None = Field(None, validation_alias="OPSBOT_DIGEST_AT")
     replica_id: str | None = Field(None, max_length=100, validation_alias="OPSBOT_REPLICA_ID")
 
-    @field_validator("queues", "admins", mode="before")
+    @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
+    @classmethod
+    def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        # Set but empty is a mistake, never "off": an empty signing secret would turn request
+        # verification off in HTTP mode.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("is set but empty; give its value, or remove the variable")
+        return value
+
+    @field_validator("queues", "admins", "viewers", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("admins")
+    @field_validator("admins", "viewers")
     @classmethod
     def _slack_user_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for user_id in value:
@@ -81,7 +92,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{user_id[:20]!r} is not a Slack user ID (like U012AB3CD)")
         return value
 
-    @field_validator("admin_group")
+    @field_validator("admin_group", "viewer_group")
     @classmethod
     def _slack_group_id(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"S[A-Z0-9_]{1,30}", value):

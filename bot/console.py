@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from bot import terminal
 from bot.access import Actor
@@ -46,7 +47,8 @@ class Session:
     def confirmed(self, action: Action) -> bool:
         if action.confirm is None:
             return True
-        self.console.print(f"[bold]{action.confirm.title}[/bold] {action.confirm.text} [y/N] ", end="")
+        confirm = action.confirm  # its text names a task or queue: data, never markup
+        self.console.print(f"[bold]{escape(confirm.title)}[/bold] {escape(confirm.text)} \\[y/N] ", end="")
         answer = next(self.lines, "").strip().lower()
         return answer in YES
 

@@ -17,7 +17,7 @@ from typing import Any
 import requests
 
 from bot.config import http_endpoint
-from bot.redact import redact
+from bot.redact import redact_details
 from bot.summaries import summarize_repr
 from bot.views import HISTORY_PAGE, View, history_view, task_view
 
@@ -45,7 +45,7 @@ PRUNE_SECONDS = 600.0
 
 def traceback_head(text: str) -> str:
     """The exception's last lines are the useful ones; keep those, redacted."""
-    lines = redact(text or "").strip().splitlines()
+    lines = redact_details(text or "", from_end=True).strip().splitlines()
     return "\n".join(lines[-TRACEBACK_LINES:])
 
 
@@ -71,12 +71,12 @@ def fold(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
         row["retries"] = int(event["retries"])
     if kind == "task-retried":
         row["retries"] = int(row.get("retries") or 0) + 1
-        row["exception"] = redact(str(event.get("exception") or ""))[:MAX_RESULT]
+        row["exception"] = redact_details(str(event.get("exception") or ""))[:MAX_RESULT]
     if kind == "task-succeeded":
-        row["result"] = redact(str(event.get("result") or ""))[:MAX_RESULT]
+        row["result"] = redact_details(str(event.get("result") or ""))[:MAX_RESULT]
         row["runtime"] = event.get("runtime")
     if kind == "task-failed":
-        row["exception"] = redact(str(event.get("exception") or ""))[:MAX_RESULT]
+        row["exception"] = redact_details(str(event.get("exception") or ""))[:MAX_RESULT]
         row["traceback"] = traceback_head(str(event.get("traceback") or ""))
     if kind == "task-revoked":
         row["exception"] = "terminated" if event.get("terminated") else ("expired" if event.get("expired") else "")

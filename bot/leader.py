@@ -63,7 +63,8 @@ class Leadership:
     def _try_to_lead(self) -> None:
         try:
             conn = self.store.engine.connect()
-            conn.exec_driver_sql(f"SET application_name = 'opsbot-leader-{self.replica[:40]}'")
+            conn.execute(text("SELECT set_config('application_name', :name, false)"),
+                         {"name": f"opsbot-leader-{self.replica[:40]}"})
             got = conn.execute(text("SELECT pg_try_advisory_lock(:key)"), {"key": LEADER_LOCK}).scalar()
             conn.commit()  # the advisory lock is per session: it outlives this transaction
         except Exception as exc:

@@ -39,7 +39,7 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.summaries import summarize_call
+from bot.summaries import summarize_repr
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ def task_from(raw: dict[str, Any], worker: str) -> TaskInfo:
         name=str(raw.get("name") or raw.get("type") or "?"),
         worker=worker,
         started_at=raw.get("time_start"),
-        args_summary=summarize_call(raw.get("args"), raw.get("kwargs")),
+        args_summary=summarize_repr(raw.get("args"), raw.get("kwargs")),
         worker_pid=raw.get("worker_pid"),
     )
 
@@ -262,12 +262,13 @@ def ask_active(app: Celery, conn: kombu.Connection, expected: set[str], deadline
     limit = len(expected) or None
     remaining = max(0.05, deadline - time.monotonic())
     timeout = min(remaining, DISCOVERY_TIMEOUT) if limit is None else remaining
-    answers = app.control.inspect(timeout=timeout, limit=limit, connection=conn).active() or {}
+    # safe=True: the reprs Celery cut at send time, not full reprs of arguments of any size.
+    answers = app.control.inspect(timeout=timeout, limit=limit, connection=conn).active(safe=True) or {}
     missing = sorted(expected - set(answers))
     if missing and limit is not None and len(answers) >= limit:
         timeout = max(0.05, deadline - time.monotonic())
         inspector = app.control.inspect(destination=missing, timeout=timeout, limit=len(missing), connection=conn)
-        answers.update(inspector.active() or {})
+        answers.update(inspector.active(safe=True) or {})
     return answers
 
 

@@ -6,6 +6,7 @@ looks from `bot.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and So
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -24,7 +25,7 @@ from slack_sdk.http_retry.builtin_handlers import (
 from bot import blocks
 from bot.access import Access, Actor
 from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
-from bot.config import Settings
+from bot.config import ConfigError, Settings
 from bot.snapshot import Level
 from bot.views import Notice, View, message_view
 
@@ -55,12 +56,20 @@ def slack_access(settings: Settings, client: WebClient) -> Access:
     def group_members(group_id: str) -> set[str]:
         return set(client.usergroups_users_list(usergroup=group_id)["users"])
 
+    @functools.cache
+    def own_team() -> str:
+        return str(client.auth_test()["team_id"])
+
     def is_workspace_admin(user_id: str) -> bool:
         user = client.users_info(user=user_id)["user"]
+        # A Slack Connect partner's admin is an admin of their own workspace, not of ours.
+        if user.get("team_id") != own_team():
+            return False
         return bool(user.get("is_admin") or user.get("is_owner"))
 
     return Access(settings.admins, settings.admin_group, settings.workspace_admins,
-                  group_members=group_members, is_workspace_admin=is_workspace_admin)
+                  group_members=group_members, is_workspace_admin=is_workspace_admin,
+                  viewers=settings.viewers, viewer_group=settings.viewer_group)
 
 
 def audit_announcer(settings: Settings, client: WebClient) -> Callable[[str], None] | None:
@@ -128,9 +137,11 @@ def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
 
 def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
-    app = App(client=client, signing_secret=signing_secret,
-              # Socket Mode has no signatures to check; HTTP mode refuses to start without a secret.
-              request_verification_enabled=bool(signing_secret))
+    http_mode = settings.slack_app_token is None
+    if http_mode and not signing_secret:
+        raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode never runs without request verification.")
+    # Socket Mode has no signatures to check; in HTTP mode every request is verified, always.
+    app = App(client=client, signing_secret=signing_secret, request_verification_enabled=http_mode)
 
     @app.command("/tasks")
     def on_tasks(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
@@ -217,9 +228,30 @@ def run_socket_mode(app: App, settings: Settings) -> None:
     handler.start()
 
 
+MAX_BODY = 1024 * 1024  # Slack's largest payloads (a click in a 100-block Home tab) stay far below this
+
+
+def capped(wsgi_app: Callable[..., Any], limit: int = MAX_BODY) -> Callable[..., Any]:
+    """WSGI middleware: a body over `limit` bytes is answered 413 before it is read, let alone verified."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= limit:
+            start_response("413 Payload Too Large", [("Content-Type", "text/plain")])
+            return [b"Payload Too Large"]
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
 def run_http(app: App, settings: Settings) -> None:
     from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress import serve
 
     log.info("serving Slack requests over HTTP on port %d (path /slack/events)", settings.http_port)
-    serve(SlackRequestHandler(app), host="0.0.0.0", port=settings.http_port, threads=8, _quiet=True)
+    # waitress buffers a whole body before calling the app: its own limit keeps it from reading more.
+    serve(capped(SlackRequestHandler(app)), host="0.0.0.0", port=settings.http_port, threads=8, _quiet=True,
+          max_request_body_size=MAX_BODY)

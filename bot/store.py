@@ -7,6 +7,7 @@ terminated by whom (so a second click can say "already terminated by @x at 14:02
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     delete,
+    event,
     func,
     insert,
     or_,
@@ -147,10 +149,21 @@ class Termination:
 def make_engine(db_url: str) -> Engine:
     url = make_url(db_url)
     if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(Path(url.database).expanduser())
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        # WAL: readers (Slack answers) never wait for the history writer, nor it for them.
+        event.listen(engine, "connect", lambda dbapi_conn, _: dbapi_conn.execute("PRAGMA journal_mode=WAL"))
+    return engine
+
+
+def create_private_file(path: Path) -> None:
+    """The SQLite file holds the audit and task history: readable by its owner only, whatever the umask.
+    SQLite gives its -wal and -shm files the same permissions."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _termination(row: Any) -> Termination:

@@ -7,18 +7,19 @@ to recognise a task ("export(report_id=42)") and nothing that should stay privat
 from __future__ import annotations
 
 import ast
-import re
 from typing import Any
 
-from bot.redact import MASK, redact
+from bot.redact import MASK, SECRET_KEY, redact_details
 
-SECRET_KEY = re.compile(r"pass|secret|token|key|auth|credential|cookie|session|signature", re.IGNORECASE)
 MAX_SUMMARY = 80
 MAX_VALUE = 24
+# Celery cuts each repr at about 1,024 characters; anything longer is not from Celery, and only the
+# first MAX_SUMMARY characters are ever shown.
+MAX_REPR = 4_096
 
 
 def _short(value: Any) -> str:
-    text = redact(repr(value))
+    text = redact_details(repr(value))
     return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
 
 
@@ -48,6 +49,8 @@ def summarize_call(args: Any, kwargs: Any) -> str:
 
 
 def _literal(text: Any) -> Any:
+    if isinstance(text, str) and len(text) > MAX_REPR:
+        return _UNPARSED  # not from Celery; not worth parsing
     try:
         return ast.literal_eval(text) if isinstance(text, str) else text
     except (ValueError, SyntaxError, MemoryError, RecursionError):
@@ -55,10 +58,6 @@ def _literal(text: Any) -> Any:
 
 
 _UNPARSED = object()
-# In a repr we could not parse: 'password': 'value'  or  password='value'
-_SECRET_IN_REPR = re.compile(
-    r"""(['"]?(?:\w*(?:pass|secret|token|key|auth|credential|cookie|session|signature)\w*)['"]?\s*[:=]\s*)"""
-    r"""('[^']*'|"[^"]*"|[^,)}\s]+)""", re.IGNORECASE)
 
 
 def summarize_repr(args: Any, kwargs: Any) -> str:
@@ -66,6 +65,6 @@ def summarize_repr(args: Any, kwargs: Any) -> str:
     parsed_args, parsed_kwargs = _literal(args), _literal(kwargs)
     if isinstance(parsed_args, (list, tuple)) and isinstance(parsed_kwargs, dict | None):
         return summarize_call(list(parsed_args), parsed_kwargs or {})
-    text = _SECRET_IN_REPR.sub(lambda m: m.group(1) + MASK, f"{args or ''} {kwargs or ''}".strip())
-    text = redact(text)
+    # Not a literal (a datetime, a UUID, a cut-short repr): mask 'password': 'value' and the like by shape.
+    text = redact_details(f"{args or ''} {kwargs or ''}".strip(), MAX_REPR)
     return f"({text[: MAX_SUMMARY - 1]}…)" if len(text) > MAX_SUMMARY else f"({text})"

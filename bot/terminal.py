@@ -25,7 +25,8 @@ def choices(view: View) -> list[Action]:
 
 
 def section_table(section: Section, numbers: dict[int, int]) -> Table:
-    title = section.title + (f"  ({section.note})" if section.note else "")
+    # Titles, names and notes are data (task names, audit targets): escaped, never read as rich markup.
+    title = escape(section.title + (f"  ({section.note})" if section.note else ""))
     table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
     table.add_column(width=1)
     table.add_column(style="bold", no_wrap=True)
@@ -35,7 +36,7 @@ def section_table(section: Section, numbers: dict[int, int]) -> Table:
         text.append(item.text)
         if item.action is not None and id(item.action) in numbers:
             text.append(f"  [{numbers[id(item.action)]}] {item.action.label}", style="bold magenta")
-        table.add_row(Text(ICONS[item.level], style=STYLES[item.level]), item.title, text)
+        table.add_row(Text(ICONS[item.level], style=STYLES[item.level]), Text(item.title), text)
     if section.more:
         table.add_row("", "", Text(f"… and {section.more} more", style="italic"))
     return table

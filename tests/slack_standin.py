@@ -717,7 +717,7 @@ class SlackStandIn:
         name = spec.get("name", user_id.lower())
         return {
             "id": user_id,
-            "team_id": self.team_id,
+            "team_id": spec.get("team_id", self.team_id),  # another team's: a Slack Connect partner
             "name": name,
             "deleted": False,
             "real_name": spec.get("real_name", name),

@@ -75,3 +75,29 @@ def test_log_records_are_redacted_including_arguments_and_tracebacks() -> None:
         record.exc_info = sys.exc_info()
     RedactingFilter(["pw9"]).filter(record)
     assert "pw9" not in record.getMessage() and "xoxb-9-9" not in (record.exc_text or "")
+
+
+@pytest.mark.parametrize("variable, env", [
+    # The reproduced hole: set but empty, no app token, so HTTP mode with verification off.
+    ("SLACK_SIGNING_SECRET", {"SLACK_BOT_TOKEN": "xoxb-1-2", "SLACK_SIGNING_SECRET": ""}),
+    ("SLACK_SIGNING_SECRET", {"SLACK_BOT_TOKEN": "xoxb-1-2", "SLACK_SIGNING_SECRET": "  "}),
+    ("SLACK_BOT_TOKEN", {"SLACK_BOT_TOKEN": "", "SLACK_SIGNING_SECRET": "s3cret-signing"}),
+    ("SLACK_APP_TOKEN", {"SLACK_BOT_TOKEN": "xoxb-1-2", "SLACK_APP_TOKEN": "",
+                         "SLACK_SIGNING_SECRET": "s3cret-signing"}),
+])
+def test_an_empty_secret_is_a_configuration_error(variable: str, env: dict[str, str]) -> None:
+    result = opsbot(["run"], env)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert f"{variable}: Value error, is set but empty" in result.stderr
+    assert "s3cret-signing" not in result.stderr and "Traceback" not in result.stderr
+    # Whatever the mode: an empty secret is a mistake to fix, not a feature switched off.
+    assert opsbot(["status"], env).returncode == 3
+
+
+def test_viewers_must_be_slack_ids() -> None:
+    settings = load_settings(OPSBOT_VIEWERS="U1, W2", OPSBOT_VIEWER_GROUP="S0614TZR7")
+    assert settings.viewers == ("U1", "W2") and settings.viewer_group == "S0614TZR7"
+    with pytest.raises(ConfigError, match="OPSBOT_VIEWERS"):
+        load_settings(OPSBOT_VIEWERS="alice")
+    with pytest.raises(ConfigError, match="OPSBOT_VIEWER_GROUP"):
+        load_settings(OPSBOT_VIEWER_GROUP="U123")
