@@ -110,7 +110,7 @@ def share(section: str, number: int) -> Action:
 
 
 def history(role: str, number: int, state: str | None, name: str | None) -> Action:
-    assert role in HISTORY_ROLES
+    assert role in HISTORY_ROLES and len(name or "") <= MAX_FILTER  # the parser refuses longer filters
     return Action(f"history_{role}", role.capitalize(), f"{number}|{state or ''}|{name or ''}")
 
 

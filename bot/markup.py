@@ -17,8 +17,8 @@ from collections.abc import Iterable
 
 ELLIPSIS = "…"
 ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-USER_ID = re.compile(r"^[UW][A-Z0-9]{1,63}$")
-STORED_MENTION = re.compile(r"^<@([UW][A-Z0-9]{1,63})>$")
+USER_ID = re.compile(r"^[UW][A-Z0-9_]{1,63}$")
+STORED_MENTION = re.compile(r"^<@([UW][A-Z0-9_]{1,63})>$")
 
 
 class Markup(str):
@@ -89,16 +89,42 @@ def _parts(text: str) -> tuple[str, ...]:
 
 
 def for_slack(text: str, limit: int) -> str:
-    """Text for mrkdwn or a message's `text`: data cut then escaped, markup as is, at most `limit` long."""
-    whole = "".join(p if isinstance(p, Markup) else escape(p) for p in _parts(text))
-    if len(whole) <= limit:
-        return whole
+    """Text for mrkdwn or a message's `text`: data cut then escaped, markup as is, at most `limit` long.
+
+    When it is too long, the data shares the room left by the markup (the bot's words and mentions
+    stay whole), the longest data giving way first; each cut piece of data ends with "…".
+    """
+    parts = _parts(text)
+    shown = [p if isinstance(p, Markup) else escape(p) for p in parts]
+    if sum(map(len, shown)) <= limit:
+        return "".join(shown)
+    data = [n for n, part in enumerate(parts) if not isinstance(part, Markup)]
+    room = limit - sum(len(shown[n]) for n in range(len(parts)) if n not in data)
+    if room < 2 * len(data):
+        return _cut_in_order(parts, limit)
+    for n, budget in zip(data, _share(room, [len(shown[n]) for n in data]), strict=True):
+        if len(shown[n]) > budget:
+            shown[n] = _escaped_within(parts[n], budget - len(ELLIPSIS))[0] + ELLIPSIS
+    return "".join(shown)
+
+
+def _share(room: int, wants: list[int]) -> list[int]:
+    """Split `room` between claims: small ones get all they want, large ones share the rest evenly."""
+    budgets = [0] * len(wants)
+    for done, n in enumerate(sorted(range(len(wants)), key=wants.__getitem__)):
+        budgets[n] = min(wants[n], room // (len(wants) - done))
+        room -= budgets[n]
+    return budgets
+
+
+def _cut_in_order(parts: tuple[str, ...], limit: int) -> str:
+    """Too little room to share: keep what fits from the start, never half a piece of markup or an entity."""
     out: list[str] = []
     room = limit - len(ELLIPSIS)
-    for part in _parts(text):
+    for part in parts:
         if isinstance(part, Markup):
             if len(part) > room:
-                break  # markup is never cut in two (a half mention is no mention)
+                break
             out.append(part)
             room -= len(part)
             continue

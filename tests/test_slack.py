@@ -69,7 +69,7 @@ def test_subcommands_and_unknown_one(slack: SlackStandIn, socket_bot: Callable[.
 
 def test_paging_share_and_forged_buttons(slack: SlackStandIn, socket_bot: Callable[..., BotProcess]) -> None:
     socket_bot()
-    slack.send_block_action("page", "queues:1")
+    slack.send_block_action("page_refresh", "queues:1")
     replaced = slack.wait_for_response(lambda r: r.replace_original)
     assert "Queues" in text_of(replaced.body)
 
@@ -78,7 +78,7 @@ def test_paging_share_and_forged_buttons(slack: SlackStandIn, socket_bot: Callab
     assert "Shared by <@U_ADMIN>" in text_of(shared.body)
 
     before = len(slack.responses)
-    slack.send_block_action("page", "overview:../../etc")
+    slack.send_block_action("page_refresh", "overview:../../etc")
     forged = slack.wait_for_response(lambda r: "not one I made" in text_of(r.body))
     assert "Traceback" not in text_of(forged.body)
     assert len(slack.responses) == before + 1
@@ -141,7 +141,7 @@ def test_http_mode_verifies_signatures(http_bot: tuple[BotProcess, str], slack: 
     payload = {"type": "block_actions", "user": {"id": "U_ADMIN"}, "team": {"id": "T_TEST"},
                "api_app_id": "A_TEST", "container": {"type": "message"}, "trigger_id": "1.2",
                "response_url": slack.new_response_url(),
-               "actions": [{"action_id": "page", "value": "workers:1", "type": "button", "block_id": "b"}]}
+               "actions": [{"action_id": "page_next", "value": "workers:1", "type": "button", "block_id": "b"}]}
     form = block_action_form(payload)
     assert requests.post(url, data=form, headers=sign(SIGNING_SECRET, form, now), timeout=5).status_code == 200
     assert "Workers" in text_of(slack.wait_for_response(lambda r: r.replace_original).body)
