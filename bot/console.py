@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 from bot import terminal
 from bot.access import Actor
@@ -46,7 +47,8 @@ class Session:
     def confirmed(self, action: Action) -> bool:
         if action.confirm is None:
             return True
-        self.console.print(f"[bold]{action.confirm.title}[/bold] {action.confirm.text} [y/N] ", end="")
+        # Names in a confirmation are data: rich must not read "[...]" in them as its markup.
+        self.console.print(f"[bold]{escape(action.confirm.title)}[/bold] {escape(action.confirm.text)} [y/N] ", end="")
         answer = next(self.lines, "").strip().lower()
         return answer in YES
 
