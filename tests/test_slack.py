@@ -278,3 +278,10 @@ def test_a_refused_reply_still_answers_in_plain_text(slack: SlackStandIn,
     assert refused.status == 400 and "blocks" in refused.body
     assert plain.status == 200 and "blocks" not in plain.body and "is not running" in plain.body["text"]
     assert "invalid_blocks" in bot.output()
+
+    slack.reject_next("views.publish")  # the Home tab refused: its text still shows there
+    slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
+    assert wait_until(lambda: len(slack.calls_to("views.publish")) == 2, 15)
+    first, second = slack.calls_to("views.publish")
+    assert first.response["error"] == "invalid_blocks" and second.response["ok"]
+    assert "Task status" in json.dumps(slack.home_views["U_ADMIN"])
