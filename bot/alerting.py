@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 
-from bot import alerts, blocks
+from bot import alerts, blocks, markup
 from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
 from bot.assess import clock
 from bot.config import Settings
@@ -66,10 +67,11 @@ class SlackSink:
         for effect in effects:
             incident = effect.incident
             if isinstance(effect, Timeline):
-                rows.append((incident.id, "thread", {"text": effect.text}))
+                rows.append((incident.id, "thread", {"text": markup.for_slack(effect.text, blocks.MAX_FALLBACK)}))
             else:
                 kind = "post" if isinstance(effect, Post) else "refresh"
-                rows.append((incident.id, kind, blocks.message(incident_view(incident, now), include_slack_only=True)))
+                view = incident_view(incident, now)
+                rows.append((incident.id, kind, {**blocks.message(view), PLAIN: blocks.plain_message(view)["text"]}))
         return rows
 
     def deliver(self, effects: list[Effect], now: float) -> None:
@@ -105,7 +107,7 @@ class SlackSink:
     def _send(self, item_id: int, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
         message = self.store.incident_message(incident_id)
         if kind == "post" and message is None:
-            response = self.client.chat_postMessage(channel=self.channel, unfurl_links=False, **payload)
+            response = send_alert(self.client.chat_postMessage, payload, channel=self.channel, unfurl_links=False)
             self.store.outbox_done(item_id, (incident_id, response["channel"], response["ts"]))
             return
         if message is None:
@@ -116,8 +118,28 @@ class SlackSink:
         if kind == "thread":
             self.client.chat_postMessage(channel=channel, thread_ts=ts, text=payload["text"])
         else:  # a refresh, or a post whose message exists already (sent before a crash): update in place
-            self.client.chat_update(channel=channel, ts=ts, **payload)
+            send_alert(self.client.chat_update, payload, channel=channel, ts=ts)
         self.store.outbox_done(item_id)
+
+
+PLAIN = "plain_text"  # in an outbox payload: the alert as text alone, not sent unless the blocks are refused
+REFUSED = ("invalid_blocks", "msg_too_long")
+
+
+def send_alert(call: Callable[..., Any], payload: dict[str, Any], **where: Any) -> Any:
+    """Post or update an alert; if Slack refuses its blocks, the same alert as plain text: never lost."""
+    payload = dict(payload)
+    plain = payload.pop(PLAIN, payload.get("text", ""))
+    try:
+        return call(**where, **payload)
+    except SlackApiError as problem:
+        error = problem.response.get("error")
+        if error not in REFUSED:
+            raise
+        log.error("Slack refused an alert's blocks (%s: %s); sending it as plain text", error,
+                  problem.response.get("errors"))
+        # chat.update keeps the old blocks unless told to drop them; chat.postMessage needs none.
+        return call(**where, text=plain, **({"blocks": []} if "ts" in where else {}))
 
 
 # --- Console ----------------------------------------------------------------------------------

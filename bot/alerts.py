@@ -14,6 +14,7 @@ from typing import Any
 
 from bot import assess
 from bot.assess import Finding
+from bot.markup import phrase
 from bot.snapshot import CeleryState, Level, Snapshot
 
 WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost
@@ -299,7 +300,7 @@ def acknowledge(state: AlertState, incident_id_: str, user: str, now: float) -> 
     if incident is None or incident.acked_by:
         return state, []
     acked = replace(incident, acked_by=user, acked_at=now)
-    return _with(state, acked), [Refresh(acked), Timeline(acked, f"Acknowledged by {user}.")]
+    return _with(state, acked), [Refresh(acked), Timeline(acked, phrase("Acknowledged by {}.", user))]
 
 
 def snooze(state: AlertState, incident_id_: str, until: float, user: str, now: float
@@ -308,7 +309,7 @@ def snooze(state: AlertState, incident_id_: str, until: float, user: str, now: f
     if incident is None or until <= now:
         return state, []
     snoozed = replace(incident, snoozed_until=until, snoozed_by=user)
-    return _with(state, snoozed), [Refresh(snoozed), Timeline(snoozed, f"Snoozed by {user}.")]
+    return _with(state, snoozed), [Refresh(snoozed), Timeline(snoozed, phrase("Snoozed by {}.", user))]
 
 
 def mute(state: AlertState, scope: str, until: float) -> AlertState:

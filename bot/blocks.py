@@ -6,8 +6,6 @@ at most 50 blocks, 3000 characters per section text, 150 per header, 75 per butt
 
 from __future__ import annotations
 
-import re
-
 from slack_sdk.models.blocks import (
     ActionsBlock,
     Block,
@@ -21,15 +19,24 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot import markup
+from bot.markup import Markup, phrase
 from bot.snapshot import Level
 from bot.views import Action, Item, Section, View
 
+# Slack's limits (https://api.slack.com/reference/block-kit/blocks and .../block-elements,
+# .../composition-objects): the stand-in's validator (tests/slack_rules.py) holds Slack's side of them.
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000
+MAX_CONTEXT_TEXT = 3000
 MAX_HEADER = 150
 MAX_BUTTON_LABEL = 75
-MAX_BUTTON_VALUE = 2000
 MAX_ACTIONS = 25
+MAX_CONFIRM_TITLE = 100
+MAX_CONFIRM_TEXT = 300
+MAX_CONFIRM_BUTTON = 30
+MAX_TITLE = 300  # an item's name, cut so a 10 KB task name leaves room for what follows it
+MAX_FALLBACK = 3000  # a message's `text`: the notification and screen-reader fallback
 
 ICONS = {
     Level.OK: ":large_green_circle:",
@@ -40,87 +47,85 @@ ICONS = {
 }
 
 
-def escape(text: str) -> str:
-    """Slack mrkdwn control characters: user data must not turn into mentions or links."""
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def mrkdwn(text: str, limit: int = MAX_SECTION_TEXT) -> MarkdownTextObject:
+    """The one way text reaches mrkdwn: data cut then escaped, the bot's markup as written."""
+    return MarkdownTextObject(text=markup.for_slack(text, limit))
 
 
-MENTION = re.compile(r"&lt;@([UW][A-Z0-9_]+)&gt;")
-
-
-def escape_keeping_mentions(text: str) -> str:
-    """For our own sentences that name a user ("by <@U123>") around user data (a task name)."""
-    return MENTION.sub(r"<@\1>", escape(text))
-
-
-def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def plain_text(text: str, limit: int) -> PlainTextObject:
+    return PlainTextObject(text=markup.plain(text, limit) or " ")
 
 
 def button(action: Action) -> ButtonElement:
     confirm = None
     if action.confirm:
         confirm = ConfirmObject(
-            title=cut(action.confirm.title, 100), text=cut(action.confirm.text, 300),
-            confirm=cut(action.confirm.confirm, 30), deny=cut(action.confirm.deny, 30),
+            title=plain_text(action.confirm.title, MAX_CONFIRM_TITLE),
+            text=mrkdwn(action.confirm.text, MAX_CONFIRM_TEXT),
+            confirm=plain_text(action.confirm.confirm, MAX_CONFIRM_BUTTON),
+            deny=plain_text(action.confirm.deny, MAX_CONFIRM_BUTTON),
         )
-    return ButtonElement(
-        text=cut(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
-        value=cut(action.value, MAX_BUTTON_VALUE), style=action.style, confirm=confirm,
-    )
+    # The value is never cut: bot.buttons keeps it within Slack's 2000 characters.
+    return ButtonElement(text=plain_text(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
+                         value=action.value or None, style=action.style, confirm=confirm)
 
 
 def item_line(item: Item) -> str:
-    code = f" `{escape(item.code)}`" if item.code else ""
-    return f"{ICONS[item.level]} *{escape(item.title)}*{code} {escape(item.text)}"
+    """One row: icon, name in bold, id in monospace, then the text. An empty part is left out."""
+    parts = [Markup(ICONS[item.level])]
+    if item.title:
+        parts.append(phrase("*{}*", markup.plain(item.title, MAX_TITLE)))
+    if item.code:
+        parts.append(phrase("`{}`", markup.plain(item.code, MAX_TITLE)))
+    if item.text:
+        parts.append(item.text)
+    return markup.join(" ", parts)
 
 
 def more_line(count: int) -> str:
-    return f"_… and {count} more_"
+    return Markup(f"_… and {count} more_")
 
 
 def text_blocks(lines: list[str]) -> list[Block]:
     """Lines in as few section blocks as fit 3000 characters each: long lists are split, never cut short."""
     chunks: list[list[str]] = [[]]
-    for line in lines:
-        line = cut(line, MAX_SECTION_TEXT)
+    for line in (markup.for_slack(line, MAX_SECTION_TEXT) for line in lines):
         if chunks[-1] and len("\n".join([*chunks[-1], line])) > MAX_SECTION_TEXT:
             chunks.append([])
         chunks[-1].append(line)
-    return [SectionBlock(text=MarkdownTextObject(text="\n".join(chunk))) for chunk in chunks if chunk]
+    # Each line is already in Slack's form: wrapped as markup so it is not escaped twice.
+    return [SectionBlock(text=mrkdwn(Markup("\n".join(chunk)))) for chunk in chunks if chunk]
 
 
 def section_blocks(section: Section) -> list[Block]:
     """Plain items share text blocks; an item with a button needs a block of its own."""
-    heading = f"*{escape(section.title)}*"
+    heading = phrase("*{}*", section.title)
     if section.note:
-        heading += f"  _{escape(section.note)}_"
+        heading = phrase("{}  _{}_", heading, section.note)
     buttons: list[Block] = []
     lines = [heading]
     for item in section.items:
         if item.action is None:
             lines.append(item_line(item))
             continue
-        buttons.append(SectionBlock(text=MarkdownTextObject(text=cut(item_line(item), MAX_SECTION_TEXT)),
-                                    accessory=button(item.action)))
+        buttons.append(SectionBlock(text=mrkdwn(item_line(item)), accessory=button(item.action)))
     if not section.more:
         return [*text_blocks(lines), *buttons]
     if not buttons:
         return text_blocks([*lines, more_line(section.more)])
     # "… and N more" goes after the rows it continues.
-    return [*text_blocks(lines), *buttons, ContextBlock(elements=[MarkdownTextObject(text=more_line(section.more))])]
+    return [*text_blocks(lines), *buttons, ContextBlock(elements=[mrkdwn(more_line(section.more))])]
 
 
 def render(view: View, include_slack_only: bool = True) -> list[Block]:
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=cut(view.title, MAX_HEADER))),
-        SectionBlock(text=MarkdownTextObject(
-            text=cut(f"{ICONS[view.level]} *{escape(view.summary)}*", MAX_SECTION_TEXT))),
+        HeaderBlock(text=plain_text(view.title, MAX_HEADER)),
+        SectionBlock(text=mrkdwn(phrase("{} *{}*", Markup(ICONS[view.level]), view.summary))),
         DividerBlock(),
     ]
     if view.notice:
-        notice = f"{ICONS[view.notice.level]} {escape_keeping_mentions(view.notice.text)}"
-        blocks.insert(1, SectionBlock(text=MarkdownTextObject(text=cut(notice, MAX_SECTION_TEXT))))
+        blocks.insert(1, SectionBlock(text=mrkdwn(phrase("{} {}", Markup(ICONS[view.notice.level]),
+                                                         view.notice.text))))
     for section in view.sections:
         blocks.extend(section_blocks(section))
     tail: list[Block] = []
@@ -128,13 +133,12 @@ def render(view: View, include_slack_only: bool = True) -> list[Block]:
     if actions:
         tail.append(ActionsBlock(elements=[button(a) for a in actions]))
     if view.footer:
-        # The footer is our own text (it may hold a <@user> mention), never user data.
-        tail.append(ContextBlock(elements=[MarkdownTextObject(text=cut(view.footer, 3000))]))
+        tail.append(ContextBlock(elements=[mrkdwn(view.footer, MAX_CONTEXT_TEXT)]))
     room = MAX_BLOCKS - len(tail)
     if len(blocks) > room:
         dropped = len(blocks) - room + 1
         blocks = blocks[: room - 1]
-        blocks.append(ContextBlock(elements=[MarkdownTextObject(text=more_line(dropped))]))
+        blocks.append(ContextBlock(elements=[mrkdwn(more_line(dropped))]))
     return blocks + tail
 
 
@@ -144,4 +148,17 @@ def to_dicts(blocks: list[Block]) -> list[dict]:
 
 def message(view: View, include_slack_only: bool = True) -> dict:
     """Keyword arguments for a Slack message carrying this view: blocks and the plain fallback."""
-    return {"text": cut(escape_keeping_mentions(view.text), 3000), "blocks": to_dicts(render(view, include_slack_only))}
+    return {"text": fallback(view), "blocks": to_dicts(render(view, include_slack_only))}
+
+
+def fallback(view: View) -> str:
+    """The message's `text`, which Slack parses like mrkdwn: the same escaping rule."""
+    return markup.for_slack(view.text, MAX_FALLBACK)
+
+
+def plain_message(view: View) -> dict:
+    """The view as text alone, for when Slack refused its blocks: the essentials still arrive."""
+    lines = [view.text, *(item_line(item) for section in view.sections for item in section.items)]
+    if view.footer:
+        lines.append(view.footer)
+    return {"text": markup.for_slack(markup.join("\n", lines), MAX_FALLBACK)}

@@ -11,18 +11,19 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from bot import buttons
 from bot.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
+from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, SECTIONS, TARGETED, Forged
 from bot.control import TASK_ID, Outcome, TaskControl
 from bot.history import History
+from bot.markup import phrase
 from bot.redact import defang, redact
 from bot.snapshot import Level, Snapshot
 from bot.store import AuditEntry
 from bot.views import (
-    SECTIONS,
-    SNOOZES,
     Controls,
     Item,
     Notice,
@@ -35,22 +36,14 @@ from bot.views import (
     status_view,
 )
 
-SNOOZE_VALUES = {value for _, value in SNOOZES}
-
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
            "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show"}
-HISTORY_STATES = {"failed": "FAILURE", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
-MAX_FILTER = 100
-TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show")
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
-MAX_PAGE = 10_000
-SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>[0-9]{1,5})$")
-TARGET_VALUE = re.compile(r"^(?P<section>[a-z]+)\|(?P<target>.{1,255})$", re.DOTALL)
 OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
 
 
@@ -144,25 +137,12 @@ def parse_history(words: list[str]) -> Command:
 
 
 def parse_button(action_id: str, value: str) -> Command:
-    """A button's value is only a claim: check its shape here, and its target when acting."""
-    if action_id in ("page", "share"):
-        match = SECTION_VALUE.match(value or "")
-        if not match or match["section"] not in SECTIONS or not 1 <= int(match["page"]) <= MAX_PAGE:
-            raise UsageError(FORGED)
-        return Command(match["section"], int(match["page"]))
-    if action_id == "history_page":
-        page, _, rest = (value or "").partition("|")
-        state, _, name = rest.partition("|")
-        if not is_number(page) or not 1 <= int(page) <= MAX_PAGE or state not in ("", *HISTORY_STATES.values()) \
-                or len(name) > MAX_FILTER:
-            raise UsageError(FORGED)
-        return Command("history", int(page), target=state, name_filter=name)
-    if action_id in TARGETED:
-        match = TARGET_VALUE.match(value or "")
-        if not match or match["section"] not in SECTIONS:
-            raise UsageError(FORGED)
-        return Command(action_id, target=match["target"], section=match["section"])
-    raise UsageError(FORGED)
+    """A button's value is only a claim: bot.buttons checks its shape here, its target is checked when acting."""
+    try:
+        click = buttons.decode(action_id, value)
+    except Forged:
+        raise UsageError(FORGED) from None
+    return Command(click.name, click.page, click.target, click.section, click.name_filter)
 
 
 def audit_view(entries: list[AuditEntry]) -> View:
@@ -279,25 +259,27 @@ class Commands:
             return message_view("opsbot", refusal.message, refusal.level)
         if command.name == "unmute":
             self.alerts.unmute()
-            return message_view("opsbot", f"Alerts unmuted by {actor.mention}.", Level.OK)
+            return message_view("opsbot", phrase("Alerts unmuted by {}.", actor.mention), Level.OK)
         seconds, scope = parse_mute(command.target)
         until = self.alerts.mute(scope, seconds)
         what = "All alerts" if scope == ALL else f"Alerts about {scope}"
-        return message_view("opsbot", f"{what} muted until {clock(until)} by {actor.mention}.", Level.OK)
+        return message_view("opsbot", phrase("{} muted until {} by {}.", what, clock(until), actor.mention), Level.OK)
 
     def run_alert_button(self, action_id: str, value: str, actor: Actor) -> Reply | None:
         """Acknowledge, snooze or show status from an alert. None: the alert message itself is redrawn."""
         if self.alerts is None:
             return Reply(message_view("opsbot", "Alerting is off.", Level.WARN), replace_original=False)
+        try:
+            claimed, how_long = buttons.decode_alert(action_id, value)
+        except Forged:
+            return Reply(message_view("opsbot", FORGED, Level.WARN), replace_original=False)
         if action_id == "alert_status":
             return Reply(self.status("overview"), replace_original=False)
-        incident_id, _, how_long = value.partition("|")
-        if action_id == "alert_ack":
-            done = self.alerts.acknowledge(incident_id, actor.mention)
-        elif action_id.startswith("alert_snooze_") and how_long in SNOOZE_VALUES:
+        incident_id = buttons.resolve(claimed, (i.id for i in self.alerts.open_incidents()))
+        if how_long:
             done = self.alerts.snooze(incident_id, how_long, actor.mention)
         else:
-            return Reply(message_view("opsbot", FORGED, Level.WARN), replace_original=False)
+            done = self.alerts.acknowledge(incident_id, actor.mention)
         if done:
             return None
         return Reply(message_view("opsbot", "That incident is resolved or already acknowledged; nothing was done.",
@@ -314,6 +296,7 @@ class Commands:
     def _act(self, command: Command, actor: Actor) -> Reply:
         if self.control is None:
             return Reply(message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN), replace_original=False)
+        command = replace(command, target=self._resolve(command))
         if command.name == "purge":
             outcome = self.control.purge(actor, command.target)
         else:
@@ -336,6 +319,15 @@ class Commands:
 
         return Reply(view, follow_up=follow_up, follow_up_after=control.follow_up_delay)
 
+    def _resolve(self, command: Command) -> str:
+        """A button's target, when it came as a key (too long for a value): what it names now, or ""."""
+        if not command.target.startswith(buttons.KEY_PREFIX) or not command.section:
+            return command.target
+        if command.name == "purge":
+            assert self.control is not None
+            return buttons.resolve(command.target, self.control.settings.queues)
+        return buttons.resolve(command.target, (t.id for t in self.take_snapshot().celery.active_tasks))
+
     def run_text(self, text: str, actor: Actor) -> Reply:
         try:
             return self.run(parse(text), actor)
@@ -344,7 +336,7 @@ class Commands:
 
     def run_button(self, action_id: str, value: str, actor: Actor) -> Reply:
         """A button pressed, in Slack or as a numbered choice in the console."""
-        if action_id == "share" and (refusal := self.viewer_refusal(actor)):
+        if action_id == buttons.SHARE and (refusal := self.viewer_refusal(actor)):
             return Reply(refusal, replace_original=False)  # sharing shows the channel what the viewer sees
         try:
             return self.run(parse_button(action_id, value), actor)

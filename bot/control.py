@@ -21,6 +21,7 @@ from celery import Celery
 from bot.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
 from bot.assess import clock
 from bot.config import Settings, http_endpoint
+from bot.markup import mention, phrase
 from bot.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
 from bot.redact import redact
 from bot.snapshot import Level
@@ -195,7 +196,7 @@ class TaskControl:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
         self.store.record(entry)
         try:
-            self.announce(f"{actor.mention} {action} {entry.target}: {outcome}. {message}")
+            self.announce(phrase("{} {} {}: {}. {}", actor.mention, action, entry.target, outcome, message))
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
@@ -240,8 +241,8 @@ class TaskControl:
                 lingering = self._lingering(previous)
                 if lingering:
                     return lingering, "lingering"
-                return Outcome(Level.OK, f"Already terminated by {self._who(previous.user_id)} at "
-                                         f"{clock(previous.at)}; nothing else was done."), "already"
+                return Outcome(Level.OK, phrase("Already terminated by {} at {}; nothing else was done.",
+                                                mention(previous.user_id), clock(previous.at))), "already"
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \
@@ -256,11 +257,13 @@ class TaskControl:
                 "no_reply"
         self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
                                                 task.worker_pid))
-        done = f"Terminated {task.name} `{short_id(task.id)}` on {task.worker} ({signal}), by {actor.mention}"
+        done = phrase("Terminated {} `{}` on {} ({}), by {}", task.name, short_id(task.id), task.worker, signal,
+                      actor.mention)
         if self.stack.wait_gone(task, GONE_WAIT):
-            return Outcome(Level.OK, f"{done}.", changed=True), "done"
-        return Outcome(Level.WARN, f"{done}; its process (pid {task.worker_pid}) has not left the pool yet: "
-                                   f"checking again in {self.follow_up_delay:g} s.", changed=True), "signalled"
+            return Outcome(Level.OK, phrase("{}.", done), changed=True), "done"
+        return Outcome(Level.WARN, phrase("{}; its process (pid {}) has not left the pool yet: checking again in "
+                                          "{} s.", done, task.worker_pid, f"{self.follow_up_delay:g}"),
+                       changed=True), "signalled"
 
     @property
     def follow_up_delay(self) -> float:
@@ -318,11 +321,8 @@ class TaskControl:
         if removed is None:
             return Outcome(Level.OK, f"Queue {queue} does not exist yet: nothing to purge."), "empty"
         noun = "task" if removed == 1 else "tasks"
-        return Outcome(Level.OK, f"Purged {removed} waiting {noun} from {queue}, by {actor.mention}.",
+        return Outcome(Level.OK, phrase("Purged {} waiting {} from {}, by {}.", removed, noun, queue, actor.mention),
                        changed=bool(removed)), "done"
-
-    def _who(self, user_id: str) -> str:
-        return f"<@{user_id}>" if user_id.startswith(("U", "W")) else user_id
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
         refusal = self.refusal(actor)

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from bot import markup
 from bot.access import Access, Actor
 from bot.alerting import AlertService, ConsoleSink, Sink
 from bot.commands import Commands
@@ -114,7 +115,7 @@ class Runtime:
             if self.settings.digest_at:
                 channel = self.settings.alert_channel
                 alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
-                    channel=channel, text=digest_text(self._store(), time.time())))
+                    channel=channel, text=markup.for_slack(digest_text(self._store(), time.time()), 3000)))
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),

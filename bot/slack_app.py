@@ -21,8 +21,9 @@ from slack_sdk.http_retry.builtin_handlers import (
     RateLimitErrorRetryHandler,
     ServerErrorRetryHandler,
 )
+from slack_sdk.webhook import WebhookResponse
 
-from bot import blocks
+from bot import blocks, buttons, markup
 from bot.access import Access, Actor
 from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
 from bot.config import ConfigError, Settings
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OOPS = "Something went wrong inside opsbot; nothing was changed. The bot's log has the details."
 WORKING = "Working on it…"
+REJECTED = ("invalid_blocks", "msg_too_long")  # Slack refused the blocks: the text alone still goes
 
 
 def make_client(settings: Settings) -> WebClient:
@@ -76,13 +78,15 @@ def audit_announcer(settings: Settings, client: WebClient) -> Callable[[str], No
     if not settings.audit_channel:
         return None
     channel = settings.audit_channel
-    return lambda text: client.chat_postMessage(channel=channel, text=text, unfurl_links=False)
+    # The audit echoes what users typed: the one escaping rule, as for every message text.
+    return lambda text: client.chat_postMessage(channel=channel, text=markup.for_slack(text, blocks.MAX_FALLBACK),
+                                                unfurl_links=False)
 
 
 def actor(user_id: object) -> Actor:
     """Who clicked or typed; a payload without a proper user id is still someone, never a crash."""
-    user = user_id if isinstance(user_id, str) and user_id else "unknown"
-    return Actor(user[:64], f"<@{user[:64]}>")
+    user = user_id[:64] if isinstance(user_id, str) and user_id else "unknown"
+    return Actor(user, markup.mention(user))  # a live mention only for a real user id
 
 
 def safely(build: Callable[[], Reply]) -> Reply:
@@ -96,18 +100,45 @@ def safely(build: Callable[[], Reply]) -> Reply:
         return Reply(message_view("opsbot", OOPS, Level.DOWN), replace_original=False)
 
 
+def message(view: View, include_slack_only: bool = True) -> dict:
+    """Blocks and fallback; if the blocks cannot even be built, the text alone."""
+    try:
+        return blocks.message(view, include_slack_only)
+    except Exception:
+        log.exception("could not build the blocks of %r; answering with text", view.title)
+        return blocks.plain_message(view)
+
+
+def refused(answer: WebhookResponse | None) -> bool:
+    return answer is not None and answer.status_code != 200 and any(e in str(answer.body) for e in REJECTED)
+
+
+def send(respond: Respond, view: View, **flags: Any) -> None:
+    """Through a response_url; when Slack refuses the blocks, the same answer again as plain text."""
+    answer = respond(**flags, **message(view))
+    if refused(answer):
+        log.warning("Slack refused a reply (%s); sent it again as text", str(answer.body)[:300])
+        respond(**flags, **blocks.plain_message(view))
+
+
 def deliver(reply: Reply, respond: Respond) -> None:
     """Through the response_url: replace the clicked message, or answer privately beside it."""
     if reply.replace_original:
-        respond(replace_original=True, **blocks.message(reply.view))
+        send(respond, reply.view, replace_original=True)
     else:
-        respond(response_type="ephemeral", replace_original=False, **blocks.message(reply.view))
+        send(respond, reply.view, response_type="ephemeral", replace_original=False)
 
 
 def publish_home(client: WebClient, user_id: str, view: View) -> None:
     """The App Home tab: the same dashboard, minus what only makes sense in a channel."""
-    home = {"type": "home", "blocks": blocks.to_dicts(blocks.render(view, include_slack_only=False))}
-    client.views_publish(user_id=user_id, view=home)
+    try:
+        home = {"type": "home", "blocks": blocks.to_dicts(blocks.render(view, include_slack_only=False))}
+        client.views_publish(user_id=user_id, view=home)
+    except Exception as problem:  # refused (invalid_blocks) or unbuildable: the text, in one block
+        log.warning("the Home tab was refused (%s); publishing it as text", getattr(problem, "response", problem))
+        text = blocks.plain_message(view)["text"]
+        client.views_publish(user_id=user_id, view={"type": "home", "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}}]})
 
 
 def home_view(reply: Reply, commands: Commands) -> View:
@@ -155,13 +186,13 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
             ack(response_type="ephemeral", text=WORKING)
             reply = safely(lambda: commands.run(parsed, who))
-            respond(response_type="ephemeral", replace_original=False, **blocks.message(reply.view))
-            schedule_follow_up(reply, lambda view: respond(response_type="ephemeral", replace_original=False,
-                                                           **blocks.message(view)))
+            send(respond, reply.view, response_type="ephemeral", replace_original=False)
+            schedule_follow_up(reply, lambda view: send(respond, view, response_type="ephemeral",
+                                                        replace_original=False))
             return
         # Answering in the ack itself saves a round trip; probes are bounded well inside 3 s.
         reply = safely(lambda: commands.run_text(text, who))
-        ack(response_type="ephemeral", **blocks.message(reply.view))
+        ack(response_type="ephemeral", **message(reply.view))
 
     def on_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond,
                   client: WebClient) -> None:
@@ -174,23 +205,22 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             schedule_follow_up(reply, lambda view: publish_home(client, who.id, view))
             return
         deliver(reply, respond)
-        schedule_follow_up(reply, lambda view: respond(replace_original=True, **blocks.message(view)))
+        schedule_follow_up(reply, lambda view: send(respond, view, replace_original=True))
 
-    for action_id in ("page", "terminate", "kill", "purge", "history_page"):
-        app.action(action_id)(on_button)
+    app.action(buttons.VIEW_BUTTONS)(on_button)
 
-    @app.action("share")
+    @app.action(buttons.SHARE)
     def on_share(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         ack()
         who = actor((body.get("user") or {}).get("id"))
-        reply = safely(lambda: commands.run_button("share", str(action.get("value", "")), who))
+        reply = safely(lambda: commands.run_button(buttons.SHARE, str(action.get("value", "")), who))
         if not reply.replace_original:
             deliver(reply, respond)
             return
         view = reply.view
         shared = View(view.title, view.summary, view.level, view.sections, (),
-                      f"Shared by {who.mention} · {view.footer}")
-        respond(response_type="in_channel", replace_original=False, **blocks.message(shared))
+                      markup.phrase("Shared by {} · {}", who.mention, view.footer))
+        send(respond, shared, response_type="in_channel", replace_original=False)
 
     def on_alert_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond) -> None:
         ack()
@@ -203,7 +233,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
         if reply is not None:  # None: the alert message is redrawn through the outbox
             deliver(reply, respond)
 
-    app.action(re.compile(r"^alert_(ack|status|snooze_\w+)$"))(on_alert_button)
+    app.action(buttons.ALERT_BUTTONS)(on_alert_button)
 
     # Last, so it only sees what no listener above claimed: buttons that are not ours.
     app.action(re.compile(".*"))(on_button)

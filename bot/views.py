@@ -9,33 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bot import assess
+from bot import assess, buttons
 from bot.alerts import Incident
+from bot.buttons import Action, Confirm
+from bot.markup import phrase, stored_mention
 from bot.redact import defang, redact
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 
 OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
 PAGE_SIZE = 20  # rows per page in the workers and active lists (1 block each, well under 50)
-
-
-@dataclass(frozen=True)
-class Confirm:
-    title: str
-    text: str
-    confirm: str = "Yes"
-    deny: str = "Cancel"
-
-
-@dataclass(frozen=True)
-class Action:
-    """A button in Slack, a numbered choice in the console."""
-
-    action_id: str
-    label: str
-    value: str = ""
-    style: str | None = None  # "primary" or "danger"
-    confirm: Confirm | None = None
-    slack_only: bool = False  # e.g. "Share in channel": meaningless in a terminal
 
 
 @dataclass(frozen=True)
@@ -85,23 +67,11 @@ class View:
     def text(self) -> str:
         """The plain fallback for notifications and screen readers."""
         if self.notice:
-            return f"{self.notice.text} {self.title}: {self.summary}"
-        return f"{self.title}: {self.summary}"
+            return phrase("{} {}: {}", self.notice.text, self.title, self.summary)
+        return phrase("{}: {}", self.title, self.summary)
 
     def with_notice(self, notice: Notice | None) -> View:
         return replace(self, notice=notice)
-
-
-# Subcommands a view can show; also the values of paging and refresh buttons.
-SECTIONS = ("overview", "workers", "queues", "active")
-
-
-def page_action(section: str, page: int, label: str) -> Action:
-    return Action(action_id="page", label=label, value=f"{section}:{page}")
-
-
-def share_action(section: str, page: int) -> Action:
-    return Action(action_id="share", label="Share in channel", value=f"{section}:{page}", slack_only=True)
 
 
 # --- Pieces -----------------------------------------------------------------------------------
@@ -116,24 +86,19 @@ def services_section(snapshot: Snapshot) -> Section:
     ))
 
 
-def target_value(section: str, target: str) -> str:
-    """A control button's value: where it was clicked (to redraw that view) and what it acts on."""
-    return f"{section}|{target}"
-
-
 def purge_action(queue: QueueInfo, section: str) -> Action:
     tasks = assess.plural(queue.ready, "waiting task")
-    return Action("purge", "Purge queue", target_value(section, queue.name), style="danger",
-                  confirm=Confirm(f"Purge {queue.name}?"[:100], f"This deletes the {tasks} in queue {queue.name}, "
-                                  "and only that queue. It cannot be undone.", "Purge", "Cancel"))
+    return buttons.targeted("purge", section, queue.name, "Purge queue",
+                            Confirm(f"Purge {queue.name}?", f"This deletes the {tasks} in queue {queue.name}, "
+                                    "and only that queue. It cannot be undone.", "Purge", "Cancel"))
 
 
 def task_action(task: TaskInfo, section: str, now: float) -> Action:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
     described = f"{task.name} ({task.id[:8]}) on {task.worker}, {running}"
-    return Action("terminate", "Terminate", target_value(section, task.id), style="danger",
-                  confirm=Confirm("Terminate this task?", f"{described}. Its worker sends it SIGTERM.",
-                                  "Terminate", "Cancel"))
+    return buttons.targeted("terminate", section, task.id, "Terminate",
+                            Confirm("Terminate this task?", f"{described}. Its worker sends it SIGTERM.",
+                                    "Terminate", "Cancel"))
 
 
 def queue_items(snapshot: Snapshot, section: str = "queues", controls: Controls | None = None) -> tuple[Item, ...]:
@@ -203,12 +168,12 @@ def overview(snapshot: Snapshot, page: int = 1, controls: Controls | None = None
         shown_tasks = tasks[:OVERVIEW_TASKS]
         sections.append(Section("Active tasks", tuple(task_item(t, now, "overview", controls) for t in shown_tasks),
                                 more=len(tasks) - len(shown_tasks)))
-    actions = [page_action("overview", 1, "Refresh")]
+    actions = [buttons.page("refresh", "overview", 1, "Refresh")]
     if len(tasks) > OVERVIEW_TASKS:
-        actions.append(page_action("active", 1, "All active tasks"))
+        actions.append(buttons.page("active", "active", 1, "All active tasks"))
     if len(workers) > OVERVIEW_TASKS:
-        actions.append(page_action("workers", 1, "All workers"))
-    actions.append(share_action("overview", 1))
+        actions.append(buttons.page("workers", "workers", 1, "All workers"))
+    actions.append(buttons.share("overview", 1))
     return View("Task status", assess.summary(snapshot), assess.overall_level(snapshot),
                 tuple(sections), tuple(actions), footer(snapshot, controls))
 
@@ -219,10 +184,10 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
     left_out = len(items) - (page - 1) * PAGE_SIZE - len(shown)
     actions = []
     if page > 1:
-        actions.append(page_action(section, page - 1, "Previous page"))
+        actions.append(buttons.page("prev", section, page - 1, "Previous page"))
     if page < pages:
-        actions.append(page_action(section, page + 1, "Next page"))
-    actions += [page_action(section, page, "Refresh"), share_action(section, page)]
+        actions.append(buttons.page("next", section, page + 1, "Next page"))
+    actions += [buttons.page("refresh", section, page, "Refresh"), buttons.share(section, page)]
     page_note = f"page {page} of {pages}" if pages > 1 else ""
     body = Section(title, tuple(shown), more=max(0, left_out), note=page_note if items else empty_note)
     return View(title, assess.summary(snapshot), assess.overall_level(snapshot),
@@ -279,29 +244,20 @@ def message_view(title: str, text: str, level: Level | None = None,
 
 # --- Alerts -----------------------------------------------------------------------------------
 
-SNOOZES = (("1 h", "3600"), ("4 h", "14400"), ("until tomorrow", "tomorrow"))
-
-
-def incident_actions(incident_id: str) -> tuple[Action, ...]:
-    return (
-        Action("alert_ack", "Acknowledge", incident_id, style="primary"),
-        *(Action(f"alert_snooze_{value}", f"Snooze {label}", f"{incident_id}|{value}") for label, value in SNOOZES),
-        Action("alert_status", "Show status", incident_id),
-    )
-
-
 def incident_view(incident: Incident, now: float) -> View:
     """The alert message of one incident: what is down, since when, what it means, who is on it."""
     level = Level(incident.level) if incident.open else Level.OK
     since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
     items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
     if incident.acked_by:
-        items.append(Item(None, "Acknowledged", f"by {incident.acked_by} at {assess.clock(incident.acked_at or now)}"))
+        items.append(Item(None, "Acknowledged", phrase("by {} at {}", stored_mention(incident.acked_by),
+                                                       assess.clock(incident.acked_at or now))))
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
-        items.append(Item(None, "Snoozed", f"until {assess.clock(incident.snoozed_until)} by {incident.snoozed_by}"))
+        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.clock(incident.snoozed_until),
+                                                  stored_mention(incident.snoozed_by or ""))))
     if incident.open:
         title = "Alert"
-        actions = incident_actions(incident.id)
+        actions = buttons.incident(incident.id)
     else:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
@@ -313,8 +269,9 @@ def incident_view(incident: Incident, now: float) -> View:
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
-    items = tuple(Item(Level(i.level), assess.clock(i.started_at), f"{i.text} ({assess.duration(now - i.started_at)})"
-                       + (f", acknowledged by {i.acked_by}" if i.acked_by else ""))
+    items = tuple(Item(Level(i.level), assess.clock(i.started_at),
+                       phrase("{} ({}){}", i.text, assess.duration(now - i.started_at),
+                              phrase(", acknowledged by {}", stored_mention(i.acked_by)) if i.acked_by else ""))
                   for i in sorted(incidents, key=lambda i: i.started_at))
     summary = f"{assess.plural(len(items), 'open incident')}." if items else "No open incident."
     return View("Incidents", summary, max((Level(i.level) for i in incidents), default=Level.OK),
@@ -340,12 +297,11 @@ def history_item(row: dict) -> Item:
 def history_view(rows: list[dict], total: int, page: int, state: str | None, name: str | None,
                  note: str = "", source: str = "opsbot's history") -> View:
     pages = max(1, -(-total // HISTORY_PAGE))
-    value = f"{{}}|{state or ''}|{name or ''}"
     actions = []
     if page > 1:
-        actions.append(Action("history_page", "Newer", value.format(page - 1)))
+        actions.append(buttons.history("newer", page - 1, state, name))
     if page < pages:
-        actions.append(Action("history_page", "Older", value.format(page + 1)))
+        actions.append(buttons.history("older", page + 1, state, name))
     shown_name = defang(redact(name))[:MAX_ECHO] if name else ""
     what = " ".join(filter(None, [state.lower() if state else "finished", "tasks",
                                   f"named like '{shown_name}'" if name else ""]))

@@ -12,6 +12,11 @@ pointed at this server through ``SLACK_API_URL``.  The wire formats follow Slack
   the client to reconnect.
 * response_url: ``POST /response/<id>`` with a JSON message (``replace_original``,
   ``delete_original``, ``response_type``).
+* Block Kit: every payload with blocks (chat.postMessage, chat.update, chat.postEphemeral,
+  views.publish, response_url posts, and the acks of slash commands and interactions) is checked
+  against Slack's documented rules (``tests/slack_rules.py``) and refused as Slack refuses it:
+  ``{"ok": false, "error": "invalid_blocks", "errors": [...]}``. Refusals are kept in ``rejections``;
+  an ack Slack would refuse makes ``wait_ack`` raise ``Rejected`` (the user would see an error).
 
 Everything the bot sends is recorded so tests can assert on it and wait for it.
 """
@@ -33,6 +38,8 @@ from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
+
+from tests.slack_rules import message_error
 
 T = TypeVar("T")
 
@@ -56,9 +63,23 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {
 class SlackError(Exception):
     """A Slack-level error: answered as HTTP 200 ``{"ok": false, "error": code}`` like Slack does."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, extra: dict[str, Any] | None = None) -> None:
         super().__init__(code)
         self.code = code
+        self.extra = extra or {}
+
+
+class Rejected(AssertionError):
+    """Slack refused what the bot sent (its answer is the argument): a user would see an error."""
+
+
+@dataclass
+class Rejection:
+    """A payload Slack refused: where it was sent (method, ``response_url`` or ``ack``) and the answer."""
+
+    where: str
+    answer: dict[str, Any]
+    payload: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------- records
@@ -143,6 +164,7 @@ class Envelope:
     sent_at: float
     acked_at: float | None = None
     ack_payload: dict[str, Any] | None = None
+    ack_error: dict[str, Any] | None = None  # Slack's refusal of the ack's message, if it refused it
 
     @property
     def acked(self) -> bool:
@@ -424,6 +446,8 @@ class SlackStandIn:
         self.envelopes: dict[str, Envelope] = {}
         self.stray_acks: list[dict[str, Any]] = []
         self._faults: dict[str, list[_Fault]] = {}
+        self.rejections: list[Rejection] = []
+        self._forced_rejections: dict[str, int] = {}
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._tickets: set[str] = set()
         self._conns: list[_Connection] = getattr(self, "_conns", [])
@@ -581,7 +605,7 @@ class SlackStandIn:
         try:
             body = self._dispatch(call.method, call.params, call.token)
         except SlackError as err:
-            body = {"ok": False, "error": err.code}
+            body = {"ok": False, "error": err.code, **err.extra}
         call.status, call.response = 200, body
         if record:
             self.calls.append(call)
@@ -643,9 +667,20 @@ class SlackStandIn:
         self._tickets.add(ticket)
         return {"url": f"ws://127.0.0.1:{self.port}/socket-mode?ticket={ticket}&app_id={self.app_id}"}
 
+    def _validate(self, where: str, payload: dict[str, Any], surface: str = "message") -> None:
+        """Refuse, as Slack does, a payload breaking a Block Kit rule (or one a test forces to fail)."""
+        answer = message_error(payload, surface)
+        if answer is None and "blocks" in payload and self._forced_rejections.get(where, 0) > 0:
+            self._forced_rejections[where] -= 1
+            answer = {"ok": False, "error": "invalid_blocks", "errors": ["forced by the test"]}
+        if answer is not None:
+            self.rejections.append(Rejection(where, answer, payload))
+            raise SlackError(answer["error"], {k: v for k, v in answer.items() if k not in ("ok", "error")})
+
     def _chat_post_message(self, params: dict[str, Any]) -> dict[str, Any]:
         """Store a new message; Slack requires a channel and one of text/blocks/attachments."""
         channel = _require_channel(params)
+        self._validate("chat.postMessage", params)
         if not (params.get("text") or params.get("blocks") or params.get("attachments")):
             raise SlackError("no_text")
         msg = Message(
@@ -663,6 +698,7 @@ class SlackStandIn:
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
         """Update an existing message in place; unknown channel+ts is ``message_not_found``."""
         msg = self._find_message(_require_channel(params), str(params.get("ts", "")))
+        self._validate("chat.update", params)
         if "text" in params:
             msg.text = params["text"]
         if "blocks" in params:
@@ -678,6 +714,7 @@ class SlackStandIn:
             raise SlackError("user_not_in_channel")
         if not (params.get("text") or params.get("blocks") or params.get("attachments")):
             raise SlackError("no_text")
+        self._validate("chat.postEphemeral", params)
         eph = Ephemeral(
             channel, user, self._next_ts(), params.get("text"), params.get("blocks"), params.get("thread_ts")
         )
@@ -698,6 +735,7 @@ class SlackStandIn:
             raise SlackError("invalid_arguments")
         if view.get("type") != "home":
             raise SlackError("invalid_arguments")
+        self._validate("views.publish", view, surface="home")
         self.home_views[user_id] = view
         vid = "V" + uuid.uuid4().hex[:10].upper()
         return {
@@ -871,6 +909,10 @@ class SlackStandIn:
         target.uses += 1
         if target.uses > self.response_url_max_uses:
             return 404, "used_url"
+        try:
+            self._validate("response_url", body)
+        except SlackError as refused:
+            return 400, json.dumps({"ok": False, "error": refused.code, **refused.extra})
         original = self._linked_message(target)
         if _truthy(body.get("delete_original")):
             if original is not None:
@@ -981,7 +1023,23 @@ class SlackStandIn:
             else:
                 env.acked_at = time.monotonic()
                 env.ack_payload = ack.get("payload")
+                self._check_ack(env)
             self._cond.notify_all()
+
+    def _check_ack(self, env: Envelope) -> None:
+        """An ack carrying a message (a slash command's answer) is held to the same rules."""
+        if not isinstance(env.ack_payload, dict):
+            return
+        try:
+            self._validate("ack", env.ack_payload)
+        except SlackError as refused:
+            env.ack_error = {"ok": False, "error": refused.code, **refused.extra}
+
+    def reject_next(self, where: str, count: int = 1) -> None:
+        """Refuse the next ``count`` payloads with blocks sent to ``where`` (a Web API method,
+        ``response_url`` or ``ack``) with ``invalid_blocks``, whatever they hold."""
+        with self._cond:
+            self._forced_rejections[where] = self._forced_rejections.get(where, 0) + count
 
     @property
     def connections(self) -> int:
@@ -1127,6 +1185,8 @@ class SlackStandIn:
             return env if env is not None and env.acked else None
 
         env = self._wait(probe, timeout, f"the ack of envelope {envelope_id}")
+        if env.ack_error is not None:
+            raise Rejected(env.ack_error)
         return dict(env.ack_payload or {})
 
     def request(

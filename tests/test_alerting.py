@@ -189,3 +189,20 @@ def test_console_prints_alerts(rabbit: RabbitNode, worker: CeleryWorker,
             console.kill()
     assert "ALERT" in out and "Flower: Not running" in out
     assert "RESOLVED" in out
+
+
+def test_a_refused_alert_still_arrives_as_text(slack: SlackStandIn, socket_bot: Callable[..., BotProcess],
+                                               make_flower: Callable[..., FlowerProcess]) -> None:
+    """Slack refuses the alert's blocks (forced): the same alert arrives as plain text, and the log says why."""
+    flower = make_flower()
+    slack.reject_next("chat.postMessage")  # the next message with blocks: the alert
+    bot = socket_bot(FLOWER_URL=flower.url, **ALERTING)
+    flower.kill()
+    alert = wait_alert(slack, "Flower")
+    assert not alert.blocks
+    assert alert.text.startswith("Alert: Flower") and "Monitoring only" in alert.text  # its essentials
+    assert [r.where for r in slack.rejections] == ["chat.postMessage"]
+    assert "invalid_blocks" in bot.output()
+    flower.restart()
+    resolved = wait_resolved(slack, alert)  # later redraws of the same message carry their blocks again
+    assert resolved.blocks and len(alerts(slack, "Flower")) == 1

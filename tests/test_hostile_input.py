@@ -31,9 +31,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from bot import blocks
+from bot import blocks, buttons, markup
 from bot.access import Actor
 from bot.alerting import AlertService, ConsoleSink
+from bot.buttons import SECTIONS, SNOOZES
 from bot.commands import FORGED, Commands, Reply
 from bot.config import Settings
 from bot.history import History
@@ -50,16 +51,18 @@ from bot.snapshot import (
     WorkerInfo,
 )
 from bot.store import Store
-from bot.views import SECTIONS, SNOOZES
 from tests.fixtures_bot import BotProcess
+from tests.slack_rules import message_error
 from tests.slack_standin import SlackStandIn, block_action_payload, slash_command_payload
 from tests.stack import CeleryWorker, RabbitNode, free_port, publish_tasks, queue_counts, wait_until
 
 ADMIN, USER, STRANGER = "U_ADMIN", "U_USER", "U_NOBODY"
-ACTOR = Actor(ADMIN, f"<@{ADMIN}>")
+ACTOR = Actor(ADMIN, markup.mention(ADMIN))
 NOW = 1_800_000_000.0
 
-KNOWN_BUTTONS = ("page", "share", "history_page", "terminate", "kill", "purge")
+PAGE_BUTTONS = ("page_prev", "page_next", "page_refresh", "page_active", "page_workers", "share")
+HISTORY_BUTTONS = ("history_newer", "history_older")
+KNOWN_BUTTONS = (*PAGE_BUTTONS, *HISTORY_BUTTONS, "terminate", "kill", "purge")
 ALERT_BUTTONS = (*(f"alert_snooze_{value}" for _, value in SNOOZES), "alert_ack", "alert_status")
 SNOOZE_VALUES = tuple(value for _, value in SNOOZES)
 HISTORY_STATES = ("", "SUCCESS", "FAILURE", "REVOKED", "REJECTED")
@@ -144,8 +147,9 @@ huge_values = st.builds(lambda unit, times: unit * times, st.text(min_size=1, ma
 button_values = st.one_of(st.text(), st.sampled_from(HOSTILE), section_values, history_values, target_values,
                           huge_values)
 action_ids = st.one_of(st.sampled_from(KNOWN_BUTTONS + ALERT_BUTTONS), st.text(max_size=40),
-                       st.sampled_from(["Page", "page ", " terminate", "terminate\x00", "alert_snooze_", "reboot",
-                                        "", "share\n", "alert_snooze_60", "alert_ackx"]))
+                       st.sampled_from(["Page", "page ", "page", "history_page", "page_", " terminate",
+                                        "terminate\x00", "alert_snooze_", "reboot", "", "share\n",
+                                        "alert_snooze_60", "alert_ackx"]))
 
 
 # --- Checks -----------------------------------------------------------------------------------
@@ -163,25 +167,11 @@ def strings_in(value: Any) -> Iterator[str]:
 
 
 def check_slack_message(message: dict[str, Any]) -> None:
-    """Slack's limits on a message as sent: blocks, section and header text, buttons, the fallback."""
+    """Slack accepts it (the stand-in's validator) and it has a fallback text."""
     text = message.get("text")
     assert isinstance(text, str) and text.strip() and len(text) <= 3000, f"bad fallback text {text!r:.200}"
-    rendered = message.get("blocks") or []
-    assert len(rendered) <= 50
-    for block in rendered:
-        if block["type"] == "header":
-            assert len(block["text"]["text"]) <= 150
-        elif block["type"] == "section":
-            assert 0 < len(block["text"]["text"]) <= 3000
-            accessory = block.get("accessory")
-            if accessory:
-                assert len(accessory["text"]["text"]) <= 75 and len(accessory.get("value", "")) <= 2000
-        elif block["type"] == "context":
-            assert all(len(e["text"]) <= 3000 for e in block["elements"])
-        elif block["type"] == "actions":
-            assert len(block["elements"]) <= 25
-            for button in block["elements"]:
-                assert len(button["text"]["text"]) <= 75 and len(button.get("value", "")) <= 2000
+    refused = message_error(message)
+    assert refused is None, refused
 
 
 def rendered(reply: Reply) -> dict[str, Any]:
@@ -208,7 +198,7 @@ def assert_no_password(message: dict[str, Any], passwords: Sequence[str]) -> Non
     everything = flat(message)
     assert ":pw@" not in everything
     for password in passwords:
-        assert password not in everything and blocks.escape(password) not in everything, \
+        assert password not in everything and markup.escape(password) not in everything, \
             f"password {password!r} echoed: {everything[:600]}"
 
 
@@ -292,14 +282,14 @@ def test_fallback_text_does_not_echo_live_mentions(mention: str, before: str) ->
 
 @settings(max_examples=30, deadline=None, database=None)
 @given(digit=st.sampled_from([c for c in map(chr, range(0x3000)) if c.isdigit() and not c.isdecimal()]),
-       how=st.sampled_from(["text", "history_page"]))
+       how=st.sampled_from(["text", "history_older"]))
 @example(digit="²", how="text")
 def test_odd_unicode_digits_are_usage_errors(digit: str, how: str) -> None:
     if how == "text":
         reply = STATUS.run_text(f"workers {digit}", ACTOR)
         assert "not a page number" in reply.view.summary
     else:
-        assert is_forged(STATUS.run_button("history_page", f"{digit}||", ACTOR))
+        assert is_forged(STATUS.run_button("history_older", f"{digit}||", ACTOR))
 
 
 def test_echoing_a_long_word_is_fast() -> None:
@@ -350,9 +340,10 @@ def test_history_and_show_answer_any_text_inside_slack_limits(history_commands: 
 @FAST
 @given(action_id=action_ids, value=button_values)
 @example(action_id="reboot", value="active|x")
-@example(action_id="page", value="overview:" + "9" * 100_000)
+@example(action_id="page_refresh", value="overview:" + "9" * 100_000)
+@example(action_id="page", value="overview:1")  # the id every paging button once shared: no longer ours
 @example(action_id="terminate", value="active|" + "a" * 255 + "\n")
-@example(action_id="history_page", value="1||" + "<!channel>")
+@example(action_id="history_newer", value="1||" + "<!channel>")
 def test_any_click_is_answered_safely(action_id: str, value: str) -> None:
     reply = STATUS.run_button(action_id, value, ACTOR)
     message = rendered(reply)
@@ -373,7 +364,7 @@ no_digits = st.text(alphabet=st.characters(exclude_categories=("Nd", "No", "Nl")
 def malformed_click(draw: st.DrawFn) -> tuple[str, str]:
     """A known button with a value none of our views can have made."""
     action = draw(st.sampled_from(KNOWN_BUTTONS))
-    if action in ("page", "share"):
+    if action in PAGE_BUTTONS:
         section = st.sampled_from(SECTIONS)
         value = draw(st.one_of(
             st.text().filter(lambda v: ":" not in v),
@@ -381,7 +372,7 @@ def malformed_click(draw: st.DrawFn) -> tuple[str, str]:
             st.builds("{}:{}".format, section, st.one_of(st.integers(max_value=0), st.integers(min_value=10_001))),
             st.builds("{}:{}".format, section, no_digits),
         ))
-    elif action == "history_page":
+    elif action in HISTORY_BUTTONS:
         value = draw(st.one_of(
             st.builds("{}|{}|{}".format, no_digits.filter(lambda s: "|" not in s), st.sampled_from(HISTORY_STATES),
                       st.text(max_size=20)),
@@ -407,8 +398,8 @@ def malformed_click(draw: st.DrawFn) -> tuple[str, str]:
 @given(click=malformed_click())
 @example(click=("terminate", "a-task-id-without-section"))
 @example(click=("kill", "nowhere|a-task-id"))
-@example(click=("page", "overview:0"))
-@example(click=("history_page", "1|PENDING|"))
+@example(click=("page_next", "overview:0"))
+@example(click=("history_older", "1|PENDING|"))
 def test_malformed_values_of_known_buttons_are_forged(click: tuple[str, str]) -> None:
     action_id, value = click
     reply = STATUS.run_button(action_id, value, ACTOR)
@@ -441,15 +432,19 @@ def test_any_alert_click_is_answered_or_acts_on_exactly_its_incident(
     value = data.draw(st.one_of(
         button_values, st.just(incident.id), st.just(incident.id + "|"),
         st.builds(lambda how: f"{incident.id}|{how}", st.one_of(st.sampled_from(SNOOZE_VALUES), st.text(max_size=12))),
+        st.just(buttons.key_of(incident.id)), st.just(buttons.key_of(incident.id) + "|3600"),
         st.builds(lambda junk, how: f"{junk}|{how}", st.text(max_size=40), st.sampled_from(SNOOZE_VALUES)),
     ), label="value")
-    target, _, how_long = value.partition("|")
+    # Acknowledge names the incident by the whole value; a snooze as "<incident>|<how long>", the same
+    # length as its action_id says.
+    how_long = action_id.removeprefix("alert_snooze_")
+    target, _, in_value = value.rpartition("|") if action_id.startswith("alert_snooze_") else (value, "", "")
     reply = commands.run_alert_button(action_id, value, ACTOR)
     if action_id == "alert_status":
         assert reply is not None and not reply.replace_original and reply.view.title == "Task status"
-    elif action_id == "alert_ack" or (action_id.startswith("alert_snooze_") and how_long in SNOOZE_VALUES):
-        if reply is None:  # acted: only ever on the incident the value names
-            assert target in known
+    elif action_id == "alert_ack" or (how_long in SNOOZE_VALUES and in_value == how_long):
+        if reply is None:  # acted: only ever on the incident the value names (itself or by its key)
+            assert buttons.resolve(target, known) in known
         else:
             assert not reply.replace_original and NOT_DONE in reply.view.summary
     else:
@@ -568,7 +563,7 @@ def test_hostile_clicks_are_acked_answered_and_change_nothing(slack: SlackStandI
     @example(click=("terminate", "active|00000000-0000-0000-0000-000000000000", ADMIN))
     @example(click=("kill", "active|bad id; rm -rf /", ADMIN))
     @example(click=("purge", "queues|celery.pidbox", ADMIN))
-    @example(click=("history_page", "²||", ADMIN))
+    @example(click=("history_older", "²||", ADMIN))
     def clicks_change_nothing(click: tuple[str, str | None, str]) -> None:
         action_id, value, user = click
         response_url = slack.new_response_url("C_OPS")
@@ -678,18 +673,19 @@ def broken_block_action(draw: st.DrawFn) -> dict[str, Any]:
 
 
 BROKEN_ENVELOPES: list[tuple[str, Any]] = [
-    ("interactive", {k: v for k, v in block_action_payload("page", "overview:1").items() if k != "actions"}),
+    ("interactive", {k: v for k, v in block_action_payload("page_refresh", "overview:1").items() if k != "actions"}),
     ("interactive", {k: v for k, v in block_action_payload("purge", "queues|spare").items() if k != "user"}),
     ("interactive", block_action_payload("purge", "queues|spare") | {"user": "U_ADMIN"}),
     ("interactive", block_action_payload("terminate", "active|x") | {"actions": {"action_id": "terminate"}}),
-    ("interactive", block_action_payload("page", "overview:1") | {"actions": []}),
-    ("interactive", block_action_payload("page", "overview:1") | {"actions": [None, "page", 7]}),
-    ("interactive", block_action_payload("page", "overview:1") | {"actions": [{"action_id": 5, "value": {"a": 1}}]}),
+    ("interactive", block_action_payload("page_refresh", "overview:1") | {"actions": []}),
+    ("interactive", block_action_payload("page_refresh", "overview:1") | {"actions": [None, "page", 7]}),
+    ("interactive", block_action_payload("page_refresh", "overview:1")
+     | {"actions": [{"action_id": 5, "value": {"a": 1}}]}),
     ("interactive", block_action_payload("purge", "queues|spare") | {"user": {"id": ["U_ADMIN"]}}),
     ("interactive", block_action_payload("purge", "queues|spare") | {"user": {"id": None}}),
-    ("interactive", block_action_payload("page", "overview:1") | {"container": {"type": "view"}}),
-    ("interactive", block_action_payload("page", "overview:1") | {"container": ["view"]}),
-    ("interactive", block_action_payload("page", "overview:1") | {"type": 7}),
+    ("interactive", block_action_payload("page_refresh", "overview:1") | {"container": {"type": "view"}}),
+    ("interactive", block_action_payload("page_refresh", "overview:1") | {"container": ["view"]}),
+    ("interactive", block_action_payload("page_refresh", "overview:1") | {"type": 7}),
     ("interactive", {"type": "view_submission"}),
     ("interactive", {}),
     ("interactive", []),
@@ -730,7 +726,8 @@ def test_broken_envelopes_leave_the_bot_connected_and_answering(slack: SlackStan
     broken_clicks()
     assert "Task status" in text_of(slash(slack, "")), "a normal /tasks is no longer answered"
     response_url = slack.new_response_url("C_OPS")
-    slack.wait_ack(slack.send_block_action("page", "queues:1", user_id=USER, response_url=response_url), timeout=3.0)
+    slack.wait_ack(slack.send_block_action("page_refresh", "queues:1", user_id=USER, response_url=response_url),
+                   timeout=3.0)
     assert "Queues" in text_of(answer_at(slack, response_url, timeout=10) or {}), "a normal click is no longer answered"
     assert bot.process.poll() is None and slack.connections >= 1
     assert slack.total_connections == connections, "the bot had to reconnect"

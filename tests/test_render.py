@@ -10,7 +10,10 @@ import json
 import pytest
 from rich.console import Console
 
-from bot import assess, blocks, terminal
+from bot import assess, blocks, buttons, terminal
+from bot.alerting import SlackSink
+from bot.alerts import Incident, Timeline
+from bot.markup import mention, phrase
 from bot.snapshot import (
     BrokerStatus,
     CeleryState,
@@ -24,7 +27,8 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.views import help_view, status_view
+from bot.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from tests.slack_rules import message_error
 
 NOW = 1_800_000_000.0
 
@@ -118,10 +122,7 @@ def test_block_kit_limits_hold_at_any_size(workers: int, tasks_each: int, sectio
     snap = snapshot(celery=fleet(workers, tasks_each))
     view = status_view(snap, section)
     rendered = blocks.to_dicts(blocks.render(view))
-    assert len(rendered) <= 50
-    for block in rendered:
-        if block["type"] == "section":
-            assert len(block["text"]["text"]) <= 3000
+    assert message_error({"text": "t", "blocks": rendered}) is None  # the stand-in's validator: Slack's rules
     total = workers * tasks_each
     if section == "active" and total > 20:
         assert f"and {total - 20} more" in slack_text(rendered)
@@ -186,3 +187,94 @@ def test_a_page_of_long_rows_is_split_into_blocks_not_cut() -> None:
     shown = [t.id for t in tasks if t.id in rendered]
     assert len(shown) == 20  # the whole first page, none lost to the 3000-character limit
     assert "and 25 more" in rendered
+
+
+def one_task(name: str, worker: str = "w1@h", task_id: str = "id-1") -> Snapshot:
+    task = TaskInfo(task_id, name, worker, NOW - 5, "")
+    return snapshot(celery=CeleryStatus(CeleryState.RUNNING, (WorkerInfo(worker, "prefork", 1, (task,)),)))
+
+
+def test_confirm_dialogs_escape_what_they_name() -> None:
+    snap = snapshot(broker=BrokerStatus("rabbitmq", "h", queues=(QueueInfo("q<!channel>", 3, 0),)),
+                    celery=one_task("evil<@U123>", worker="w<!here>").celery)
+    rendered = blocks.to_dicts(blocks.render(status_view(snap, "overview", controls=Controls(True))))
+    confirms = [b["accessory"]["confirm"] for b in rendered if "accessory" in b]
+    assert len(confirms) == 2
+    texts = json.dumps([c["text"] for c in confirms])  # mrkdwn; titles are plain_text, never parsed
+    assert all(c["text"]["type"] == "mrkdwn" and c["title"]["type"] == "plain_text" for c in confirms)
+    assert "evil&lt;@U123&gt;" in texts and "w&lt;!here&gt;" in texts and "q&lt;!channel&gt;" in texts
+    assert "<@U123>" not in texts and "<!here>" not in texts and "<!channel>" not in texts
+
+
+def test_fallback_text_notices_and_footers_keep_data_inert() -> None:
+    snap = snapshot(broker=BrokerStatus("rabbitmq", "h", queues=(QueueInfo("<@U123>", 3, 0),)))
+    notice_text = phrase("Purged 3 waiting tasks from {}, by {}.", "<@U123>", mention("U0ADMIN"))
+    message = blocks.message(status_view(snap).with_notice(blocks_notice(notice_text)))
+    assert "<@U123>" not in message["text"] and "&lt;@U123&gt;" in message["text"]
+    assert "by <@U0ADMIN>." in message["text"]  # the bot's own mention is live, in the fallback too
+    assert "by <@U0ADMIN>." in message["blocks"][1]["text"]["text"]
+    incident = Incident("worker:<!channel>@1", "worker:<!channel>", 3, "Worker <!channel> lost", "", NOW, NOW)
+    footer = blocks.message(incident_view(incident, NOW))["blocks"][-1]["elements"][0]["text"]
+    assert footer == "Incident worker:&lt;!channel&gt;@1"
+
+
+def blocks_notice(text: str) -> Notice:
+    return Notice(Level.OK, text)
+
+
+def test_the_bots_own_mentions_are_live_and_stored_ones_checked() -> None:
+    incident = Incident("flower@1", "flower", 3, "Flower down", "", NOW - 60, NOW - 60, acked_by="<@U0ANA>",
+                        acked_at=NOW, snoozed_until=NOW + 600, snoozed_by="<@U0BOB> <!channel>")
+    text = json.dumps(blocks.message(incident_view(incident, NOW))["blocks"])
+    assert "by <@U0ANA> at" in text  # live
+    assert "by &lt;@U0BOB&gt; &lt;!channel&gt;" in text  # not just a mention: data, escaped
+
+
+def test_a_cut_never_splits_an_entity_and_keeps_our_words() -> None:
+    message = blocks.message(status_view(one_task("&" * 5000), "active"))
+    for block in message["blocks"]:
+        text = block.get("text", {}).get("text", "")
+        assert "&am…" not in text and "&a…" not in text and "&…" not in text
+        assert len(text) <= 3000
+    notice = phrase("Terminated {} by {}", "<" * 10_000, mention("U0ANA"))
+    text = blocks.message(status_view(snapshot()).with_notice(blocks_notice(notice)))["blocks"][1]["text"]["text"]
+    assert text.endswith("… by <@U0ANA>") and "&l…" not in text and len(text) <= 3000
+
+
+def test_an_item_without_a_title_has_no_empty_emphasis() -> None:
+    view = View("T", "s", None, (Section("S", (Item(None, "", "just text"), Item(None, "", "", code="abc"))),))
+    text = json.dumps(blocks.message(view)["blocks"], ensure_ascii=False)
+    assert "**" not in text and "• just text" in text and "• `abc`" in text
+
+
+def test_each_button_of_a_block_has_its_own_action_id() -> None:
+    snap = snapshot(celery=fleet(8, 3))
+    for view in (status_view(snap, "overview"), status_view(snap, "active", 1), status_view(snap, "active", 2)):
+        (actions,) = [b for b in blocks.message(view)["blocks"] if b["type"] == "actions"]
+        ids = [e["action_id"] for e in actions["elements"]]
+        assert len(ids) == len(set(ids)) >= 3, ids
+    overview = {a.label: a.action_id for a in status_view(snap).actions}
+    assert overview == {"Refresh": "page_refresh", "All active tasks": "page_active", "All workers": "page_workers",
+                        "Share in channel": "share"}
+
+
+def test_a_value_too_long_for_slack_carries_a_key_the_bot_resolves() -> None:
+    incident_id = "worker:" + "w" * 3000 + "@1"
+    ack, snooze, *_ = buttons.incident(incident_id)
+    assert len(ack.value) <= 2000 and len(snooze.value) <= 2000 and "…" not in ack.value
+    claimed, how_long = buttons.decode_alert(snooze.action_id, snooze.value)
+    assert how_long == "3600" and buttons.resolve(claimed, ["flower@1", incident_id]) == incident_id
+    assert buttons.resolve(claimed, ["flower@1"]) == ""  # gone since: names nothing
+    long_task = "t" * 2500
+    action = buttons.targeted("terminate", "active", long_task, "Terminate", buttons.Confirm("?", "?"))
+    click = buttons.decode(action.action_id, action.value)
+    assert len(action.value) <= 2000 and buttons.resolve(click.target, ["other", long_task]) == long_task
+
+
+def test_thread_lines_escape_data_and_keep_the_bots_mentions() -> None:
+    incident = Incident("flower@1", "flower", 3, "Flower <!channel> down", "", NOW, NOW)
+    sink = SlackSink(store=None, client=None, channel="C_ALERTS")  # type: ignore[arg-type]
+    rows = sink.outbox_rows([Timeline(incident, phrase("Acknowledged by {}.", mention("U0ANA"))),
+                             Timeline(incident, f"Still not resolved: {incident.text}")], NOW)
+    assert [payload["text"] for _, _, payload in rows] == ["Acknowledged by <@U0ANA>.",
+                                                           "Still not resolved: Flower &lt;!channel&gt; down"]

@@ -5,6 +5,7 @@ the real task stack.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,7 +70,7 @@ def test_subcommands_and_unknown_one(slack: SlackStandIn, socket_bot: Callable[.
 
 def test_paging_share_and_forged_buttons(slack: SlackStandIn, socket_bot: Callable[..., BotProcess]) -> None:
     socket_bot()
-    slack.send_block_action("page", "queues:1")
+    slack.send_block_action("page_refresh", "queues:1")
     replaced = slack.wait_for_response(lambda r: r.replace_original)
     assert "Queues" in text_of(replaced.body)
 
@@ -78,7 +79,7 @@ def test_paging_share_and_forged_buttons(slack: SlackStandIn, socket_bot: Callab
     assert "Shared by <@U_ADMIN>" in text_of(shared.body)
 
     before = len(slack.responses)
-    slack.send_block_action("page", "overview:../../etc")
+    slack.send_block_action("page_refresh", "overview:../../etc")
     forged = slack.wait_for_response(lambda r: "not one I made" in text_of(r.body))
     assert "Traceback" not in text_of(forged.body)
     assert len(slack.responses) == before + 1
@@ -141,7 +142,7 @@ def test_http_mode_verifies_signatures(http_bot: tuple[BotProcess, str], slack: 
     payload = {"type": "block_actions", "user": {"id": "U_ADMIN"}, "team": {"id": "T_TEST"},
                "api_app_id": "A_TEST", "container": {"type": "message"}, "trigger_id": "1.2",
                "response_url": slack.new_response_url(),
-               "actions": [{"action_id": "page", "value": "workers:1", "type": "button", "block_id": "b"}]}
+               "actions": [{"action_id": "page_next", "value": "workers:1", "type": "button", "block_id": "b"}]}
     form = block_action_form(payload)
     assert requests.post(url, data=form, headers=sign(SIGNING_SECRET, form, now), timeout=5).status_code == 200
     assert "Workers" in text_of(slack.wait_for_response(lambda r: r.replace_original).body)
@@ -181,3 +182,106 @@ def test_status_exit_codes(rabbit: RabbitNode, worker: CeleryWorker, flower: Flo
     red = subprocess.run([OPSBOT, "status", "--json"], env=env, capture_output=True, text=True, timeout=30)
     assert red.returncode == 2
     assert json.loads(red.stdout)["flower"]["problem"]["kind"] == "refused"
+
+
+def buttons_in(payload: dict) -> list[dict]:
+    """Every button of a message, in actions blocks and beside sections."""
+    found = [b["accessory"] for b in payload.get("blocks", []) if b.get("accessory", {}).get("type") == "button"]
+    return found + [e for b in payload.get("blocks", []) if b["type"] == "actions" for e in b["elements"]]
+
+
+def click_answer(slack: SlackStandIn, button: dict, user_id: str = "U_ADMIN") -> dict:
+    """Click a button the bot drew and return what it answered through the response_url."""
+    url = slack.new_response_url("C_OPS")
+    key = url.rsplit("/", 1)[1]
+    slack.wait_ack(slack.send_block_action(button["action_id"], button.get("value"), user_id=user_id,
+                                           response_url=url), timeout=SLACK_ACK_LIMIT)
+    return slack.wait_for_response(lambda r: r.url_id == key, timeout=15).body
+
+
+def test_every_payload_of_a_busy_stack_is_accepted_by_the_strict_standin(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], rabbit: RabbitNode,
+        make_worker: Callable[..., CeleryWorker]) -> None:
+    """10 active tasks on two workers, a backlog, 45 finished tasks: every view, page, dialog, notice,
+    the Home tab and the alerts, all through `opsbot run`, all accepted as the real Slack would."""
+    for _ in range(2):
+        make_worker(queues=("busy",), concurrency=5)
+    sleepers = publish_tasks(rabbit.amqp_url, "stackapp.sleep", 10, queue="busy", args=(120,))
+    publish_tasks(rabbit.amqp_url, "stackapp.add", 3, queue="other", args=(1, 2))  # a backlog: an incident
+    socket_bot(OPSBOT_ADMINS="U_ADMIN", OPSBOT_QUEUES="celery,other,busy", OPSBOT_ALERT_CHANNEL="C_ALERTS",
+               OPSBOT_AUDIT_CHANNEL="C_AUDIT", OPSBOT_POLL_SECONDS="2", OPSBOT_BACKLOG_THRESHOLD="1",
+               OPSBOT_BACKLOG_MINUTES="0")
+    publish_tasks(rabbit.amqp_url, "stackapp.add", 45, args=(1, 1))
+    assert wait_until(lambda: all(i in text_of(slash(slack, "active")) for i in sleepers), 30)
+    finished = re.compile(r"(\d+) finished tasks")
+    assert wait_until(lambda: int((finished.search(text_of(slash(slack, "history"))) or [0, 0])[1]) >= 45, 30)
+
+    overview = slash(slack, "")
+    assert "All active tasks" in text_of(overview)  # more than 5 running: the button that broke /tasks
+    answers = [overview]
+    for words in ("workers", "queues", "active", "history", "incidents", "help", "audit", "show " + sleepers[0]):
+        answers.append(slash(slack, words))
+    # Every list and page: follow each paging button, and the history to its last page and back.
+    history = answers[4]
+    seen_history_ids: set[str] = set()
+    while True:
+        pager = {b["text"]["text"]: b for b in buttons_in(history)}
+        seen_history_ids |= {b["action_id"] for b in buttons_in(history)}
+        if "Older" not in pager:
+            break
+        history = click_answer(slack, pager["Older"])
+        answers.append(history)
+    answers.append(click_answer(slack, {b["text"]["text"]: b for b in buttons_in(history)}["Newer"]))
+    assert seen_history_ids >= {"history_older", "history_newer"}  # the middle page holds both
+    for answer in list(answers[:4]):
+        for button in buttons_in(answer):
+            if button["action_id"].startswith("page_"):
+                answers.append(click_answer(slack, button))
+    confirms = [b["confirm"] for a in answers for b in buttons_in(a) if "confirm" in b]
+    assert len(confirms) >= 10 + 1  # a Terminate per running task, a Purge for queue other
+
+    # The Home tab.
+    slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
+    published = slack.wait_for_call("views.publish", timeout=15)
+    assert published.response["ok"], published.response
+
+    # A notice: terminate one task from the list; the answer names who did it with a live mention.
+    terminate = next(b for b in buttons_in(answers[3]) if b["action_id"] == "terminate"
+                     and b["value"].endswith(sleepers[0]))
+    done = click_answer(slack, terminate)
+    assert "by <@U_ADMIN>" in done["blocks"][1]["text"]["text"] and "by <@U_ADMIN>" in done["text"]
+    audit = slack.wait_for_message(lambda m: m.channel == "C_AUDIT", timeout=10)
+    assert audit.text.startswith("<@U_ADMIN> terminate")
+
+    # The incident, acknowledged: the alert redrawn and the thread line, with a live mention.
+    alert = slack.wait_for_message(lambda m: m.channel == "C_ALERTS" and not m.thread_ts, timeout=30)
+    ack = next(b for b in buttons_in(alert.as_payload()) if b["action_id"] == "alert_ack")
+    slack.wait_ack(slack.send_block_action("alert_ack", ack["value"], message=alert), timeout=SLACK_ACK_LIMIT)
+    assert wait_until(lambda: "by <@U_ADMIN> at" in json.dumps(slack.message(alert.channel, alert.ts).blocks), 15)
+    assert wait_until(lambda: any(m.text == "Acknowledged by <@U_ADMIN>." for m in slack.messages
+                                  if m.thread_ts == alert.ts), 15)
+
+    assert slack.rejections == [], slack.rejections[0]
+    assert all(r.status == 200 for r in slack.responses)
+
+
+def test_a_refused_reply_still_answers_in_plain_text(slack: SlackStandIn,
+                                                     socket_bot: Callable[..., BotProcess]) -> None:
+    bot = socket_bot(OPSBOT_ADMINS="U_ADMIN")
+    slack.reject_next("response_url")
+    url = slack.new_response_url("C_OPS")
+    slack.wait_ack(slack.send_slash_command("terminate 00000000-0000-0000-0000-000000000000", response_url=url),
+                   timeout=SLACK_ACK_LIMIT)
+    key = url.rsplit("/", 1)[1]
+    assert wait_until(lambda: len([r for r in slack.responses if r.url_id == key]) == 2, 15)
+    refused, plain = [r for r in slack.responses if r.url_id == key]
+    assert refused.status == 400 and "blocks" in refused.body
+    assert plain.status == 200 and "blocks" not in plain.body and "is not running" in plain.body["text"]
+    assert "invalid_blocks" in bot.output()
+
+    slack.reject_next("views.publish")  # the Home tab refused: its text still shows there
+    slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
+    assert wait_until(lambda: len(slack.calls_to("views.publish")) == 2, 15)
+    first, second = slack.calls_to("views.publish")
+    assert first.response["error"] == "invalid_blocks" and second.response["ok"]
+    assert "Task status" in json.dumps(slack.home_views["U_ADMIN"])
