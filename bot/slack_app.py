@@ -210,16 +210,23 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     return app
 
 
-def run_socket_mode(app: App, settings: Settings) -> None:
+def run_socket_mode(app: App, settings: Settings,
+                    on_handler: Callable[[SocketModeHandler], None] = lambda handler: None) -> None:
     assert settings.slack_app_token is not None
     handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    on_handler(handler)  # readiness follows its connection
     log.info("connecting to Slack in Socket Mode via %s", settings.slack_api_url)
     handler.start()
 
 
-def run_http(app: App, settings: Settings) -> None:
+def run_http(app: App, settings: Settings, health: Callable[..., Any] | None = None) -> None:
+    """`health`: the WSGI app for /metrics, /healthz and /readyz, answered before bolt sees a request."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress import serve
 
+    from bot.metrics import with_health
+
     log.info("serving Slack requests over HTTP on port %d (path /slack/events)", settings.http_port)
-    serve(SlackRequestHandler(app), host="0.0.0.0", port=settings.http_port, threads=8, _quiet=True)
+    handler = SlackRequestHandler(app)
+    serve(with_health(health, handler) if health else handler, host="0.0.0.0", port=settings.http_port,
+          threads=8, _quiet=True)
