@@ -343,7 +343,7 @@ class Every:
         self._stopped.set()
 
 
-def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: Callable[[], Any]) -> list[Every]:
+def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: Any) -> list[Every]:
     """A snapshot whenever the latest is a poll interval old (alerting usually takes them), and the store read."""
 
     def poll() -> None:
@@ -353,7 +353,7 @@ def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: C
 
     def read_store() -> None:
         try:
-            facts = read_store_facts(store())
+            facts = read_store_facts(store)
         except Exception as exc:
             metrics.store_read(None, type(exc).__name__)
             return

@@ -78,6 +78,7 @@ class Runtime:
         port = self.settings.metrics_port
         if port is None:
             return
+        store = self._store()  # opened here, once: migrations must not run from two threads at a time
         self.metrics = Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
         if not self._metrics_on_slack_port():
             try:
@@ -87,7 +88,7 @@ class Runtime:
                                   f"({exc.strerror or exc})") from None
             self._metrics_parts.append(server)
             log.info("serving /metrics, /healthz and /readyz on port %d", port)
-        self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, self._store)
+        self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, store)
 
     def health_app(self) -> WsgiApp:
         assert self.metrics is not None
@@ -168,6 +169,8 @@ class Runtime:
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
         app = slack_app.build_app(self.settings, commands, client)
+        if self.settings.log_level != "DEBUG":
+            app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:
             slack_app.run_socket_mode(app, self.settings, on_handler=self._watch_socket)
         else:

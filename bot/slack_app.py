@@ -216,7 +216,8 @@ def run_socket_mode(app: App, settings: Settings,
     handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
     on_handler(handler)  # readiness follows its connection
     log.info("connecting to Slack in Socket Mode via %s", settings.slack_api_url)
-    handler.start()
+    handler.connect()  # not start(): it prints a banner to stdout, outside the logs (and their format)
+    threading.Event().wait()
 
 
 def run_http(app: App, settings: Settings, health: Callable[..., Any] | None = None) -> None:
