@@ -369,6 +369,8 @@ class TcpProxy:
 
     def stop(self) -> None:
         if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(): close() alone does not
             self._listener.close()
         with self._lock:
             sockets, self._sockets = self._sockets, []
@@ -398,7 +400,8 @@ def test_readyz_follows_the_store(socket_bot: Callable[..., BotProcess], pg_url:
     assert wait_until(lambda: status(port, "/readyz") == 503, 20)
     body = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()
     assert body["checks"]["store"]["ok"] is False and body["checks"]["slack"]["ok"] is True
-    assert status(port, "/healthz") == 200  # alive: restarting it would not bring the database back
+    health = requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert health.status_code == 200, health.text  # alive: restarting it would not bring the database back
     samples = scrape(port)
     assert value(samples, "opsbot_store_up") == 0
     assert wait_until(lambda: value(scrape(port), "opsbot_leader") == 0, 10)  # its lock went with the connection
