@@ -464,6 +464,11 @@ def test_systemd_unit_starts_the_bot(slack: SlackStandIn, rabbit: RabbitNode, fl
                                      worker: CeleryWorker, tmp_path: Path) -> None:
     command, unit_env = unit_exec_start()
     assert command[1:] == ["run"] and command[0].endswith("/bin/opsbot")
+    # systemd itself accepts the unit (with the install path pointing at a real opsbot).
+    unit = tmp_path / "opsbot.service"
+    unit.write_text((DOCS / "opsbot.service").read_text().replace(command[0], OPSBOT))
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
     command[0] = OPSBOT  # the unit's install path, here the test's virtualenv
     port = free_port()
     env = clean_env(unit_env | stack_env(rabbit, flower, tmp_path) | {
