@@ -21,6 +21,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.links import NO_LINKS, Links
 from bot.snapshot import Level
 from bot.views import Action, Item, Section, View
 
@@ -38,6 +39,14 @@ ICONS = {
     Level.DOWN: ":red_circle:",
     None: "•",
 }
+
+
+_links = NO_LINKS  # set once by the Slack edge at start (`use_links`); the console never links
+
+
+def use_links(links: Links) -> None:
+    global _links
+    _links = links
 
 
 def escape(text: str) -> str:
@@ -58,6 +67,9 @@ def cut(text: str, limit: int) -> str:
 
 
 def button(action: Action) -> ButtonElement:
+    if action.ref is not None:  # a link button: Slack opens the URL (and still sends us an action to ack)
+        return ButtonElement(text=cut(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
+                             url=_links.url(action.ref))
     confirm = None
     if action.confirm:
         confirm = ConfirmObject(
@@ -71,8 +83,14 @@ def button(action: Action) -> ButtonElement:
 
 
 def item_line(item: Item) -> str:
+    url = _links.url(item.ref)
     code = f" `{escape(item.code)}`" if item.code else ""
-    return f"{ICONS[item.level]} *{escape(item.title)}*{code} {escape(item.text)}"
+    title = escape(item.title)
+    if url and item.code:
+        code = f" <{escape(url)}|{escape(item.code)}>"
+    elif url:
+        title = f"<{escape(url)}|{title}>"
+    return f"{ICONS[item.level]} *{title}*{code} {escape(item.text)}"
 
 
 def more_line(count: int) -> str:
@@ -124,7 +142,8 @@ def render(view: View, include_slack_only: bool = True) -> list[Block]:
     for section in view.sections:
         blocks.extend(section_blocks(section))
     tail: list[Block] = []
-    actions = [a for a in view.actions if include_slack_only or not a.slack_only][:MAX_ACTIONS]
+    actions = [a for a in view.actions if (include_slack_only or not a.slack_only)
+               and (a.ref is None or _links.url(a.ref))][:MAX_ACTIONS]
     if actions:
         tail.append(ActionsBlock(elements=[button(a) for a in actions]))
     if view.footer:

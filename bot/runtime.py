@@ -152,9 +152,11 @@ class Runtime:
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
-        from bot import slack_app
+        from bot import blocks, slack_app
         from bot.alerting import SlackSink
+        from bot.links import Links
 
+        blocks.use_links(Links.from_settings(self.settings))
         client = slack_app.make_client(self.settings)
         if self.metrics is not None:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request

@@ -193,6 +193,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             deliver(reply, respond)
 
     app.action(re.compile(r"^alert_(ack|status|snooze_\w+)$"))(on_alert_button)
+    app.action("runbook")(lambda ack: ack())  # a link button: Slack opened the page, nothing to do
 
     # Last, so it only sees what no listener above claimed: buttons that are not ours.
     app.action(re.compile(".*"))(on_button)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bot import assess
-from bot.alerts import Incident
+from bot.alerts import Incident, check_name
+from bot.links import Ref
 from bot.redact import defang, redact
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 
@@ -36,6 +37,7 @@ class Action:
     style: str | None = None  # "primary" or "danger"
     confirm: Confirm | None = None
     slack_only: bool = False  # e.g. "Share in channel": meaningless in a terminal
+    ref: Ref | None = None  # a link button to this (("runbook", check)); dropped where no URL is configured
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Item:
     text: str
     code: str = ""  # an identifier shown in monospace (a task id)
     action: Action | None = None
+    ref: Ref | None = None  # what it names (("task", id), ("worker", name)): Slack links it when configured
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,14 @@ def queue_items(snapshot: Snapshot, section: str = "queues", controls: Controls 
 
 
 def worker_item(worker: WorkerInfo) -> Item:
-    return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker))
+    return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker), ref=("worker", worker.name))
 
 
 def task_item(task: TaskInfo, now: float, section: str = "active", controls: Controls | None = None) -> Item:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
     action = task_action(task, section, now) if controls is not None and controls.enabled else None
     text = f"on {task.worker}, {running} {task.args_summary}".rstrip()
-    return Item(None, task.name, text, code=task.id, action=action)
+    return Item(None, task.name, text, code=task.id, action=action, ref=("task", task.id))
 
 
 def oldest_first(tasks: tuple[TaskInfo, ...]) -> list[TaskInfo]:
@@ -232,7 +235,7 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
 def workers_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     workers = worst_first(snapshot.celery.workers) + list(snapshot.celery.lost)
     items = [Item(Level.WARN if w in snapshot.celery.lost else assess.worker_level(w), w.name,
-                  assess.worker_details_text(w)) for w in workers]
+                  assess.worker_details_text(w), ref=("worker", w.name)) for w in workers]
     return paged_view(snapshot, "workers", "Workers", items, page, assess.celery_text(snapshot.celery), controls)
 
 
@@ -301,7 +304,9 @@ def incident_view(incident: Incident, now: float) -> View:
         items.append(Item(None, "Snoozed", f"until {assess.clock(incident.snoozed_until)} by {incident.snoozed_by}"))
     if incident.open:
         title = "Alert"
-        actions = incident_actions(incident.id)
+        check = check_name(incident.key)
+        actions = (*incident_actions(incident.id), Action("runbook", "Runbook", incident.id, slack_only=True,
+                                                          ref=("runbook", check)))
     else:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
@@ -334,7 +339,7 @@ def history_item(row: dict) -> Item:
     finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
     worker = f" on {row['worker']}" if row.get("worker") else ""
     return Item(STATE_LEVELS.get(row["state"]), row.get("name") or "?", f"{row['state']}{worker}{runtime}{finished}",
-                code=row["task_id"][:8])
+                code=row["task_id"][:8], ref=("task", row["task_id"]))
 
 
 def history_view(rows: list[dict], total: int, page: int, state: str | None, name: str | None,

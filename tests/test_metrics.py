@@ -484,3 +484,76 @@ def test_systemd_unit_starts_the_bot(slack: SlackStandIn, rabbit: RabbitNode, fl
         process.terminate()
         output, _ = process.communicate(timeout=10)
     assert process.returncode in (0, -15), output.decode()[-2000:]
+
+
+# --------------------------------------------------------------------------- links
+
+
+@pytest.fixture
+def links() -> Iterator[Callable[..., None]]:
+    from bot import blocks
+    from bot.links import NO_LINKS, Links
+
+    yield lambda **kwargs: blocks.use_links(Links(**kwargs))
+    blocks.use_links(NO_LINKS)
+
+
+def test_links_are_bot_markup_with_encoded_values(links: Callable[..., None]) -> None:
+    from bot import blocks
+    from bot.alerts import Incident
+    from bot.views import incident_view, status_view
+
+    hostile_id = "x>|<!channel>&y"
+    task = TaskInfo(hostile_id, "app.job", "w1@box", 990.0)
+    view = status_view(snapshot((WorkerInfo("w1@box", active=(task,)),)), "active")
+    incident = Incident("flower@1", "flower", 3, "Flower: down", "Monitoring only", 900.0, 900.0)
+    unlinked = json.dumps(blocks.message(view)) + json.dumps(blocks.message(incident_view(incident, 1000.0)))
+    assert "flower.example" not in unlinked and '"runbook"' not in unlinked  # nothing configured: no links
+
+    links(flower="https://flower.example/f", runbook="https://wiki.example/run?c={check}&a=1")
+    text = json.dumps(blocks.message(view))
+    assert "<https://flower.example/f/task/x%3E%7C%3C%21channel%3E%26y|x&gt;|&lt;!channel&gt;&amp;y>" in text
+    assert "<!channel>" not in text
+    workers = json.dumps(blocks.message(status_view(snapshot((WorkerInfo("w1@box"),)), "workers")))
+    assert "<https://flower.example/f/worker/w1%40box|w1@box>" in workers
+    alert = blocks.message(incident_view(incident, 1000.0))
+    (runbook,) = [e for b in alert["blocks"] if b["type"] == "actions" for e in b["elements"]
+                  if e["action_id"] == "runbook"]
+    assert runbook["url"] == "https://wiki.example/run?c=flower&a=1" and "value" not in runbook
+
+
+@pytest.mark.parametrize("setting", ["FLOWER_PUBLIC_URL", "OPSBOT_RUNBOOK_URL"])
+@pytest.mark.parametrize("bad", ["ftp://flower", "https://user:pw@flower.example", "https://x.example/a b",
+                                 "https://x.example/<!channel>"])
+def test_link_settings_are_validated(setting: str, bad: str) -> None:
+    from bot.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError) as problem:
+        load_settings(**{setting: bad})
+    assert setting in str(problem.value) and "pw" not in str(problem.value)
+
+
+def test_alerts_carry_a_runbook_button_and_tasks_link_to_flower(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], make_flower: Callable[..., FlowerProcess],
+        rabbit: RabbitNode, worker: CeleryWorker) -> None:
+    flower = make_flower()
+    socket_bot(FLOWER_URL=flower.url, FLOWER_PUBLIC_URL="https://flower.example.com/",
+               OPSBOT_RUNBOOK_URL="https://wiki.example.com/runbooks/{check}?from=opsbot",
+               OPSBOT_ALERT_CHANNEL="C_ALERTS", OPSBOT_POLL_SECONDS="1")
+    (task_id,) = publish_tasks(rabbit.amqp_url, "stackapp.sleep", 1, args=(20,))
+    task_link = f"<https://flower.example.com/task/{task_id}|{task_id}>"
+    assert wait_until(lambda: task_link in json.dumps(slack.request("slash_command", "active")), 15)
+    workers = json.dumps(slack.request("slash_command", "workers"))
+    assert f"https://flower.example.com/worker/{worker.name.replace('@', '%40')}" in workers
+
+    flower.kill()
+    assert wait_until(lambda: [m for m in slack.messages if m.channel == "C_ALERTS" and "Flower" in (m.text or "")],
+                      20)
+    alert = next(m for m in slack.messages if m.channel == "C_ALERTS" and "Flower" in (m.text or ""))
+    buttons = {e["action_id"]: e for b in alert.blocks or [] if b["type"] == "actions" for e in b["elements"]}
+    assert buttons["runbook"]["url"] == "https://wiki.example.com/runbooks/flower?from=opsbot"
+    # Slack still sends a click on a link button: acknowledged, and nothing else happens.
+    before = len(slack.messages)
+    ack = slack.request("block_action", "runbook", message=alert, channel_id="C_ALERTS")
+    assert ack == {} or "text" not in ack
+    assert len(slack.messages) == before
