@@ -67,6 +67,8 @@ class Runtime:
 
     def _expected_threads(self) -> list[str]:
         names = ["heartbeats", "heartbeat-watch", "history", "metrics-poll", "metrics-store"]
+        if self.alerts is not None:
+            names.append("APScheduler")  # the alert scheduler's thread
         return names + (["leadership"] if self.store is not None and self.store.shared else [])
 
     def _metrics_on_slack_port(self) -> bool:

@@ -217,6 +217,24 @@ def test_json_log_lines_stay_redacted(capfd: pytest.CaptureFixture[str]) -> None
     assert "RuntimeError" in record["exception"] and "hunter2" not in lines[0]
 
 
+def test_healthz_names_a_dead_thread() -> None:
+    from bot.metrics import health_app
+
+    expected = ["MainThread"]
+    app = health_app(Metrics(poll_seconds=10), lambda: expected)
+
+    def get(path: str) -> tuple[str, dict]:
+        answer: list[str] = []
+        body = b"".join(app({"PATH_INFO": path, "REQUEST_METHOD": "GET"}, lambda line, _: answer.append(line)))
+        return answer[0], json.loads(body)
+
+    assert get("/healthz") == ("200 OK", {"alive": True, "dead_threads": []})
+    expected.append("history")  # expected, and not running in this process
+    assert get("/healthz") == ("503 Service Unavailable", {"alive": False, "dead_threads": ["history"]})
+    status_line, body = get("/readyz")
+    assert status_line.startswith("503") and body["checks"]["poll"] == {"ok": False, "detail": "no snapshot taken yet"}
+
+
 # --------------------------------------------------------------------------- the real bot
 
 
@@ -224,7 +242,7 @@ def test_scrape_of_a_running_bot(slack: SlackStandIn, socket_bot: Callable[..., 
                                  worker: CeleryWorker, flower: FlowerProcess) -> None:
     port = free_port()
     bot = socket_bot(OPSBOT_METRICS_PORT=str(port), OPSBOT_METRICS_HOST="127.0.0.1", OPSBOT_POLL_SECONDS="1",
-                     OPSBOT_LOG_FORMAT="json", OPSBOT_LOG_LEVEL="INFO")
+                     OPSBOT_LOG_FORMAT="json", OPSBOT_LOG_LEVEL="INFO", OPSBOT_ALERT_CHANNEL="C_ALERTS")
     assert wait_until(lambda: status(port, "/readyz") == 200, 30), requests.get(f"http://127.0.0.1:{port}/readyz").text
     assert status(port, "/healthz") == 200
     assert status(port, "/nothing") == 404
