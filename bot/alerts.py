@@ -118,6 +118,14 @@ def service_of(key: str) -> str:
     return {"worker": "celery", "queue": "broker"}.get(head, head)
 
 
+def check_name(key: str) -> str:
+    """The kind of check a key belongs to, for runbook links and metric labels:
+    "worker:w1@h" -> "worker", "queue:x:backlog" -> "queue_backlog", "broker.management" -> "broker_management"."""
+    parts = key.split(":")
+    kind = parts[0] + ("_backlog" if len(parts) > 2 and parts[-1] == "backlog" else "")
+    return kind.replace(".", "_")
+
+
 def impact(snapshot: Snapshot, key: str) -> str:
     """What the failure means for users, in one line."""
     waiting = snapshot.broker.waiting

@@ -20,6 +20,7 @@ from slack_sdk.models.blocks import (
 )
 
 from bot import markup
+from bot.links import NO_LINKS, Links
 from bot.markup import Markup, phrase
 from bot.snapshot import Level
 from bot.views import Action, Item, Section, View
@@ -52,11 +53,22 @@ def mrkdwn(text: str, limit: int = MAX_SECTION_TEXT) -> MarkdownTextObject:
     return MarkdownTextObject(text=markup.for_slack(text, limit))
 
 
+_links = NO_LINKS  # set once by the Slack edge at start (`use_links`); the console never links
+
+
+def use_links(links: Links) -> None:
+    global _links
+    _links = links
+
+
 def plain_text(text: str, limit: int) -> PlainTextObject:
     return PlainTextObject(text=markup.plain(text, limit) or " ")
 
 
 def button(action: Action) -> ButtonElement:
+    if action.ref is not None:  # a link button: Slack opens the URL (and still sends us an action to ack)
+        return ButtonElement(text=plain_text(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
+                             url=_links.url(action.ref))
     confirm = None
     if action.confirm:
         confirm = ConfirmObject(
@@ -71,12 +83,19 @@ def button(action: Action) -> ButtonElement:
 
 
 def item_line(item: Item) -> str:
-    """One row: icon, name in bold, id in monospace, then the text. An empty part is left out."""
+    """One row: icon, name in bold, id in monospace, then the text. An empty part is left out.
+
+    With links configured (FLOWER_PUBLIC_URL), the id, or else the name, links to its page.
+    """
+    url = _links.url(item.ref)
+    link = Markup(markup.escape(url)) if url else None
     parts = [Markup(ICONS[item.level])]
     if item.title:
-        parts.append(phrase("*{}*", markup.plain(item.title, MAX_TITLE)))
+        title = markup.plain(item.title, MAX_TITLE)
+        parts.append(phrase("*<{}|{}>*", link, title) if link and not item.code else phrase("*{}*", title))
     if item.code:
-        parts.append(phrase("`{}`", markup.plain(item.code, MAX_TITLE)))
+        code = markup.plain(item.code, MAX_TITLE)
+        parts.append(phrase("<{}|{}>", link, code) if link else phrase("`{}`", code))
     if item.text:
         parts.append(item.text)
     return markup.join(" ", parts)
@@ -129,7 +148,8 @@ def render(view: View, include_slack_only: bool = True) -> list[Block]:
     for section in view.sections:
         blocks.extend(section_blocks(section))
     tail: list[Block] = []
-    actions = [a for a in view.actions if include_slack_only or not a.slack_only][:MAX_ACTIONS]
+    actions = [a for a in view.actions if (include_slack_only or not a.slack_only)
+               and (a.ref is None or _links.url(a.ref))][:MAX_ACTIONS]
     if actions:
         tail.append(ActionsBlock(elements=[button(a) for a in actions]))
     if view.footer:

@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from bot.links import Ref
+
 MAX_VALUE = 2000  # button value; https://api.slack.com/reference/block-kit/block-elements#button
 MAX_PAGE = 10_000
 MAX_FILTER = 100  # a history name filter, typed by a user
@@ -37,6 +39,7 @@ SNOOZE_VALUES = frozenset(value for _, value in SNOOZES)
 VIEW_BUTTONS = re.compile(rf"^(page_({'|'.join(PAGE_ROLES)})|history_({'|'.join(HISTORY_ROLES)})"
                           rf"|{'|'.join(TARGETED)})$")
 SHARE = "share"
+RUNBOOK = "runbook"
 ALERT_BUTTONS = re.compile(r"^alert_(ack|status|snooze_\w+)$")
 
 SECTION_VALUE = re.compile(r"^(?P<section>[a-z]+):(?P<page>[0-9]{1,5})$")
@@ -65,6 +68,7 @@ class Action:
     style: str | None = None  # "primary" or "danger"
     confirm: Confirm | None = None
     slack_only: bool = False  # e.g. "Share in channel": meaningless in a terminal
+    ref: Ref | None = None  # a link button to this (("runbook", check)); dropped where no URL is configured
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,11 @@ def targeted(action: str, section: str, target: str, label: str, confirm: Confir
     """Terminate or Purge: where it was clicked (to redraw that view) and what it acts on."""
     value = f"{section}|{ref(target, MAX_VALUE - len(section) - 1)}"
     return Action(action, label, value, style="danger", confirm=confirm)
+
+
+def runbook(check: str) -> Action:
+    """A link button to the team's runbook for this check (OPSBOT_RUNBOOK_URL); Slack opens it, we only ack."""
+    return Action(RUNBOOK, "Runbook", check, slack_only=True, ref=("runbook", check))
 
 
 def incident(incident_id: str) -> tuple[Action, ...]:

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from bot import assess, terminal
 from bot.config import ConfigError, Settings, load_settings
+from bot.logs import use_json_lines
 from bot.redact import install_log_redaction, redact
 from bot.views import status_view
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"opsbot: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     install_log_redaction(settings.secrets(), settings.log_level)
+    if settings.log_format == "json":
+        use_json_lines()
 
     from bot.runtime import Runtime  # heavy imports (celery, slack) only once configuration is valid
 
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if mode == "status":
             return print_status(runtime, as_json=args.json)
+        if mode == "run":
+            runtime.start_metrics()  # console and status never bind the port
         runtime.start_background()
         if mode == "console":
             from bot import console

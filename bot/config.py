@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     history_max_rows: int = Field(100_000, ge=10, validation_alias="OPSBOT_HISTORY_MAX_ROWS")
     digest_at: str | None = Field(None, validation_alias="OPSBOT_DIGEST_AT")
     replica_id: str | None = Field(None, max_length=100, validation_alias="OPSBOT_REPLICA_ID")
+    # Monitoring: /metrics, /healthz and /readyz (off when the port is unset), links, log format.
+    metrics_port: int | None = Field(None, ge=1, le=65535, validation_alias="OPSBOT_METRICS_PORT")
+    metrics_host: str = Field("0.0.0.0", min_length=1, validation_alias="OPSBOT_METRICS_HOST")
+    flower_public_url: str | None = Field(None, validation_alias="FLOWER_PUBLIC_URL")
+    runbook_url: str | None = Field(None, validation_alias="OPSBOT_RUNBOOK_URL")
+    log_format: str = Field("text", validation_alias="OPSBOT_LOG_FORMAT")
 
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
@@ -121,6 +127,28 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
         return value
+
+    @field_validator("flower_public_url", "runbook_url")
+    @classmethod
+    def _public_link(cls, value: str | None) -> str | None:
+        # Shown to people as a link: a bare http(s) URL, never one carrying credentials.
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials: it is shown to people as a link")
+        if re.search(r"[\s<>|]", value):
+            raise ValueError("must not contain spaces or the characters < > |")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value.lower() not in ("text", "json"):
+            raise ValueError("must be text or json")
+        return value.lower()
 
     @field_validator("digest_at")
     @classmethod

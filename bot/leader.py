@@ -75,7 +75,10 @@ class Leadership:
             return
         self._conn = conn
         self._set(True)
-        self.store.note_leader(self.replica, time.time())
+        # The database may go between the lock and this write: the next check then stands down. Raising
+        # here would end this thread, and with it any hope of leading again.
+        with contextlib.suppress(Exception):
+            self.store.note_leader(self.replica, time.time())
 
     def _check(self) -> None:
         try:

@@ -328,7 +328,7 @@ class CeleryProbe:
         replies = {"active": ask_active(self.app, conn, expected, deadline)}
         # Addressed by name, the others answer as soon as these have: no one else can crowd in.
         destination = sorted(replies["active"])
-        for command in ("reserved", "stats"):
+        for command in ("reserved", "stats", "active_queues"):
             if not destination:
                 break
             timeout = max(0.05, deadline - time.monotonic())
@@ -351,6 +351,8 @@ class CeleryProbe:
             uptime=stats.get("uptime"),
             loadavg=tuple(heartbeat.get("loadavg") or ()) or None,
             heartbeat_age=heartbeat.get("heartbeat_age"),
+            queues=tuple(str(q.get("name")) for q in replies.get("active_queues", {}).get(name) or []
+                         if isinstance(q, dict) and q.get("name")),
         )
 
 
@@ -376,6 +378,15 @@ def probe_flower(settings: Settings, session: requests.Session, timeout: float) 
 # --- All together -----------------------------------------------------------------------------
 
 
+def _timed(durations: dict[str, float], service: str, probe: Callable[..., Any], *args: Any) -> Any:
+    """Run one probe and note how long it took (for the probe-duration metric)."""
+    started = time.monotonic()
+    try:
+        return probe(*args)
+    finally:
+        durations[service] = time.monotonic() - started
+
+
 class Prober:
     """Takes snapshots: every probe at once, one deadline for all."""
 
@@ -393,10 +404,14 @@ class Prober:
         deadline = started + budget
         # Sockets give up a little before the deadline, so each probe reports its own timeout.
         socket_timeout = budget * 0.8
-        broker_f = self.executor.submit(self._probe_broker, socket_timeout)
-        celery_f = self.executor.submit(self.celery.probe, started + budget * 0.9)
-        flower_f = self.executor.submit(probe_flower, self.settings, self.session, socket_timeout)
+        durations: dict[str, float] = {}
+        broker_f = self.executor.submit(_timed, durations, "broker", self._probe_broker, socket_timeout)
+        celery_f = self.executor.submit(_timed, durations, "celery", self.celery.probe, started + budget * 0.9)
+        flower_f = self.executor.submit(_timed, durations, "flower", probe_flower, self.settings, self.session,
+                                        socket_timeout)
         wait_futures([broker_f, celery_f, flower_f], timeout=budget)
+        # A probe still running at the deadline took (at least) the whole budget.
+        durations = {service: durations.get(service, budget) for service in ("broker", "celery", "flower")}
         broker_target = target_of(self.settings.broker_url)
         broker = self._result(broker_f, lambda p: BrokerStatus(self.settings.broker_kind, broker_target, p),
                               broker_target)
@@ -409,7 +424,8 @@ class Prober:
         elapsed = time.monotonic() - started
         if elapsed > deadline - started + 0.1:
             log.warning("snapshot took %.2fs, past its %.2fs deadline", elapsed, budget)
-        return Snapshot(taken_at=self.clock(), broker=broker, celery=celery, flower=flower, elapsed=elapsed)
+        return Snapshot(taken_at=self.clock(), broker=broker, celery=celery, flower=flower, elapsed=elapsed,
+                        durations=durations)
 
     def _probe_broker(self, timeout: float) -> BrokerStatus:
         if self.settings.broker_kind == "redis":

@@ -165,5 +165,5 @@ def install_log_redaction(secrets: Iterable[str], level: str = "INFO") -> None:
     install_exception_hooks()
     if level != "DEBUG":
         # The scheduler logs every run of every job, kombu every (re)connection: noise at INFO.
-        for chatty in ("apscheduler", "kombu", "celery", "slack_bolt.App", "slack_sdk.socket_mode"):
+        for chatty in ("apscheduler", "kombu", "celery", "slack_bolt.App", "slack_sdk.socket_mode", "alembic"):
             logging.getLogger(chatty).setLevel(logging.WARNING)

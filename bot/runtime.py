@@ -6,6 +6,7 @@ import getpass
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bot import markup
 from bot.access import Access, Actor
@@ -16,8 +17,10 @@ from bot.control import Stack, TaskControl
 from bot.heartbeats import HeartbeatMonitor
 from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
+from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
+from bot.snapshot import Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,52 @@ class Runtime:
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
+        self.metrics: Metrics | None = None  # only `opsbot run` with OPSBOT_METRICS_PORT
+        self._metrics_parts: list[Every | MetricsServer] = []  # to stop on the way out
+
+    def take_snapshot(self) -> Snapshot:
+        """Every snapshot the bot takes (alert polls, commands) also feeds the metrics."""
+        snapshot = self.prober.snapshot()
+        if self.metrics is not None:
+            self.metrics.observe_snapshot(snapshot)
+        return snapshot
+
+    def _on_task_event(self, event: dict) -> None:
+        if self.recorder is not None:
+            self.recorder.on_event(event)
+        if self.metrics is not None and self.heartbeats is not None:
+            self.metrics.on_task_event(event, self.heartbeats.state.tasks.get(event.get("uuid")))
+
+    def _expected_threads(self) -> list[str]:
+        names = ["heartbeats", "heartbeat-watch", "history", "metrics-poll", "metrics-store"]
+        if self.alerts is not None:
+            names.append("APScheduler")  # the alert scheduler's thread
+        return names + (["leadership"] if self.store is not None and self.store.shared else [])
+
+    def _metrics_on_slack_port(self) -> bool:
+        """HTTP mode answers the health paths itself; with the same port there is no second server."""
+        return self.settings.slack_app_token is None and self.settings.metrics_port == self.settings.http_port
+
+    def start_metrics(self) -> None:
+        """`opsbot run` only: /metrics, /healthz and /readyz on OPSBOT_METRICS_PORT, kept fresh in the background."""
+        port = self.settings.metrics_port
+        if port is None:
+            return
+        store = self._store()  # opened here, once: migrations must not run from two threads at a time
+        self.metrics = Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
+        if not self._metrics_on_slack_port():
+            try:
+                server = MetricsServer(self.health_app(), self.settings.metrics_host, port).start()
+            except OSError as exc:
+                raise ConfigError(f"OPSBOT_METRICS_PORT: cannot listen on {self.settings.metrics_host}:{port} "
+                                  f"({exc.strerror or exc})") from None
+            self._metrics_parts.append(server)
+            log.info("serving /metrics, /healthz and /readyz on port %d", port)
+        self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, store)
+
+    def health_app(self) -> WsgiApp:
+        assert self.metrics is not None
+        return health_app(self.metrics, self._expected_threads)
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
@@ -79,7 +128,7 @@ class Runtime:
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
                                         should_record=self._is_leader).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
-                                           on_task_event=self.recorder.on_event).start()
+                                           on_task_event=self._on_task_event).start()
 
     def _store(self) -> Store:
         if self.store is None:
@@ -87,7 +136,7 @@ class Runtime:
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
+        self.alerts = AlertService(self.settings, self._store(), self.take_snapshot, sink,
                                    is_leader=self._is_leader)
         self.alerts.start()
         return self.alerts
@@ -97,7 +146,7 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -106,10 +155,14 @@ class Runtime:
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
-        from bot import slack_app
+        from bot import blocks, slack_app
         from bot.alerting import SlackSink
+        from bot.links import Links
 
+        blocks.use_links(Links.from_settings(self.settings))
         client = slack_app.make_client(self.settings)
+        if self.metrics is not None:
+            client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
             alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica))
             if self.settings.digest_at:
@@ -121,12 +174,20 @@ class Runtime:
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
         app = slack_app.build_app(self.settings, commands, client)
+        if self.settings.log_level != "DEBUG":
+            app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:
-            slack_app.run_socket_mode(app, self.settings)
+            slack_app.run_socket_mode(app, self.settings, on_handler=self._watch_socket)
         else:
-            slack_app.run_http(app, self.settings)
+            slack_app.run_http(app, self.settings, health=self.health_app() if self.metrics else None)
+
+    def _watch_socket(self, handler: Any) -> None:  # a SocketModeHandler
+        if self.metrics is not None:
+            self.metrics.slack_connected = handler.client.is_connected
 
     def close(self) -> None:
+        for part in self._metrics_parts:
+            part.stop()
         if self.alerts is not None:
             self.alerts.stop()
         if self.heartbeats is not None:

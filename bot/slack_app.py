@@ -234,6 +234,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             deliver(reply, respond)
 
     app.action(buttons.ALERT_BUTTONS)(on_alert_button)
+    app.action(buttons.RUNBOOK)(lambda ack: ack())  # a link button: Slack opened the page
 
     # Last, so it only sees what no listener above claimed: buttons that are not ours.
     app.action(re.compile(".*"))(on_button)
@@ -251,11 +252,14 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     return app
 
 
-def run_socket_mode(app: App, settings: Settings) -> None:
+def run_socket_mode(app: App, settings: Settings,
+                    on_handler: Callable[[SocketModeHandler], None] = lambda handler: None) -> None:
     assert settings.slack_app_token is not None
     handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
+    on_handler(handler)  # readiness follows its connection
     log.info("connecting to Slack in Socket Mode via %s", settings.slack_api_url)
-    handler.start()
+    handler.connect()  # not start(): it prints a banner to stdout, outside the logs (and their format)
+    threading.Event().wait()
 
 
 MAX_BODY = 1024 * 1024  # Slack's largest payloads (a click in a 100-block Home tab) stay far below this
@@ -277,11 +281,15 @@ def capped(wsgi_app: Callable[..., Any], limit: int = MAX_BODY) -> Callable[...,
     return app
 
 
-def run_http(app: App, settings: Settings) -> None:
+def run_http(app: App, settings: Settings, health: Callable[..., Any] | None = None) -> None:
+    """`health`: the WSGI app for /metrics, /healthz and /readyz, answered before bolt sees a request."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress import serve
 
+    from bot.metrics import with_health
+
     log.info("serving Slack requests over HTTP on port %d (path /slack/events)", settings.http_port)
     # waitress buffers a whole body before calling the app: its own limit keeps it from reading more.
-    serve(capped(SlackRequestHandler(app)), host="0.0.0.0", port=settings.http_port, threads=8, _quiet=True,
-          max_request_body_size=MAX_BODY)
+    handler = SlackRequestHandler(app)
+    serve(capped(with_health(health, handler) if health else handler), host="0.0.0.0", port=settings.http_port,
+          threads=8, _quiet=True, max_request_body_size=MAX_BODY)

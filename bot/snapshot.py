@@ -85,6 +85,7 @@ class WorkerInfo:
     uptime: float | None = None  # seconds
     loadavg: tuple[float, ...] | None = None  # the host's, from the heartbeats
     heartbeat_age: float | None = None  # seconds since its last heartbeat
+    queues: tuple[str, ...] = ()  # the queues it consumes (`active_queues`)
 
 
 class CeleryState(StrEnum):
@@ -123,3 +124,4 @@ class Snapshot:
     flower: FlowerStatus
     elapsed: float = 0.0  # seconds the probes took
     notes: tuple[str, ...] = field(default=())  # operator hints, e.g. how to configure admins
+    durations: dict[str, float] = field(default_factory=dict)  # seconds each probe took: broker, celery, flower

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bot import assess, buttons
-from bot.alerts import Incident
+from bot.alerts import Incident, check_name
 from bot.buttons import Action, Confirm
+from bot.links import Ref
 from bot.markup import phrase, stored_mention
 from bot.redact import defang, redact
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
@@ -27,6 +28,7 @@ class Item:
     text: str
     code: str = ""  # an identifier shown in monospace (a task id)
     action: Action | None = None
+    ref: Ref | None = None  # what it names (("task", id), ("worker", name)): Slack links it when configured
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,14 @@ def queue_items(snapshot: Snapshot, section: str = "queues", controls: Controls 
 
 
 def worker_item(worker: WorkerInfo) -> Item:
-    return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker))
+    return Item(assess.worker_level(worker), worker.name, assess.worker_text(worker), ref=("worker", worker.name))
 
 
 def task_item(task: TaskInfo, now: float, section: str = "active", controls: Controls | None = None) -> Item:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
     action = task_action(task, section, now) if controls is not None and controls.enabled else None
     text = f"on {task.worker}, {running} {task.args_summary}".rstrip()
-    return Item(None, task.name, text, code=task.id, action=action)
+    return Item(None, task.name, text, code=task.id, action=action, ref=("task", task.id))
 
 
 def oldest_first(tasks: tuple[TaskInfo, ...]) -> list[TaskInfo]:
@@ -197,7 +199,7 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
 def workers_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     workers = worst_first(snapshot.celery.workers) + list(snapshot.celery.lost)
     items = [Item(Level.WARN if w in snapshot.celery.lost else assess.worker_level(w), w.name,
-                  assess.worker_details_text(w)) for w in workers]
+                  assess.worker_details_text(w), ref=("worker", w.name)) for w in workers]
     return paged_view(snapshot, "workers", "Workers", items, page, assess.celery_text(snapshot.celery), controls)
 
 
@@ -257,7 +259,7 @@ def incident_view(incident: Incident, now: float) -> View:
                                                   stored_mention(incident.snoozed_by or ""))))
     if incident.open:
         title = "Alert"
-        actions = buttons.incident(incident.id)
+        actions = (*buttons.incident(incident.id), buttons.runbook(check_name(incident.key)))
     else:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
@@ -291,7 +293,7 @@ def history_item(row: dict) -> Item:
     finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
     worker = f" on {row['worker']}" if row.get("worker") else ""
     return Item(STATE_LEVELS.get(row["state"]), row.get("name") or "?", f"{row['state']}{worker}{runtime}{finished}",
-                code=row["task_id"][:8])
+                code=row["task_id"][:8], ref=("task", row["task_id"]))
 
 
 def history_view(rows: list[dict], total: int, page: int, state: str | None, name: str | None,
