@@ -106,8 +106,16 @@ _ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
 
 
 def describe(exc: BaseException) -> str:
-    """The exception's class and redacted message, the same text every time the same thing fails."""
-    return redact(_ADDRESS.sub("0x…", f"{type(exc).__name__}: {exc}"))[:300]
+    """The exception's class and redacted message, the same text every time the same thing fails.
+
+    Libraries wrap the real cause (requests: ConnectionError < MaxRetryError < NewConnectionError <
+    ConnectionRefusedError); the innermost exception says it best, the outermost says who raised it.
+    """
+    root = _chain(exc)[-1]
+    text = f"{type(root).__name__}: {root}"
+    if root is not exc:
+        text += f" (raised as {type(exc).__name__})"
+    return redact(_ADDRESS.sub("0x…", text))[:300]
 
 
 def problem_from(exc: BaseException, target: str) -> Problem:
@@ -126,13 +134,13 @@ class FailureLog:
         self._lock = threading.Lock()
 
     def note(self, probe: str, problem: Problem | None) -> None:
-        cause = (problem.cause or f"{problem.kind}: {problem.detail}") if problem else None
+        cause = f"at {problem.target}: {problem.cause or problem.kind}" if problem else None
         with self._lock:
             before = self._causes.pop(probe, None)
             if cause is not None:
                 self._causes[probe] = cause
         if cause is not None and cause != before:
-            log.warning("%s probe failed: %s", probe, cause)
+            log.warning("%s probe failed %s", probe, cause)
         elif cause is None and before is not None:
             log.info("%s probe works again", probe)
 
