@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -227,7 +228,7 @@ def probe_rabbitmq(settings: Settings, session: requests.Session, timeout: float
         problem = problem_from(exc, redact_url(api.base))
         if problem.kind is Failure.REFUSED:
             # AMQP answers but HTTP does not: almost always the plugin is simply not enabled.
-            problem = Problem(Failure.NO_MANAGEMENT, problem.target, problem.detail)
+            problem = replace(problem, kind=Failure.NO_MANAGEMENT)
         return BrokerStatus(kind="rabbitmq", target=target, queues=tuple(queues),
                             management_problem=problem)
     return BrokerStatus(kind="rabbitmq", target=target, queues=tuple(queues), alarms=alarms)
@@ -370,7 +371,8 @@ class CeleryProbe:
         heartbeating = self.alive_workers() or set()
         not_answering = [WorkerInfo(name=name, answered=False)
                          for name in sorted((expected & heartbeating) - answered)]
-        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + not_answering), lost=lost)
+        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + not_answering), lost=lost,
+                            heartbeats_silent=silent)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
                  discovery: float) -> dict[str, dict]:
