@@ -2,6 +2,8 @@
 
 Type what you would type in Slack (`/tasks active`, or just `active`); buttons are numbered choices,
 picked by typing their number, and a button that asks for confirmation in Slack asks here too.
+At a terminal the prompt is prompt_toolkit's: alerts and log lines from other threads are printed above
+it, and it is drawn again below them with what the user had typed so far.
 """
 
 from __future__ import annotations
