@@ -126,28 +126,14 @@ def check_name(key: str) -> str:
     return kind.replace(".", "_")
 
 
-def impact(snapshot: Snapshot, key: str) -> str:
-    """What the failure means for users, in one line."""
-    waiting = snapshot.broker.waiting
-    service = service_of(key)
-    if service == "broker" and not key.startswith("queue:"):
-        return "No task can be queued or processed while the broker is down."
-    if key.startswith("queue:"):
-        return f"Tasks waiting in {key.split(':')[1]} are not being processed."
-    if key == "celery":
-        return f"Tasks are not being processed: {assess.plural(waiting, 'task')} waiting."
-    if key.startswith("worker:"):
-        return "Its tasks are not being processed; the other workers carry on."
-    return "Monitoring only: tasks still run, but Flower's dashboards are unavailable."
-
-
 def vanished_workers(snapshot: Snapshot, known: dict[str, float], now: float) -> list[Finding]:
     """Workers we saw before that no longer answer at all (a killed worker is just absent)."""
     if snapshot.celery.state is not CeleryState.RUNNING:
         return []  # the "celery" finding (or the broker's) covers them all
     present = {w.name for w in snapshot.celery.workers}
     # The wording must not change from poll to poll, or every poll would redraw the alert.
-    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.clock(seen)})")
+    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.clock(seen)})",
+                    assess.IMPACT_WORKER)
             for name, seen in sorted(known.items()) if name not in present]
 
 
@@ -158,7 +144,7 @@ def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Pol
         if start is not None and queue.ready > policy.backlog_threshold and now - start >= policy.backlog_seconds:
             found.append(Finding(f"queue:{queue.name}:backlog", Level.WARN,
                                  f"Queue {queue.name}: more than {policy.backlog_threshold} tasks waiting "
-                                 f"since {assess.clock(start)}"))
+                                 f"since {assess.clock(start)}", assess.queue_impact(queue.name)))
     return found
 
 
@@ -218,7 +204,7 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy) -> t
             continue
         if finding is not None:
             check = Check(check.failing + 1, 0, check.since or now)
-            effects += _on_failure(incidents, key, check, finding, impact(snapshot, key), state, now, policy)
+            effects += _on_failure(incidents, key, check, finding, finding.impact, state, now, policy)
         else:
             check = Check(0, check.passing + 1, None)
             effects += _on_success(incidents, key, check, now, policy)

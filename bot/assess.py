@@ -27,11 +27,14 @@ BROKER_NAMES = {"rabbitmq": "RabbitMQ", "redis": "Redis"}
 
 @dataclass(frozen=True)
 class Finding:
-    """One thing that is not right, keyed by what it is about ("broker", "worker:w1@host", ...)."""
+    """One thing that is not right, keyed by what it is about ("broker", "worker:w1@host", ...), and
+    what it means for the tasks (the alert's impact line). Neither may change from poll to poll while
+    the failure stays the same, or every poll would redraw the alert."""
 
     key: str
     level: Level
     text: str
+    impact: str = ""
 
 
 def plural(count: int, word: str) -> str:
@@ -107,16 +110,25 @@ def broker_level(broker: BrokerStatus) -> Level:
     return Level.OK
 
 
+def management_text(problem: Problem) -> str:
+    return problem_text(problem, "RABBITMQ_MANAGEMENT_URL")
+
+
 def broker_text(broker: BrokerStatus) -> str:
+    """The broker's line; when it is amber, the reasons follow in the line itself."""
     if broker.problem:
         return "Not running: " + problem_text(broker.problem, "CELERY_BROKER_URL")
     if broker.alarms:
         return f"Running, but {'; '.join(broker.alarms)}: publishers are blocked"
     waiting = broker.waiting
-    if not waiting:
-        return "Running, no tasks waiting"
     where = ", ".join(f"{q.name}: {q.ready}" for q in broker.queues if q.ready)
-    return f"Running, {plural(waiting, 'task')} waiting ({where})"
+    parts = [f"Running, {plural(waiting, 'task')} waiting ({where})" if waiting else "Running, no tasks waiting"]
+    unconsumed = [q.name for q in broker.queues if queue_level(q) is Level.WARN]
+    if unconsumed:
+        parts.append(f"nothing consumes {', '.join(unconsumed)}")
+    if broker.management_problem:
+        parts.append(management_text(broker.management_problem))
+    return "; ".join(parts)
 
 
 # --- Celery -----------------------------------------------------------------------------------
@@ -125,18 +137,31 @@ def broker_text(broker: BrokerStatus) -> str:
 def celery_level(celery: CeleryStatus) -> Level:
     match celery.state:
         case CeleryState.UNKNOWN:
-            return Level.UNKNOWN
+            # Asking failed while the broker runs: opsbot is blind to the workers, which is a problem
+            # of its own. Without a problem the broker is down, and its red line says so.
+            return Level.WARN if celery.problem else Level.UNKNOWN
         case CeleryState.NOT_RUNNING:
             return Level.DOWN
     return Level.WARN if any(not w.answered for w in celery.workers) else Level.OK
 
 
+def ask_failure_text(problem: Problem) -> str:
+    """Why the workers could not be asked: the library's own words when it is nothing we know."""
+    if problem.kind is Failure.UNEXPECTED and problem.detail:
+        return problem.detail
+    return problem_text(problem, "CELERY_BROKER_URL")
+
+
 def celery_text(celery: CeleryStatus) -> str:
     match celery.state:
+        case CeleryState.UNKNOWN if celery.problem:
+            return "Status unknown: could not ask the workers: " + ask_failure_text(celery.problem)
         case CeleryState.UNKNOWN:
             return "Status unknown: the broker is not reachable, so no worker can answer"
+        case CeleryState.NOT_RUNNING if celery.heartbeats_silent:
+            return "Not running: no worker answered, and none is sending heartbeats"
         case CeleryState.NOT_RUNNING:
-            return "Not running: no worker answered. No tasks will be processed!"
+            return "Not running: no worker answered"
     answering = [w for w in celery.workers if w.answered]
     active = sum(len(w.active) for w in answering)
     reserved = sum(w.reserved for w in answering)
@@ -198,40 +223,78 @@ def flower_text(flower: FlowerStatus) -> str:
 # --- The whole stack --------------------------------------------------------------------------
 
 
-def findings(snapshot: Snapshot) -> list[Finding]:
-    """Everything that is not OK, worst first."""
-    broker, celery, flower = snapshot.broker, snapshot.celery, snapshot.flower
-    found: list[Finding] = []
+# What each failure means for the tasks: the impact line of its alert.
+IMPACT_BROKER_DOWN = "No task can be queued or processed while the broker is down."
+IMPACT_ALARM = "Publishers are blocked: no new task can be queued until the alarm clears."
+IMPACT_NO_MANAGEMENT = ("Waiting counts are still exact; consumers, unacknowledged tasks and resource alarms "
+                        "are unknown.")
+IMPACT_NO_WORKER = "No worker would process a task sent now."
+IMPACT_NO_WORKER_WAITING = "No worker would process a task sent now, nor the tasks already waiting."
+IMPACT_BLIND = ("opsbot cannot see the workers: no worker alert can fire, and running tasks cannot be listed "
+                "or terminated from here.")
+IMPACT_WORKER = "Its tasks are not being processed; the other workers carry on."
+IMPACT_FLOWER = "Monitoring only: tasks still run, but Flower's dashboards are unavailable."
+
+
+def queue_impact(name: str) -> str:
+    return f"Tasks waiting in {name} are not being processed."
+
+
+def broker_findings(broker: BrokerStatus) -> list[Finding]:
     name = broker_name(broker)
+    found = []
     if broker.problem or broker.alarms:
-        found.append(Finding("broker", Level.DOWN, f"{name}: {broker_text(broker)}"))
+        found.append(Finding("broker", Level.DOWN, f"{name}: {broker_text(broker)}",
+                             IMPACT_BROKER_DOWN if broker.problem else IMPACT_ALARM))
     if broker.management_problem:
-        found.append(Finding("broker.management", Level.WARN,
-                             f"{name}: " + problem_text(broker.management_problem, "RABBITMQ_MANAGEMENT_URL")))
+        found.append(Finding("broker.management", Level.WARN, f"{name}: {management_text(broker.management_problem)}",
+                             IMPACT_NO_MANAGEMENT))
     for queue in broker.queues:
         if queue_level(queue) is not Level.OK:
             found.append(Finding(f"queue:{queue.name}", queue_level(queue),
-                                 f"Queue {queue.name}: {queue_text(queue)}"))
+                                 f"Queue {queue.name}: {queue_text(queue)}", queue_impact(queue.name)))
+    return found
+
+
+def celery_findings(celery: CeleryStatus, waiting: int) -> list[Finding]:
+    found = []
     if celery.state is CeleryState.NOT_RUNNING:
-        found.append(Finding("celery", Level.DOWN, f"Celery: {celery_text(celery)}"))
+        found.append(Finding("celery", Level.DOWN, f"Celery: {celery_text(celery)}",
+                             IMPACT_NO_WORKER_WAITING if waiting else IMPACT_NO_WORKER))
+    elif celery.state is CeleryState.UNKNOWN and celery.problem:
+        found.append(Finding("celery", celery_level(celery), f"Celery: {celery_text(celery)}", IMPACT_BLIND))
     for worker in celery.workers:
         if worker_level(worker) is not Level.OK:
             found.append(Finding(f"worker:{worker.name}", worker_level(worker),
-                                 f"Worker {worker.name}: {worker_text(worker)}"))
-    if flower_level(flower) is not Level.OK:
-        found.append(Finding("flower", flower_level(flower), f"Flower: {flower_text(flower)}"))
+                                 f"Worker {worker.name}: {worker_text(worker)}", IMPACT_WORKER))
+    return found
+
+
+def findings(snapshot: Snapshot) -> list[Finding]:
+    """Everything that is not OK, worst first."""
+    found = broker_findings(snapshot.broker) + celery_findings(snapshot.celery, snapshot.broker.waiting)
+    if flower_level(snapshot.flower) is not Level.OK:
+        found.append(Finding("flower", flower_level(snapshot.flower), f"Flower: {flower_text(snapshot.flower)}",
+                             IMPACT_FLOWER))
     return sorted(found, key=lambda f: -f.level)
 
 
+def service_levels(snapshot: Snapshot) -> list[tuple[str, Level]]:
+    return [(broker_name(snapshot.broker), broker_level(snapshot.broker)),
+            ("Celery", celery_level(snapshot.celery)), ("Flower", flower_level(snapshot.flower))]
+
+
 def overall_level(snapshot: Snapshot) -> Level:
-    return max((broker_level(snapshot.broker), celery_level(snapshot.celery), flower_level(snapshot.flower)))
+    return max(level for _, level in service_levels(snapshot))
 
 
 def summary(snapshot: Snapshot) -> str:
-    """The one line that comes first: 'All systems go' or what is wrong."""
+    """The one line that comes first: 'All systems go' or what is wrong (or cannot be told)."""
     found = findings(snapshot)
     if not found:
-        return "All systems go"
+        # A service that cannot be judged is not a green one.
+        unknown = [name for name, level in service_levels(snapshot) if level is not Level.OK]
+        return f"Status unknown: {', '.join(unknown)}" if unknown else "All systems go"
     first = found[0].text
     return first if len(found) == 1 else f"{first} (and {plural(len(found) - 1, 'more problem')})"
 

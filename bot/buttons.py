@@ -124,9 +124,9 @@ def targeted(action: str, section: str, target: str, label: str, confirm: Confir
     return Action(action, label, value, style="danger", confirm=confirm)
 
 
-def runbook(check: str) -> Action:
+def runbook(incident_id: str, check: str) -> Action:
     """A link button to the team's runbook for this check (OPSBOT_RUNBOOK_URL); Slack opens it, we only ack."""
-    return Action(RUNBOOK, "Runbook", check, slack_only=True, ref=("runbook", check))
+    return Action(RUNBOOK, "Runbook", ref(incident_id, MAX_VALUE), slack_only=True, ref=("runbook", check))
 
 
 def incident(incident_id: str) -> tuple[Action, ...]:

@@ -99,6 +99,16 @@ class HeartbeatMonitor:
             except Exception:
                 log.exception("task event handler failed")
 
+    def quiet_seconds(self) -> float | None:
+        """How long no worker has sent a heartbeat (counted from when we began to listen, if none ever
+        did); None while we are not listening."""
+        connected_at = self._connected_at
+        if connected_at is None:
+            return None
+        listening = time.monotonic() - connected_at
+        beats = [worker.heartbeats[-1] for worker in list(self.state.workers.values()) if worker.heartbeats]
+        return min(listening, time.time() - max(beats)) if beats else listening
+
     def worker_details(self) -> dict[str, dict]:
         """What the heartbeats tell about each worker: age of the last one, alive or not, load average."""
         now = time.time()

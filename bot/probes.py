@@ -9,12 +9,14 @@ hanging once the deadline has passed.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -48,6 +50,10 @@ REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 REDIS_PRIORITY_STEPS = (0, 3, 6, 9)
 # With no idea how many workers to expect, wait at most this long for their replies.
 DISCOVERY_TIMEOUT = 1.0
+# Workers send a heartbeat every 2 s. When none has for longer than that, nobody is expected to reply:
+# ask briefly all the same, for a worker started with --without-heartbeat.
+HEARTBEAT_INTERVAL = 2.0
+QUIET_DISCOVERY_TIMEOUT = 0.25
 LOST_MEMORY = 3600.0  # a worker whose heartbeats stopped is listed as lost for an hour
 
 
@@ -96,11 +102,48 @@ def classify(exc: BaseException) -> Failure:
     return Failure.UNEXPECTED
 
 
+# Object addresses ("<... object at 0x7f3a...>") differ on every attempt; the cause does not.
+_ADDRESS = re.compile(r"\b0x[0-9a-fA-F]+\b")
+
+
+def describe(exc: BaseException) -> str:
+    """The exception's class and redacted message, the same text every time the same thing fails.
+
+    Libraries wrap the real cause (requests: ConnectionError < MaxRetryError < NewConnectionError <
+    ConnectionRefusedError); the innermost exception says it best, the outermost says who raised it.
+    """
+    root = _chain(exc)[-1]
+    text = f"{type(root).__name__}: {root}"
+    if root is not exc:
+        text += f" (raised as {type(exc).__name__})"
+    return redact(_ADDRESS.sub("0x…", text))[:300]
+
+
 def problem_from(exc: BaseException, target: str) -> Problem:
     kind = classify(exc)
+    cause = describe(exc)
     # The kind says it all for the usual failures; for the rest, a short redacted reason helps.
-    detail = "" if kind is not Failure.UNEXPECTED else redact(f"{type(exc).__name__}: {exc}")[:160]
-    return Problem(kind=kind, target=target, detail=detail)
+    detail = "" if kind is not Failure.UNEXPECTED else cause[:160]
+    return Problem(kind=kind, target=target, detail=detail, cause=cause)
+
+
+class FailureLog:
+    """Logs why a probe fails, once per change of cause: a refused port polled every 10 s is one line."""
+
+    def __init__(self) -> None:
+        self._causes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def note(self, probe: str, problem: Problem | None) -> None:
+        cause = f"at {problem.target}: {problem.cause or problem.kind}" if problem else None
+        with self._lock:
+            before = self._causes.pop(probe, None)
+            if cause is not None:
+                self._causes[probe] = cause
+        if cause is not None and cause != before:
+            log.warning("%s probe failed %s", probe, cause)
+        elif cause is None and before is not None:
+            log.info("%s probe works again", probe)
 
 
 # --- Broker -----------------------------------------------------------------------------------
@@ -185,7 +228,7 @@ def probe_rabbitmq(settings: Settings, session: requests.Session, timeout: float
         problem = problem_from(exc, redact_url(api.base))
         if problem.kind is Failure.REFUSED:
             # AMQP answers but HTTP does not: almost always the plugin is simply not enabled.
-            problem = Problem(Failure.NO_MANAGEMENT, problem.target, problem.detail)
+            problem = replace(problem, kind=Failure.NO_MANAGEMENT)
         return BrokerStatus(kind="rabbitmq", target=target, queues=tuple(queues),
                             management_problem=problem)
     return BrokerStatus(kind="rabbitmq", target=target, queues=tuple(queues), alarms=alarms)
@@ -252,16 +295,17 @@ def task_from(raw: dict[str, Any], worker: str) -> TaskInfo:
     )
 
 
-def ask_active(app: Celery, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, Any]:
+def ask_active(app: Celery, conn: kombu.Connection, expected: set[str], deadline: float,
+               discovery: float = DISCOVERY_TIMEOUT) -> dict[str, Any]:
     """Every worker's `active` tasks, waiting only for the workers we expect.
 
     `limit` counts replies, not names: a worker we did not expect may take the place of one we did.
     If the limit was reached without them, the missing ones are asked again by name. With nobody to
-    expect, wait at most DISCOVERY_TIMEOUT.
+    expect, wait at most `discovery` seconds.
     """
     limit = len(expected) or None
     remaining = max(0.05, deadline - time.monotonic())
-    timeout = min(remaining, DISCOVERY_TIMEOUT) if limit is None else remaining
+    timeout = min(remaining, discovery) if limit is None else remaining
     # safe=True: the reprs Celery cut at send time, not full reprs of arguments of any size.
     answers = app.control.inspect(timeout=timeout, limit=limit, connection=conn).active(safe=True) or {}
     missing = sorted(expected - set(answers))
@@ -282,13 +326,16 @@ class CeleryProbe:
 
     def __init__(self, settings: Settings,
                  alive_workers: Callable[[], set[str] | None] | None = None,
-                 heartbeat_details: Callable[[], dict[str, dict]] | None = None) -> None:
+                 heartbeat_details: Callable[[], dict[str, dict]] | None = None,
+                 heartbeat_quiet: Callable[[], float | None] | None = None) -> None:
         self.settings = settings
         self.app = make_control_app(settings.broker_url, settings.probe_timeout)
         # Heartbeats are fresher than our last answer (a dead worker drops out after ~4 s).
         self.alive_workers = alive_workers or (lambda: None)
         # What heartbeats say of each worker (age, load average); empty without a monitor.
         self.heartbeat_details = heartbeat_details or (lambda: {})
+        # Seconds since any worker sent a heartbeat; None while heartbeats cannot be followed.
+        self.heartbeat_quiet = heartbeat_quiet or (lambda: None)
         self._last_answered: set[str] = set()
         self._lock = threading.Lock()
 
@@ -301,10 +348,13 @@ class CeleryProbe:
 
     def probe(self, deadline: float) -> CeleryStatus:
         expected = self.expected()
+        quiet = self.heartbeat_quiet()
+        silent = quiet is not None and quiet > HEARTBEAT_INTERVAL
+        discovery = QUIET_DISCOVERY_TIMEOUT if silent else DISCOVERY_TIMEOUT
         try:
             with self.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=0)
-                replies = self._ask_all(conn, expected, deadline)
+                replies = self._ask_all(conn, expected, deadline, discovery)
         except Exception as exc:
             return CeleryStatus(state=CeleryState.UNKNOWN,
                                 problem=problem_from(exc, target_of(self.settings.broker_url)))
@@ -317,15 +367,18 @@ class CeleryProbe:
                      for name, d in sorted(details.items())
                      if not d["alive"] and name not in answered and d["heartbeat_age"] < LOST_MEMORY)
         if not answered:
-            return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost)
+            return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost, heartbeats_silent=silent)
         workers = [self._worker(name, replies, details.get(name) or {}) for name in sorted(answered)]
         heartbeating = self.alive_workers() or set()
-        silent = [WorkerInfo(name=name, answered=False) for name in sorted((expected & heartbeating) - answered)]
-        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent), lost=lost)
+        not_answering = [WorkerInfo(name=name, answered=False)
+                         for name in sorted((expected & heartbeating) - answered)]
+        return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + not_answering), lost=lost,
+                            heartbeats_silent=silent)
 
-    def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
+    def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
+                 discovery: float) -> dict[str, dict]:
         """`active` from everyone, then `reserved` and `stats` from exactly the workers that answered."""
-        replies = {"active": ask_active(self.app, conn, expected, deadline)}
+        replies = {"active": ask_active(self.app, conn, expected, deadline, discovery)}
         # Addressed by name, the others answer as soon as these have: no one else can crowd in.
         destination = sorted(replies["active"])
         for command in ("reserved", "stats", "active_queues"):
@@ -397,6 +450,7 @@ class Prober:
         self.clock = clock
         self.session = requests.Session()
         self.executor = ThreadPoolExecutor(max_workers=12, thread_name_prefix="probe")
+        self.failures = FailureLog()
 
     def snapshot(self) -> Snapshot:
         started = time.monotonic()
@@ -419,13 +473,23 @@ class Prober:
         flower_target = redact_url(strip_credentials(self.settings.flower_url))
         flower = self._result(flower_f, lambda p: FlowerStatus(flower_target, p), flower_target)
         if not broker.up:
-            # With the broker down no worker can answer; that says nothing about the workers.
-            celery = CeleryStatus(state=CeleryState.UNKNOWN, problem=celery.problem)
+            # With the broker down no worker can answer; that says nothing about the workers, and the
+            # cause is the broker's (a Celery status without a problem: see CeleryStatus).
+            celery = CeleryStatus(state=CeleryState.UNKNOWN)
+        self._log_failures(broker, celery, flower)
         elapsed = time.monotonic() - started
         if elapsed > deadline - started + 0.1:
             log.warning("snapshot took %.2fs, past its %.2fs deadline", elapsed, budget)
         return Snapshot(taken_at=self.clock(), broker=broker, celery=celery, flower=flower, elapsed=elapsed,
                         durations=durations)
+
+    def _log_failures(self, broker: BrokerStatus, celery: CeleryStatus, flower: FlowerStatus) -> None:
+        name = "Redis" if broker.kind == "redis" else "RabbitMQ"
+        self.failures.note(name, broker.problem)
+        if broker.kind == "rabbitmq":
+            self.failures.note("RabbitMQ management API", broker.management_problem)
+        self.failures.note("Celery", celery.problem)
+        self.failures.note("Flower", flower.problem)
 
     def _probe_broker(self, timeout: float) -> BrokerStatus:
         if self.settings.broker_kind == "redis":
@@ -436,7 +500,8 @@ class Prober:
     def _result(future: Future, on_timeout: Callable[[Problem], Any], target: str) -> Any:
         if future.done():
             return future.result()
-        return on_timeout(Problem(Failure.TIMEOUT, target, "no answer within the probe deadline"))
+        return on_timeout(Problem(Failure.TIMEOUT, target, "no answer within the probe deadline",
+                                  cause="no answer within the probe deadline"))
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -164,6 +164,7 @@ def install_log_redaction(secrets: Iterable[str], level: str = "INFO") -> None:
     root.setLevel(level)
     install_exception_hooks()
     if level != "DEBUG":
-        # The scheduler logs every run of every job, kombu every (re)connection: noise at INFO.
-        for chatty in ("apscheduler", "kombu", "celery", "slack_bolt.App", "slack_sdk.socket_mode", "alembic"):
+        # The scheduler logs every run of every job, kombu every (re)connection, alembic its plugins and
+        # migration context at every start: noise at INFO.
+        for chatty in ("apscheduler", "kombu", "celery", "alembic", "slack_bolt.App", "slack_sdk.socket_mode"):
             logging.getLogger(chatty).setLevel(logging.WARNING)

@@ -43,7 +43,8 @@ class Runtime:
         self.settings = settings
         self.heartbeats: HeartbeatMonitor | None = None
         self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers,
-                                        heartbeat_details=self._heartbeat_details)
+                                        heartbeat_details=self._heartbeat_details,
+                                        heartbeat_quiet=self._heartbeat_quiet)
         self.prober = Prober(settings, self.celery_probe)
         self.store: Store | None = None
         self.alerts: AlertService | None = None
@@ -99,6 +100,9 @@ class Runtime:
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
+
+    def _heartbeat_quiet(self) -> float | None:
+        return self.heartbeats.quiet_seconds() if self.heartbeats else None
 
     def _alive_workers(self) -> set[str] | None:
         return self.heartbeats.alive_workers() if self.heartbeats else None

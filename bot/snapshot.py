@@ -34,6 +34,7 @@ class Problem:
     kind: Failure
     target: str  # where we looked, credentials removed: "127.0.0.1:5672", "http://host:5555"
     detail: str = ""  # a short, redacted reason from the library, for the curious
+    cause: str = ""  # the exception's class and redacted message, for the log
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,10 @@ class CeleryState(StrEnum):
 class CeleryStatus:
     state: CeleryState
     workers: tuple[WorkerInfo, ...] = ()
+    # UNKNOWN with a problem: asking the workers failed while the broker runs; without: the broker is down.
     problem: Problem | None = None
     lost: tuple[WorkerInfo, ...] = ()  # heartbeats stopped recently: shown, not judged
+    heartbeats_silent: bool = False  # no worker has sent a heartbeat for longer than the interval
 
     @property
     def active_tasks(self) -> tuple[TaskInfo, ...]:

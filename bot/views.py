@@ -259,7 +259,7 @@ def incident_view(incident: Incident, now: float) -> View:
                                                   stored_mention(incident.snoozed_by or ""))))
     if incident.open:
         title = "Alert"
-        actions = (*buttons.incident(incident.id), buttons.runbook(check_name(incident.key)))
+        actions = (*buttons.incident(incident.id), buttons.runbook(incident.id, check_name(incident.key)))
     else:
         resolved_at = incident.resolved_at or now
         title = "Resolved"

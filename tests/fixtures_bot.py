@@ -46,11 +46,11 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
 class BotProcess:
     """`opsbot <mode>` in its own process group, output captured to a file for secret checks."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, program: str = OPSBOT) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [OPSBOT, *args], env=clean_env(env), cwd=log_path.parent,
+            [program, *args], env=clean_env(env), cwd=log_path.parent,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
@@ -77,11 +77,12 @@ def slack() -> Iterator[SlackStandIn]:
 
 @pytest.fixture
 def run_bot(tmp_path: Path) -> Iterator[Callable[..., BotProcess]]:
-    """Start `opsbot` with the given arguments and environment; stopped after the test."""
+    """Start `opsbot` (or `program`, another install of it) with the given arguments and environment;
+    stopped after the test."""
     started: list[BotProcess] = []
 
-    def start(args: list[str], env: dict[str, str]) -> BotProcess:
-        bot = BotProcess(args, env, tmp_path / f"bot-{len(started)}.log")
+    def start(args: list[str], env: dict[str, str], program: str = OPSBOT) -> BotProcess:
+        bot = BotProcess(args, env, tmp_path / f"bot-{len(started)}.log", program)
         started.append(bot)
         return bot
 
@@ -96,19 +97,23 @@ def socket_bot(slack: SlackStandIn, rabbit: RabbitNode, flower: FlowerProcess, w
     """A factory: `opsbot run` in Socket Mode against the session stack, connected before it returns."""
 
     def start(**overrides: str) -> BotProcess:
-        env = stack_env(rabbit, flower, tmp_path)
-        env.update(SLACK_BOT_TOKEN=slack.bot_token, SLACK_APP_TOKEN=slack.app_token,
-                   SLACK_API_URL=slack.base_url)
-        env.update(overrides)
-        before = slack.total_connections
-        bot = run_bot(["run"], env)
-        if not wait_until(lambda: slack.total_connections > before or bot.process.poll() is not None, 30):
-            raise AssertionError(f"the bot never connected over Socket Mode:\n{bot.output()[-3000:]}")
-        if bot.process.poll() is not None:
-            raise AssertionError(f"the bot exited with {bot.process.returncode}:\n{bot.output()[-3000:]}")
-        return bot
+        return start_socket_mode(slack, run_bot, stack_env(rabbit, flower, tmp_path) | overrides)
 
     return start
+
+
+def start_socket_mode(slack: SlackStandIn, run_bot: Callable[..., BotProcess], env: dict[str, str],
+                      program: str = OPSBOT) -> BotProcess:
+    """`opsbot run` in Socket Mode with the stand-in's tokens added to `env`; connected before it returns."""
+    env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token,
+           "SLACK_API_URL": slack.base_url} | env
+    before = slack.total_connections
+    bot = run_bot(["run"], env, program)
+    if not wait_until(lambda: slack.total_connections > before or bot.process.poll() is not None, 30):
+        raise AssertionError(f"the bot never connected over Socket Mode:\n{bot.output()[-3000:]}")
+    if bot.process.poll() is not None:
+        raise AssertionError(f"the bot exited with {bot.process.returncode}:\n{bot.output()[-3000:]}")
+    return bot
 
 
 @pytest.fixture

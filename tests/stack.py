@@ -284,12 +284,14 @@ def _quietly(check: Callable[[], bool]) -> bool:
 
 
 class RabbitNode(ManagedProcess):
-    """A private RabbitMQ node with the management plugin, on its own ports and data dir."""
+    """A private RabbitMQ node with the management plugin (unless `management=False`, as on a fresh
+    Debian install), on its own ports and data dir."""
 
     label = "rabbit"
 
-    def __init__(self, name_prefix: str = "opsbot-test") -> None:
+    def __init__(self, name_prefix: str = "opsbot-test", management: bool = True) -> None:
         super().__init__()
+        self.management = management
         self.port = _stable_port(extra=lambda p: _port_is_free(p + DIST_PORT_OFFSET))
         self.management_port = _stable_port(13000, 15000, extra=lambda p: p != self.port)
         self.node_name = f"{name_prefix}-{self.port}@localhost"
@@ -308,7 +310,7 @@ class RabbitNode(ManagedProcess):
         return self.port + DIST_PORT_OFFSET
 
     def _write_config(self) -> None:
-        (self.workdir / "enabled_plugins").write_text("[rabbitmq_management].\n")
+        (self.workdir / "enabled_plugins").write_text("[rabbitmq_management].\n" if self.management else "[].\n")
         (self.workdir / "rabbitmq.conf").write_text(
             f"listeners.tcp.default = {LOOPBACK}:{self.port}\n"
             f"management.tcp.port = {self.management_port}\n"
@@ -370,7 +372,8 @@ class RabbitNode(ManagedProcess):
         self._spawn()
         # The TCP probe is cheap; only try a full AMQP login once the listener is up.
         self._wait_ready(lambda: port_accepts(self.port) and self._amqp_ready(), timeout, "accepting AMQP")
-        self._wait_ready(self._management_ready, timeout, "answering /api/overview")
+        if self.management:
+            self._wait_ready(self._management_ready, timeout, "answering /api/overview")
         return self
 
     def kill(self) -> None:
@@ -416,17 +419,27 @@ class RabbitNode(ManagedProcess):
 
 
 class RedisServer(ManagedProcess):
-    """A private redis-server on its own port, without persistence."""
+    """A private redis-server on its own port, without persistence.
+
+    `requirepass` sets the default user's password (`redis://:secret@host`); `users` adds ACL users
+    with every right (`redis://user:password@host`).
+    """
 
     label = "redis"
 
-    def __init__(self) -> None:
+    def __init__(self, requirepass: str | None = None, users: dict[str, str] | None = None) -> None:
         super().__init__()
         self.port = _stable_port(15000, 17000)
+        self.requirepass = requirepass
+        self.users = dict(users or {})
 
     @property
     def url(self) -> str:
-        return f"redis://{LOOPBACK}:{self.port}/0"
+        auth = f":{self.requirepass}@" if self.requirepass else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+
+    def user_url(self, user: str) -> str:
+        return f"redis://{user}:{self.users[user]}@{LOOPBACK}:{self.port}/0"
 
     def _command(self) -> list[str]:
         return [
@@ -438,10 +451,17 @@ class RedisServer(ManagedProcess):
             "--daemonize", "no",
             "--dir", str(self.workdir),
             "--logfile", "",
+            *(["--requirepass", self.requirepass] if self.requirepass else []),
+            *[arg for user, password in self.users.items()
+              for arg in ("--user", user, "on", f">{password}", "~*", "&*", "+@all")],
         ]  # fmt: skip
 
     def _ping(self) -> bool:
         with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
+            if self.requirepass:
+                sock.sendall(f"AUTH {self.requirepass}\r\n".encode())
+                if not sock.recv(16).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
 

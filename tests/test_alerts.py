@@ -287,7 +287,8 @@ def test_all_workers_gone_is_one_celery_incident_not_one_per_worker() -> None:
     effects = engine.poll(*[celery_stopped()] * 10)
     assert keys(posts(effects)) == ["celery"]
     assert len(effects) == 1
-    assert "No tasks will be processed!" in posts(effects)[0].text
+    assert posts(effects)[0].text == "Celery: Not running: no worker answered"
+    assert posts(effects)[0].impact == "No worker would process a task sent now."
     assert list(engine.state.incidents) == ["celery"]
 
 

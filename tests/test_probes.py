@@ -114,7 +114,7 @@ def test_each_real_fault_shows_red(make_rabbit: Callable[..., RabbitNode],
     worker.kill()
     snap = probe(settings)
     assert snap.celery.state is CeleryState.NOT_RUNNING
-    assert "No tasks will be processed!" in assess.summary(snap)
+    assert assess.summary(snap) == "Celery: Not running: no worker answered"
 
     flower.kill()
     snap = probe(settings)
@@ -217,3 +217,48 @@ def test_probe_learns_how_many_workers_to_expect(rabbit: RabbitNode, worker: Cel
     celery_probe.alive_workers = lambda: alive  # what the heartbeat monitor would report
     second = celery_probe.probe(time.monotonic() + DEADLINE)
     assert {w.name for w in second.workers} == alive
+
+
+def test_a_failing_probe_logs_why_once_per_change_of_cause(rabbit: RabbitNode, hung_server: HungServer,
+                                                           flower: FlowerProcess,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """Real faults: a Flower port nobody listens on (three polls), then one that never answers, then a
+    running Flower; the management API behind wrong credentials. One line per cause, no secret."""
+    closed = free_port()
+    settings = settings_for(rabbit.amqp_url, rabbit.management_url.replace("//", "//guest:wrong-secret@"),
+                            f"http://opsbot:flower-pass@127.0.0.1:{closed}")
+    prober = Prober(settings)
+    try:
+        with caplog.at_level("INFO", logger="bot.probes"):
+            for _ in range(3):
+                prober.snapshot()
+            prober.settings = settings.model_copy(update={"flower_url": f"http://127.0.0.1:{hung_server.port}"})
+            prober.snapshot()
+            prober.settings = settings.model_copy(update={"flower_url": flower.url})
+            prober.snapshot()
+    finally:
+        prober.close()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bot.probes"]
+    unauthorized = f"401 Client Error: Unauthorized for url: {rabbit.management_url}/api/"
+    assert lines[0][1].startswith(f"RabbitMQ management API probe failed at {rabbit.management_url}: HTTPError: "
+                                  f"{unauthorized}"), lines  # /api/queues/... or, with no queue yet, /api/nodes
+    assert lines[1:] == [
+        ("WARNING", f"Flower probe failed at http://127.0.0.1:{closed}: ConnectionRefusedError: "
+                    "[Errno 111] Connection refused (raised as ConnectionError)"),
+        ("WARNING", f"Flower probe failed at http://127.0.0.1:{hung_server.port}: TimeoutError: timed out "
+                    "(raised as ReadTimeout)"),
+        ("INFO", "Flower probe works again"),
+    ], lines
+    assert "wrong-secret" not in caplog.text and "flower-pass" not in caplog.text
+
+
+def test_quiet_heartbeats_answer_at_once_and_still_find_a_worker_without_them(
+        rabbit: RabbitNode, make_worker: Callable[..., CeleryWorker]) -> None:
+    """With no heartbeat for longer than the interval the probe does not wait the whole discovery
+    timeout, yet a worker started with --without-heartbeat still answers the short broadcast."""
+    settings = settings_for(rabbit.amqp_url, rabbit.management_url)
+    quiet = make_worker(extra_args=["--without-heartbeat"])
+    celery_probe = CeleryProbe(settings, alive_workers=set, heartbeat_quiet=lambda: 30.0)
+    status = celery_probe.probe(time.monotonic() + DEADLINE)
+    assert quiet.name in {w.name for w in status.workers}
+    assert status.heartbeats_silent

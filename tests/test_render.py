@@ -87,7 +87,8 @@ def test_broker_failed_is_red_and_celery_unknown(kind: Failure, words: str) -> N
 def test_waiting_tasks_counted_per_queue_and_amber_without_consumer() -> None:
     broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", 7, 0, 0), QueueInfo("other", 2, 1, 0)))
     snap = snapshot(broker=broker)
-    assert assess.broker_text(broker) == "Running, 9 tasks waiting (celery: 7, other: 2)"
+    # Amber, and the reason is in the line itself, not only behind "(and N more problems)".
+    assert assess.broker_text(broker) == "Running, 9 tasks waiting (celery: 7, other: 2); nothing consumes celery"
     assert assess.overall_level(snap) is Level.WARN
     assert "nothing consumes this queue" in assess.summary(snap)
 
@@ -95,8 +96,56 @@ def test_waiting_tasks_counted_per_queue_and_amber_without_consumer() -> None:
 def test_management_plugin_missing_is_its_own_state() -> None:
     broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", 0, 1),),
                           management_problem=Problem(Failure.NO_MANAGEMENT, "http://h:15672"))
-    text = assess.summary(snapshot(broker=broker))
-    assert "is the rabbitmq_management plugin enabled?" in text
+    snap = snapshot(broker=broker)
+    assert assess.summary(snap) == ("RabbitMQ: management API not reachable at http://h:15672: "
+                                    "is the rabbitmq_management plugin enabled?")
+    assert assess.broker_text(broker) == ("Running, no tasks waiting; management API not reachable at "
+                                          "http://h:15672: is the rabbitmq_management plugin enabled?")
+    (finding,) = assess.findings(snap)
+    # The broker runs: the impact is what the API alone would tell, not "nothing moves".
+    assert finding.impact == ("Waiting counts are still exact; consumers, unacknowledged tasks and resource "
+                              "alarms are unknown.")
+
+
+def test_broker_down_impact_is_that_nothing_moves() -> None:
+    broker = BrokerStatus("rabbitmq", "h:5672", problem=Problem(Failure.REFUSED, "h:5672"))
+    (finding,) = assess.findings(snapshot(broker=broker, celery=CeleryStatus(CeleryState.UNKNOWN)))
+    assert finding.impact == "No task can be queued or processed while the broker is down."
+
+
+@pytest.mark.parametrize("silent, waiting, text, impact", [
+    (True, 0, "Celery: Not running: no worker answered, and none is sending heartbeats",
+     "No worker would process a task sent now."),
+    (False, 3, "Celery: Not running: no worker answered",
+     "No worker would process a task sent now, nor the tasks already waiting."),
+])
+def test_no_worker_says_a_task_sent_now_would_not_run(silent: bool, waiting: int, text: str, impact: str) -> None:
+    broker = BrokerStatus("rabbitmq", "h:5672", queues=(QueueInfo("celery", waiting, 0, 0),))
+    snap = snapshot(broker=broker, celery=CeleryStatus(CeleryState.NOT_RUNNING, heartbeats_silent=silent))
+    celery = next(f for f in assess.findings(snap) if f.key == "celery")
+    assert (celery.level, celery.text, celery.impact) == (Level.DOWN, text, impact)
+    assert assess.summary(snap).startswith(text)
+
+
+def test_workers_that_could_not_be_asked_are_amber_with_the_cause_never_all_go() -> None:
+    """The broker runs but asking the workers failed (issue 21: a transport that cannot be imported)."""
+    problem = Problem(Failure.UNEXPECTED, "h:6379", "ModuleNotFoundError: No module named 'packaging'")
+    snap = snapshot(broker=BrokerStatus("redis", "h:6379", queues=(QueueInfo("celery", 3),)),
+                    celery=CeleryStatus(CeleryState.UNKNOWN, problem=problem))
+    expected = "Status unknown: could not ask the workers: ModuleNotFoundError: No module named 'packaging'"
+    assert assess.celery_text(snap.celery) == expected
+    assert assess.summary(snap) == f"Celery: {expected}"
+    assert assess.overall_level(snap) is Level.WARN
+    assert "broker is not reachable" not in console_text(status_view(snap))
+    refused = CeleryStatus(CeleryState.UNKNOWN, problem=Problem(Failure.REFUSED, "h:6379"))
+    assert assess.celery_text(refused) == ("Status unknown: could not ask the workers: "
+                                           "not reachable at h:6379 (connection refused)")
+
+
+def test_a_service_that_cannot_be_judged_is_never_all_systems_go() -> None:
+    snap = snapshot(celery=CeleryStatus(CeleryState.UNKNOWN))
+    assert assess.summary(snap) == "Status unknown: Celery"
+    assert assess.exit_code(assess.overall_level(snap)) == 1
 
 
 def test_alarm_is_red() -> None:
@@ -109,7 +158,7 @@ def test_celery_not_running_and_flower_states() -> None:
     snap = snapshot(celery=CeleryStatus(CeleryState.NOT_RUNNING),
                     flower=FlowerStatus("http://h:5555", Problem(Failure.REFUSED, "http://h:5555")))
     text = console_text(status_view(snap))
-    assert "No tasks will be processed!" in text
+    assert "✖  Celery    Not running: no worker answered " in text
     assert "Has it been started?" in text
     unauthorized = FlowerStatus("http://h:5555", Problem(Failure.UNAUTHORIZED, "http://h:5555"))
     assert assess.flower_level(unauthorized) is Level.WARN
