@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bot.access import Access, Actor
-from bot.alerting import AlertService, ConsoleSink, Sink
+from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -17,9 +19,12 @@ from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
-from bot.store import Store
+from bot.store import BoundedRead, Store
 
 log = logging.getLogger(__name__)
+
+STORE_READ_SECONDS = 1.0  # the status waits this long for the store's lines, well inside Slack's 3-s ack
+STORE_UNAVAILABLE = "Store unavailable: mutes, incidents and history cannot be read right now"
 
 
 def open_store(settings: Settings) -> Store:
@@ -46,6 +51,8 @@ class Runtime:
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
+        self.socket_mode: Any = None  # the Socket Mode handler, closed first on the way out
+        self._store_reads = BoundedRead(STORE_READ_SECONDS)
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
@@ -65,6 +72,14 @@ class Runtime:
         return self.leadership is not None and self.leadership.is_leader()
 
     def _notes(self) -> list[str]:
+        """The status footer's lines from the store, if it answers in time: the status itself comes
+        from the probes and must not wait for (or fail with) the database."""
+        notes = self._store_reads(self._store_notes)
+        if notes is None:
+            notes = [STORE_UNAVAILABLE]
+        return [*notes, *self._slack_problems()]
+
+    def _store_notes(self) -> list[str]:
         notes = [self.alerts.muted_note()] if self.alerts else []
         store = self._store()
         if store.shared:
@@ -72,11 +87,18 @@ class Runtime:
             notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
         return notes
 
-    def start_background(self) -> None:
-        """Long-running modes follow worker heartbeats and record task history; a one-shot status does not."""
-        self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        should_record=self._is_leader).start()
+    def _slack_problems(self) -> list[str]:
+        sink = self.alerts.sink if self.alerts is not None else None
+        return [sink.problem] if isinstance(sink, SlackSink) and sink.problem else []
+
+    def start_background(self, lead: bool = True) -> None:
+        """Long-running modes follow worker heartbeats and record task history; a one-shot status does not.
+        Every replica records (the writes are idempotent), so a failover leaves no gap; only a `lead`ing
+        mode (`opsbot run`) takes part in the election for alerting."""
+        if lead:
+            self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
+        self.recorder = HistoryRecorder(self._store(), self.settings.history_days,
+                                        self.settings.history_max_rows).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self.recorder.on_event).start()
 
@@ -91,6 +113,13 @@ class Runtime:
         self.alerts.start()
         return self.alerts
 
+    def start_console_alerts(self, sink: Sink) -> AlertService:
+        """The console watches on its own: its alert state lives in memory, never in the store, so it
+        can neither take alerting from a Slack-connected bot nor consume the transitions it posts."""
+        self.alerts = AlertService(self.settings, MemoryAlertState(), self.prober.snapshot, sink)  # type: ignore[arg-type]
+        self.alerts.start()
+        return self.alerts
+
     def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
@@ -101,7 +130,7 @@ class Runtime:
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
         operator = console_actor()
-        self.start_alerts(ConsoleSink(print_line))
+        self.start_console_alerts(ConsoleSink(print_line))
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
@@ -110,22 +139,34 @@ class Runtime:
 
         client = slack_app.make_client(self.settings)
         if self.settings.alert_channel:
-            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica))
+            sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica)
+            alerts = self.start_alerts(sink)
             if self.settings.digest_at:
-                channel = self.settings.alert_channel
-                alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
-                    channel=channel, text=digest_text(self._store(), time.time())))
+                alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
         app = slack_app.build_app(self.settings, commands, client)
         if self.settings.slack_app_token is not None:
-            slack_app.run_socket_mode(app, self.settings)
+            self.socket_mode = slack_app.socket_mode_handler(app, self.settings)
+            slack_app.run_socket_mode(self.socket_mode, self.settings)
         else:
             slack_app.run_http(app, self.settings)
 
+    def _post_digest(self, sink: SlackSink) -> None:
+        """The daily digest, once whatever the replicas: the leader queues it in the outbox."""
+        if self._is_leader():
+            now = time.time()
+            sink.enqueue(f"digest-{time.strftime('%Y-%m-%d', time.localtime(now))}", "post",
+                         {"text": digest_text(self._store(), now)})
+
     def close(self) -> None:
+        """Stop taking work (Socket Mode first), then save what is in flight: the history's queue,
+        the outbox claims (freed for the other replicas at once), the leadership."""
+        if self.socket_mode is not None:
+            with contextlib.suppress(Exception):
+                self.socket_mode.close()
         if self.alerts is not None:
             self.alerts.stop()
         if self.heartbeats is not None:

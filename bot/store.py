@@ -7,10 +7,13 @@ terminated by whom (so a second click can say "already terminated by @x at 14:02
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -31,8 +34,11 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -144,12 +150,40 @@ class Termination:
     worker_pid: int | None = None
 
 
+# Every PostgreSQL connection is bounded: a database host that dies or drops off the network costs a
+# few seconds, never a thread forever. The client side (libpq) times out connecting, probes an idle
+# socket with keepalives and gives up on unacknowledged data; the server side gets the same keepalives
+# (so it drops the session of a dead replica, and its locks) and never lets one statement, or a
+# transaction left open by a replica that vanished, hold rows for long.
+CONNECT_TIMEOUT = 5  # seconds
+STATEMENT_TIMEOUT = 10  # seconds; migrations take their own
+IDLE_IN_TRANSACTION_TIMEOUT = 15  # seconds
+TCP_USER_TIMEOUT = 15  # seconds of unacknowledged data before the socket is dropped
+KEEPALIVES = {"keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+POOL_TIMEOUT = 5  # seconds to wait for a free connection from the pool
+
+
+def postgres_connect_args() -> dict[str, Any]:
+    server = {"statement_timeout": STATEMENT_TIMEOUT * 1000,
+              "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT * 1000,
+              "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
+              "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
+              "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
+              "tcp_user_timeout": TCP_USER_TIMEOUT * 1000}
+    return {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, **KEEPALIVES,
+            "tcp_user_timeout": TCP_USER_TIMEOUT * 1000,
+            "options": " ".join(f"-c {name}={value}" for name, value in server.items())}
+
+
 def make_engine(db_url: str) -> Engine:
     url = make_url(db_url)
     if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT,
+                             connect_args=postgres_connect_args())
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -171,6 +205,7 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL statement_timeout = '120s'"))  # a migration may take a while
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
@@ -245,6 +280,11 @@ class Store:
                 conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
                                                          payload=json.dumps(payload), attempts=0, next_try_at=0.0))
 
+    def enqueue_outbox(self, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
+                                                     payload=json.dumps(payload), attempts=0, next_try_at=0.0))
+
     def pending_outbox(self, now: float) -> list[OutboxItem]:
         """Every item, due or not, in order: the sender keeps each incident's posts in sequence."""
         query = select(outbox_table).order_by(outbox_table.c.id)
@@ -281,11 +321,15 @@ class Store:
 
     # --- replicas ---
 
-    def note_leader(self, replica: str, now: float) -> None:
-        with self.engine.begin() as conn:
-            if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
-                                .values(replica=replica, seen_at=now)).rowcount:
-                conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
+    def note_leader(self, replica: str, now: float, conn: Connection | None = None) -> None:
+        """Say who leads; on the leader's own connection when given (the caller commits)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                self.note_leader(replica, now, own)
+            return
+        if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
+                            .values(replica=replica, seen_at=now)).rowcount:
+            conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
 
     def leader(self) -> tuple[str, float] | None:
         with self.engine.connect() as conn:
@@ -362,3 +406,37 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class BoundedRead:
+    """Store reads that may not hold up an answer: each waits at most `seconds`, then the caller goes
+    on without it. A read stuck on a dead database is not started again until it ends, so a store
+    that is down costs no more than one thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._stuck: tuple[threading.Thread, float] | None = None  # the oldest read still running
+
+    def __call__(self, read: Callable[[], T]) -> T | None:
+        """The read's value, or None when the store did not answer in time (or failed)."""
+        with self._lock:
+            if self._stuck and self._stuck[0].is_alive() and time.monotonic() - self._stuck[1] > self.seconds:
+                return None
+            box: dict[str, Any] = {}
+            thread = threading.Thread(target=self._run, args=(read, box), name="store-read", daemon=True)
+            if not (self._stuck and self._stuck[0].is_alive()):
+                self._stuck = (thread, time.monotonic())
+            thread.start()
+        thread.join(self.seconds)
+        if thread.is_alive():
+            log.warning("the store did not answer within %.1f s", self.seconds)
+            return None
+        return box.get("value")
+
+    @staticmethod
+    def _run(read: Callable[[], T], box: dict[str, Any]) -> None:
+        try:
+            box["value"] = read()
+        except Exception as exc:
+            log.warning("store read failed: %s", type(exc).__name__)

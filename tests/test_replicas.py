@@ -4,6 +4,8 @@ the alerting leader, clicks answered by any replica, a replica that loses the da
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 import uuid
@@ -21,6 +23,70 @@ pytestmark = pytest.mark.integration
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = "C_ALERTS"
+FAILOVER_BOUND = 30.0  # seconds, as the README promises
+
+
+class TcpProxy:
+    """A TCP relay to 127.0.0.1:<target> that can go silent: it stops forwarding in both directions
+    but keeps every socket open, as a cut-off host or a partitioned network does (no FIN, no RST)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.silent = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+
+    def start(self) -> TcpProxy:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if not self.silent.is_set():  # silent: what arrives is swallowed, nothing is closed
+                    sink.sendall(data)
+            except OSError:
+                break
+        if not self.silent.is_set():
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def black_hole(self) -> None:
+        self.silent.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TcpProxy]]:
+    proxies: list[TcpProxy] = []
+
+    def start(target: int) -> TcpProxy:
+        proxies.append(TcpProxy(target).start())
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
 
 
 @pytest.fixture
@@ -130,6 +196,32 @@ def test_a_replica_that_loses_the_database_stops_leading(slack: SlackStandIn, re
     assert wait_until(lambda: leader_of(pg_url) not in (None, leader), 15)
     flower.kill()
     assert wait_until(lambda: alerts(slack, "Flower"), 20)
+    time.sleep(5)
+    assert len(alerts(slack, "Flower")) == 1
+
+
+def test_a_leader_cut_off_from_the_database_fails_over_within_the_bound(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], make_flower: Callable[..., FlowerProcess],
+        pg_url: str, tcp_proxy: Callable[[int], TcpProxy]) -> None:
+    """The leader's host drops off the network: its packets vanish, its sockets stay open on both ends."""
+    flower = make_flower()
+    proxies = {name: tcp_proxy(5432) for name in ("r1", "r2")}
+    bots = {name: socket_bot(OPSBOT_DB_URL=pg_url.replace(":5432/", f":{proxy.port}/"), OPSBOT_REPLICA_ID=name,
+                             FLOWER_URL=flower.url, OPSBOT_ALERT_CHANNEL=CHANNEL, OPSBOT_POLL_SECONDS="2")
+            for name, proxy in proxies.items()}
+    assert wait_until(lambda: leader_of(pg_url) in bots, 15), "no replica took the lead"
+    leader = leader_of(pg_url)
+    (standby,) = set(bots) - {leader}
+
+    cut_at = time.monotonic()
+    proxies[leader].black_hole()
+    assert wait_until(lambda: leader_of(pg_url) == standby, FAILOVER_BOUND + 15), "the standby never took over"
+    took = time.monotonic() - cut_at
+    assert took <= FAILOVER_BOUND, f"failover took {took:.1f} s"
+    assert "could not confirm leadership" in bots[leader].output()  # it stood down on its own
+
+    flower.kill()  # the new leader alerts, exactly once
+    assert wait_until(lambda: alerts(slack, "Flower"), 30)
     time.sleep(5)
     assert len(alerts(slack, "Flower")) == 1
 
