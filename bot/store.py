@@ -34,6 +34,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -346,21 +348,36 @@ class Store:
 
     def record_task_events(self, events: list[dict[str, Any]],
                            fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]) -> None:
-        """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database)."""
-        ids = list({e["uuid"] for e in events})
+        """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database).
+
+        Several replicas record the same events: the rows merged into are locked, and a row another
+        replica inserted first is merged into rather than overwritten (the fold is idempotent)."""
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for event in events:
+            by_task.setdefault(event["uuid"], []).append(event)
         table = task_history_table
+
+        def folded(row: dict[str, Any] | None, task_events: list[dict[str, Any]]) -> dict[str, Any]:
+            for event in task_events:
+                row = fold(row, event)
+            return {k: v for k, v in (row or {}).items() if k in HISTORY_COLUMNS}
+
         with self.engine.begin() as conn:
-            found = conn.execute(select(table).where(table.c.task_id.in_(ids)))
+            found = conn.execute(select(table).where(table.c.task_id.in_(list(by_task))).with_for_update())
             existing = {r.task_id: dict(r._mapping) for r in found}
-            rows = dict(existing)
-            for event in events:
-                rows[event["uuid"]] = fold(rows.get(event["uuid"]), event)
-            for task_id, row in rows.items():
-                values = {k: v for k, v in row.items() if k in HISTORY_COLUMNS}
-                if task_id in existing:
-                    conn.execute(update(table).where(table.c.task_id == task_id).values(**values))
-                else:
-                    conn.execute(insert(table).values(**values))
+            for task_id, task_events in by_task.items():
+                row = existing.get(task_id)
+                if row is None:
+                    if conn.execute(self._insert_new(folded(None, task_events))).rowcount:
+                        continue
+                    row = dict(conn.execute(select(table).where(table.c.task_id == task_id)
+                                            .with_for_update()).one()._mapping)
+                conn.execute(update(table).where(table.c.task_id == task_id).values(**folded(row, task_events)))
+
+    def _insert_new(self, values: dict[str, Any]) -> Any:
+        """An insert that does nothing when the row exists already."""
+        dialect_insert = postgresql_insert if self.shared else sqlite_insert
+        return dialect_insert(task_history_table).values(**values).on_conflict_do_nothing(index_elements=["task_id"])
 
     def prune_history(self, older_than: float, max_rows: int) -> int:
         table = task_history_table

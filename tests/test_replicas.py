@@ -4,104 +4,23 @@ the alerting leader, clicks answered by any replica, a replica that loses the da
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import sqlalchemy
 
 from bot.store import Store
 from tests.fixtures_bot import BotProcess
+from tests.pgfault import PG_ADMIN, TcpProxy
 from tests.slack_standin import Message, SlackStandIn
-from tests.stack import FlowerProcess, wait_until
+from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, control_app, publish_tasks, wait_until
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = "C_ALERTS"
 FAILOVER_BOUND = 30.0  # seconds, as the README promises
-
-
-class TcpProxy:
-    """A TCP relay to 127.0.0.1:<target> that can go silent: it stops forwarding in both directions
-    but keeps every socket open, as a cut-off host or a partitioned network does (no FIN, no RST)."""
-
-    def __init__(self, target: int) -> None:
-        self.target = target
-        self.silent = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-
-    def start(self) -> TcpProxy:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            self.sockets += [client, server]
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        while True:
-            try:
-                data = source.recv(65536)
-                if not data:
-                    break
-                if not self.silent.is_set():  # silent: what arrives is swallowed, nothing is closed
-                    sink.sendall(data)
-            except OSError:
-                break
-        if not self.silent.is_set():
-            for sock in (source, sink):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def black_hole(self) -> None:
-        self.silent.set()
-
-    def close(self) -> None:
-        self.listener.close()
-        for sock in self.sockets:
-            sock.close()
-
-
-@pytest.fixture
-def tcp_proxy() -> Iterator[Callable[[int], TcpProxy]]:
-    proxies: list[TcpProxy] = []
-
-    def start(target: int) -> TcpProxy:
-        proxies.append(TcpProxy(target).start())
-        return proxies[-1]
-
-    yield start
-    for proxy in proxies:
-        proxy.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"opsbot_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
 
 
 def leader_of(pg_url: str) -> str | None:
@@ -224,6 +143,36 @@ def test_a_leader_cut_off_from_the_database_fails_over_within_the_bound(
     assert wait_until(lambda: alerts(slack, "Flower"), 30)
     time.sleep(5)
     assert len(alerts(slack, "Flower")) == 1
+
+
+def history_rows(pg_url: str, task_ids: list[str]) -> dict[str, str]:
+    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT task_id, state FROM task_history WHERE task_id = ANY(:ids)"),
+                                {"ids": task_ids}).all()
+    finally:
+        engine.dispose()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def test_history_keeps_every_task_when_the_leader_dies_mid_stream(
+        replicas: Callable, pg_url: str, rabbit: RabbitNode, worker: CeleryWorker) -> None:
+    bots, _ = replicas(2)
+    leader = leader_of(pg_url)
+    assert leader is not None
+    time.sleep(1)  # both event receivers are connected
+    task_ids: list[str] = []
+    for round_ in range(20):
+        task_ids += publish_tasks(rabbit.amqp_url, "stackapp.add", 3, args=(round_, 1))
+        if round_ == 10:
+            bots[leader].process.kill()  # mid-stream, events queued and not yet written
+        time.sleep(0.15)
+    inspect = control_app(rabbit.amqp_url).control.inspect(timeout=1)
+    assert wait_until(lambda: not any(t in str([inspect.active(), inspect.reserved()]) for t in task_ids), 30)
+    assert wait_until(lambda: len(history_rows(pg_url, task_ids)) == len(task_ids), 20), \
+        f"{len(task_ids) - len(history_rows(pg_url, task_ids))} of {len(task_ids)} tasks are missing from the history"
+    assert wait_until(lambda: set(history_rows(pg_url, task_ids).values()) == {"SUCCESS"}, 10)
 
 
 def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
