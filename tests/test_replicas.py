@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy
@@ -173,6 +174,18 @@ def test_history_keeps_every_task_when_the_leader_dies_mid_stream(
     assert wait_until(lambda: len(history_rows(pg_url, task_ids)) == len(task_ids), 20), \
         f"{len(task_ids) - len(history_rows(pg_url, task_ids))} of {len(task_ids)} tasks are missing from the history"
     assert wait_until(lambda: set(history_rows(pg_url, task_ids).values()) == {"SUCCESS"}, 10)
+
+
+def test_the_daily_digest_is_posted_once_whatever_the_replicas(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], pg_url: str) -> None:
+    now = datetime.now()
+    at = (now + timedelta(minutes=1 if now.second < 40 else 2)).replace(second=0, microsecond=0)
+    for name in ("r1", "r2"):
+        socket_bot(OPSBOT_DB_URL=pg_url, OPSBOT_REPLICA_ID=name, OPSBOT_ALERT_CHANNEL=CHANNEL,
+                   OPSBOT_DIGEST_AT=at.strftime("%H:%M"))
+    assert wait_until(lambda: alerts(slack, "Daily digest"), (at - datetime.now()).total_seconds() + 20)
+    time.sleep(5)
+    assert len(alerts(slack, "Daily digest")) == 1
 
 
 def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
