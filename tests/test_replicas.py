@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy
 
-from bot.store import Store
+from bot.leader import Leadership
+from bot.store import Store, leader_table
 from tests.fixtures_bot import BotProcess
 from tests.pgfault import PG_ADMIN, TcpProxy
 from tests.slack_standin import Message, SlackStandIn
@@ -186,6 +187,23 @@ def test_the_daily_digest_is_posted_once_whatever_the_replicas(
     assert wait_until(lambda: alerts(slack, "Daily digest"), (at - datetime.now()).total_seconds() + 20)
     time.sleep(5)
     assert len(alerts(slack, "Daily digest")) == 1
+
+
+def test_the_leadership_thread_survives_a_failed_step(pg_url: str) -> None:
+    """Taking the lock works but saying so fails (the leader table is gone): the thread must live on."""
+    store = Store(pg_url)
+    with store.engine.begin() as conn:
+        leader_table.drop(conn)
+    leadership = Leadership(store, "r1").start()
+    try:
+        time.sleep(3)  # several failed steps
+        with store.engine.begin() as conn:
+            leader_table.create(conn)
+        assert wait_until(lambda: leader_of(pg_url) == "r1", 15), "the leadership thread died"
+        assert leadership.is_leader()
+    finally:
+        leadership.stop()
+        store.close()
 
 
 def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
