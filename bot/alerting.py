@@ -22,7 +22,7 @@ from bot import alerts, blocks, markup
 from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
 from bot.assess import clock
 from bot.config import Settings
-from bot.store import StateConflict, Store
+from bot.store import OutboxItem, StateConflict, Store
 from bot.views import incident_view
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,10 @@ FLUSH_SECONDS = 5.0  # how often the outbox is retried
 MAX_BACKOFF = 300.0
 CLAIM_SECONDS = 60.0  # a replica that claimed a post and died frees it after this (then it may go twice)
 MORNING_HOUR = 9  # "snooze until tomorrow" ends at this hour
+# Slack answers these for good: retrying cannot help, and a stuck item would hold back the incident's
+# later posts. The item is dropped, logged, and the status says so until a post goes through.
+PERMANENT_ERRORS = {"not_in_channel", "channel_not_found", "message_not_found", "is_archived",
+                    "invalid_auth", "account_inactive", "missing_scope"}
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -60,7 +64,37 @@ class SlackSink:
         self.channel = channel
         self.replica = replica
         self.clock = clock_
+        self.problem = ""  # a post Slack refused for good, for the status footer
         self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """On the way out: stop sending, and free what we claimed and did not send for the others."""
+        self._stopped.set()
+        self._wake.set()
+        self.release()
+
+    def _run(self) -> None:
+        """Deliveries happen here, never in the thread of a click or a command (Slack may be slow)."""
+        while not self._stopped.is_set():
+            self._wake.wait(FLUSH_SECONDS)
+            self._wake.clear()
+            if self._stopped.is_set():
+                return
+            try:
+                self.flush()
+            except Exception:
+                log.exception("outbox delivery failed")
+
+    def enqueue(self, key: str, kind: str, payload: dict[str, Any]) -> None:
+        """A post outside the alert engine (the daily digest), through the same outbox."""
+        self.store.enqueue_outbox(key, kind, payload)
+        self._wake.set()
 
     def outbox_rows(self, effects: list[Effect], now: float) -> list[tuple[str, str, dict[str, Any]]]:
         rows = []
@@ -75,7 +109,7 @@ class SlackSink:
         return rows
 
     def deliver(self, effects: list[Effect], now: float) -> None:
-        self.flush()
+        self._wake.set()  # the outbox thread sends them; the caller is answered at once
 
     def flush(self) -> None:
         """Send what is due, each incident's items strictly in order; a failure holds back the rest."""
@@ -93,15 +127,30 @@ class SlackSink:
                     continue
                 try:
                     self._send(item.id, item.incident_id, item.kind, item.payload)
+                except SlackApiError as exc:
+                    if slack_error(exc) in PERMANENT_ERRORS:
+                        self._give_up(item.id, item.incident_id, slack_error(exc))
+                    else:
+                        self._retry(item, held, exc)
                 except Exception as exc:
-                    held.add(item.incident_id)
-                    delay = min(MAX_BACKOFF, 2.0 ** min(item.attempts + 1, 9))
-                    log.warning("Slack post for incident %s failed (%s); retrying in %.0f s",
-                                item.incident_id, type(exc).__name__, delay)
-                    self.store.outbox_retry(item.id, item.attempts + 1, self.clock() + delay)
+                    self._retry(item, held, exc)
+                else:
+                    self.problem = ""
+
+    def _retry(self, item: OutboxItem, held: set[str], exc: Exception) -> None:
+        held.add(item.incident_id)
+        delay = min(MAX_BACKOFF, 2.0 ** min(item.attempts + 1, 9))
+        log.warning("Slack post for incident %s failed (%s); retrying in %.0f s",
+                    item.incident_id, slack_error(exc) or type(exc).__name__, delay)
+        self.store.outbox_retry(item.id, item.attempts + 1, self.clock() + delay)
+
+    def _give_up(self, item_id: int, incident_id: str, error: str) -> None:
+        log.error("Slack refused a post for incident %s for good (%s): dropped it", incident_id, error)
+        self.problem = f"Slack refused an alert post ({error}) at {clock(self.clock())}: check OPSBOT_ALERT_CHANNEL"
+        self.store.outbox_done(item_id)
 
     def release(self) -> None:
-        """On the way out: what we claimed and did not send is free for the others at once."""
+        """What we claimed and did not send is free for the others at once."""
         self.store.release_claims(self.replica)
 
     def _send(self, item_id: int, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
@@ -142,7 +191,30 @@ def send_alert(call: Callable[..., Any], payload: dict[str, Any], **where: Any) 
         return call(**where, text=plain, **({"blocks": []} if "ts" in where else {}))
 
 
+def slack_error(exc: Exception) -> str:
+    """Slack's error code ("not_in_channel", ...) of a failed Web API call, else ""."""
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.get("error") or "") if response is not None else ""
+    except Exception:
+        return ""
+
+
 # --- Console ----------------------------------------------------------------------------------
+
+
+class MemoryAlertState:
+    """The alert state in memory, for the console: its alerts are its own, the store's stay untouched."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] = {}
+        self._version = 0
+
+    def load_alert_state(self) -> tuple[dict[str, Any], int]:
+        return self._data, self._version
+
+    def save_alert_state(self, data: dict[str, Any], version: int, outbox: list[Any]) -> None:
+        self._data, self._version = data, version + 1
 
 
 class ConsoleSink:
@@ -239,7 +311,7 @@ class AlertService:
         self.scheduler.add_job(self.poll, "interval", seconds=self.settings.poll_seconds, id="poll",
                                next_run_time=datetime.now())
         if isinstance(self.sink, SlackSink):
-            self.scheduler.add_job(self.sink.flush, "interval", seconds=FLUSH_SECONDS, id="flush")
+            self.sink.start()
         self.scheduler.start()
 
     def daily(self, at: str, job: Callable[[], Any]) -> None:
@@ -251,7 +323,7 @@ class AlertService:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         if isinstance(self.sink, SlackSink):
-            self.sink.release()
+            self.sink.stop()
 
     # --- What people do ---
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from dataclasses import asdict
 
 from rich.console import Console
@@ -19,6 +22,33 @@ from bot.views import status_view
 log = logging.getLogger("opsbot")
 
 EXIT_CONFIG = 3  # 0, 1 and 2 belong to `opsbot status` (green, amber, red)
+SHUTDOWN_SECONDS = 9.0  # after SIGTERM or SIGINT the process is gone within this (docker stop waits 10 s)
+
+
+class Shutdown(KeyboardInterrupt):
+    """SIGTERM (docker stop, systemd) or SIGINT: leave the way Ctrl-C does, through the same cleanup."""
+
+
+def on_shutdown_signal(signum: int, frame: object) -> None:
+    for name in ("SIGTERM", "SIGINT"):  # one shutdown: a second signal must not interrupt the first
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    log.info("%s received: shutting down", signal.Signals(signum).name)
+    exit_deadline(SHUTDOWN_SECONDS)
+    raise Shutdown()
+
+
+def exit_deadline(seconds: float) -> None:
+    """Work still in flight once the orderly shutdown is done (a Slack call, a database that stopped
+    answering) must not keep the process alive past the bound; what must be saved is saved by then."""
+
+    def expire() -> None:
+        log.warning("shutdown: exiting with work still in flight after %.0f s", seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -59,12 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     from bot.runtime import Runtime  # heavy imports (celery, slack) only once configuration is valid
 
     runtime = Runtime(settings)
+    for name in ("SIGTERM", "SIGINT"):
+        signal.signal(getattr(signal, name), on_shutdown_signal)
     try:
         if mode == "status":
             return print_status(runtime, as_json=args.json)
         if mode == "run":
             runtime.start_metrics()  # console and status never bind the port
-        runtime.start_background()
+        runtime.start_background(lead=mode == "run")
         if mode == "console":
             from bot import console
 
@@ -82,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         runtime.close()
+        log.info("opsbot stopped")
 
 
 def print_status(runtime: object, as_json: bool) -> int:

@@ -259,11 +259,17 @@ class Commands:
             return message_view("opsbot", refusal.message, refusal.level)
         if command.name == "unmute":
             self.alerts.unmute()
+            self._record(actor, "unmute", ALL, "done", "Alerts unmuted.")
             return message_view("opsbot", phrase("Alerts unmuted by {}.", actor.mention), Level.OK)
         seconds, scope = parse_mute(command.target)
         until = self.alerts.mute(scope, seconds)
         what = "All alerts" if scope == ALL else f"Alerts about {scope}"
+        self._record(actor, "mute", scope, "done", f"{what} muted until {clock(until)}.")
         return message_view("opsbot", phrase("{} muted until {} by {}.", what, clock(until), actor.mention), Level.OK)
+
+    def _record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
+        if self.control is not None:
+            self.control.record(actor, action, target, outcome, message)
 
     def run_alert_button(self, action_id: str, value: str, actor: Actor) -> Reply | None:
         """Acknowledge, snooze or show status from an alert. None: the alert message itself is redrawn."""
@@ -277,9 +283,11 @@ class Commands:
             return Reply(self.status("overview"), replace_original=False)
         incident_id = buttons.resolve(claimed, (i.id for i in self.alerts.open_incidents()))
         if how_long:
-            done = self.alerts.snooze(incident_id, how_long, actor.mention)
+            action, done = f"snooze {how_long}", self.alerts.snooze(incident_id, how_long, actor.mention)
         else:
-            done = self.alerts.acknowledge(incident_id, actor.mention)
+            action, done = "acknowledge", self.alerts.acknowledge(incident_id, actor.mention)
+        self._record(actor, action, incident_id, "done" if done else "nothing",
+                     "" if done else "Resolved or already acknowledged.")
         if done:
             return None
         return Reply(message_view("opsbot", "That incident is resolved or already acknowledged; nothing was done.",

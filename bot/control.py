@@ -35,9 +35,10 @@ TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,199}$")
 POOLS_WITHOUT_TERMINATE = {"solo", "threads"}
 REPLY_TIMEOUT = 1.0
 # How long the answer waits to see the signalled process leave the pool. Usually 50 ms; but an exited
-# pool child can stay listed (a zombie) until Celery's 4-second liveness timer reaps it, so a longer
-# look comes later (`follow_up_delay`) rather than holding up the answer.
-GONE_WAIT = 0.5
+# pool child can stay listed (a zombie) until Celery's 4-second liveness timer reaps it, later still on
+# a busy machine: the verdict "signalled" (it may ignore the signal) is given only after that, and a
+# last look comes later (`follow_up_delay`). The answer goes through response_url, not the 3-s ack.
+GONE_WAIT = 7.0
 REAP_DELAY = 5.0
 GONE_POLL = 0.02
 
@@ -177,6 +178,25 @@ class Stack:
 
 # --- The rules --------------------------------------------------------------------------------
 
+CHECK_AFTER = {"purge": "/tasks queues", "terminate": "/tasks active", "kill": "/tasks active"}
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """The broker said no to opsbot's user (a missing permission), as opposed to breaking down."""
+    return isinstance(exc, (redis.exceptions.NoPermissionError, amqp.exceptions.AccessRefused)) or \
+        "NOPERM" in str(exc)
+
+
+def failed(action: str, exc: BaseException) -> Outcome:
+    """An attempt that broke part-way: what is known, and never that nothing changed."""
+    detail = redact(str(exc)).splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    where = CHECK_AFTER.get(action, "/tasks")
+    if is_refusal(exc):
+        return Outcome(Level.DOWN, f"The broker refused the {action}: opsbot's broker user lacks a permission "
+                                   f"({detail}). Part of it may have happened: check {where}.", changed=True)
+    return Outcome(Level.DOWN, f"The {action} failed part-way ({type(exc).__name__}: {detail}); part of it may "
+                               f"have happened: check {where}.", changed=True)
+
 
 def short_id(task_id: str) -> str:
     return task_id[:8]
@@ -194,7 +214,11 @@ class TaskControl:
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
-        self.store.record(entry)
+        try:
+            self.store.record(entry)
+        except Exception as exc:  # the attempt happened all the same: keep it in the log at least
+            log.error("could not store the audit entry (%s): %s %s %s: %s", type(exc).__name__, actor.id,
+                      action, entry.target, outcome)
         try:
             self.announce(phrase("{} {} {}: {}. {}", actor.mention, action, entry.target, outcome, message))
         except Exception:
@@ -215,11 +239,28 @@ class TaskControl:
         return None if allowed else Outcome(Level.WARN, "You are not allowed to do that: only opsbot admins "
                                                         "can terminate tasks and purge queues. Nothing was done.")
 
+    def record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
+        """Audit an action taken elsewhere (acknowledge, snooze, mute, unmute)."""
+        self._audit(actor, action, target, outcome, message)
+
+    def _attempt(self, actor: Actor, action: str, target: str,
+                 run: Callable[[], tuple[Outcome, str]]) -> Outcome:
+        """Run one attempt and audit it whatever happens, with what really happened: an error part-way
+        (a refusal by the broker, a store failure) may leave something done, and is reported so."""
+        outcome, label = Outcome(Level.DOWN, f"The {action} was interrupted; it may have partly happened.",
+                                 changed=True), "interrupted"
+        try:
+            outcome, label = run()
+        except Exception as exc:
+            log.exception("%s %s failed", action, redact(target)[:60])
+            outcome, label = failed(action, exc), ("refused" if is_refusal(exc) else "error")
+        finally:
+            self._audit(actor, action, target or "(empty)", label, outcome.message)
+        return outcome
+
     def terminate(self, actor: Actor, task_id: str, signal: str = "SIGTERM") -> Outcome:
         action = "kill" if signal == "SIGKILL" else "terminate"
-        outcome, label = self._terminate(actor, task_id.strip(), signal)
-        self._audit(actor, action, task_id.strip() or "(empty)", label, outcome.message)
-        return outcome
+        return self._attempt(actor, action, task_id.strip(), lambda: self._terminate(actor, task_id.strip(), signal))
 
     def _terminate(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
         refusal = self.refusal(actor)
@@ -255,10 +296,14 @@ class TaskControl:
         if not self.stack.revoke(task, signal):
             return Outcome(Level.DOWN, f"{task.worker} did not confirm the {signal}; the task may still run."), \
                 "no_reply"
-        self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
-                                                task.worker_pid))
         done = phrase("Terminated {} `{}` on {} ({}), by {}", task.name, short_id(task.id), task.worker, signal,
                       actor.mention)
+        try:
+            self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
+                                                    task.worker_pid))
+        except Exception as exc:  # the signal is out: say so, and that it is not on record
+            log.exception("could not record the termination of %s", task.id)
+            done = phrase("{} (not on record: the store failed with {})", done, type(exc).__name__)
         if self.stack.wait_gone(task, GONE_WAIT):
             return Outcome(Level.OK, phrase("{}.", done), changed=True), "done"
         return Outcome(Level.WARN, phrase("{}; its process (pid {}) has not left the pool yet: checking again in "
@@ -302,9 +347,7 @@ class TaskControl:
                                  f"{termination.signal}.", changed=True)
 
     def purge(self, actor: Actor, queue: str) -> Outcome:
-        outcome, label = self._purge(actor, queue.strip())
-        self._audit(actor, "purge", queue.strip() or "(empty)", label, outcome.message)
-        return outcome
+        return self._attempt(actor, "purge", queue.strip(), lambda: self._purge(actor, queue.strip()))
 
     def _purge(self, actor: Actor, queue: str) -> tuple[Outcome, str]:
         refusal = self.refusal(actor)

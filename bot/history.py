@@ -11,7 +11,6 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -40,6 +39,10 @@ FINAL_STATES = ("SUCCESS", "FAILURE", "REVOKED", "REJECTED")
 MAX_RESULT = 300
 TRACEBACK_LINES = 12
 FLUSH_SECONDS = 0.5
+MAX_TASK_ID = 255  # the history's key column
+MAX_QUEUED = 100_000
+MAX_BATCH = 500  # events per transaction: a big backlog is written in several
+MAX_RETRY_DELAY = 10.0
 PRUNE_SECONDS = 600.0
 
 
@@ -68,9 +71,9 @@ def fold(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
     if kind == "task-started":
         row["started_at"] = at
     if kind in ("task-sent", "task-received") and event.get("retries"):
-        row["retries"] = int(event["retries"])
-    if kind == "task-retried":
-        row["retries"] = int(row.get("retries") or 0) + 1
+        row["retries"] = max(int(row.get("retries") or 0), int(event["retries"]))
+    if kind == "task-retried":  # the count comes from the retried task's own task-received: idempotent
+        row["retries"] = max(int(row.get("retries") or 0), int(event.get("retries") or 0) + 1)
         row["exception"] = redact_details(str(event.get("exception") or ""))[:MAX_RESULT]
     if kind == "task-succeeded":
         row["result"] = redact_details(str(event.get("result") or ""))[:MAX_RESULT]
@@ -87,16 +90,23 @@ def fold(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
 
 
 class HistoryRecorder:
-    """Receives task events from the event monitor's thread; a writer thread stores them in batches."""
+    """Receives task events from the event monitor's thread; a writer thread stores them in batches.
 
-    def __init__(self, store: Any, days: float, max_rows: int,
-                 should_record: Callable[[], bool] = lambda: True) -> None:
+    Every replica records every event: a fold is idempotent, so the same event written twice gives the
+    same row, and a failover leaves no gap. A batch that cannot be written (database locked, down) is
+    kept and tried again, in order, with the events that came after it.
+    """
+
+    def __init__(self, store: Any, days: float, max_rows: int) -> None:
         self.store = store
-        self.should_record = should_record  # with several replicas, only the leader records
         self.days = days
         self.max_rows = max_rows
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_QUEUED)
         self.last_event_at: float | None = None
+        self._unwritten: list[dict[str, Any]] = []  # taken from the queue, not stored yet
+        self._retry_at = 0.0
+        self._failures = 0
+        self._flush_lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="history", daemon=True)
 
@@ -105,18 +115,22 @@ class HistoryRecorder:
         return self
 
     def on_event(self, event: dict[str, Any]) -> None:
-        if event.get("type") in EVENT_STATES and event.get("uuid"):
-            if not self.should_record():
-                return
-            self.last_event_at = time.time()
-            try:
-                self.events.put_nowait(event)
-            except queue.Full:
-                log.warning("task history is falling behind; an event was dropped")
+        if event.get("type") not in EVENT_STATES or not event.get("uuid"):
+            return
+        if not valid_task_id(event["uuid"]):  # one bad id must not poison a batch of good ones
+            log.warning("ignored a task event with an unusable task id (%d characters)", len(str(event["uuid"])))
+            return
+        self.last_event_at = time.time()
+        try:
+            self.events.put_nowait(event)
+        except queue.Full:
+            log.warning("task history is falling behind; an event was dropped")
 
     def _run(self) -> None:
         last_prune = 0.0
         while not self._stopped.wait(FLUSH_SECONDS):
+            if time.monotonic() < self._retry_at:
+                continue
             self.flush()
             if time.monotonic() - last_prune >= PRUNE_SECONDS:  # age limits apply without new events too
                 last_prune = time.monotonic()
@@ -128,25 +142,39 @@ class HistoryRecorder:
         except Exception:
             log.exception("could not prune the task history")
 
-    def flush(self) -> None:
-        batch: list[dict[str, Any]] = []
-        while True:
+    def flush(self) -> bool:
+        """Write what is queued; False when the store refused (the events are kept for the next try)."""
+        with self._flush_lock:
+            while len(self._unwritten) < MAX_QUEUED:
+                try:
+                    self._unwritten.append(self.events.get_nowait())
+                except queue.Empty:
+                    break
+            if not self._unwritten:
+                return True
             try:
-                batch.append(self.events.get_nowait())
-            except queue.Empty:
-                break
-        if not batch:
-            return
-        try:
-            self.store.record_task_events(batch, fold)
-        except Exception:
-            log.exception("could not store %d task events", len(batch))
+                for start in range(0, len(self._unwritten), MAX_BATCH):
+                    self.store.record_task_events(self._unwritten[start:start + MAX_BATCH], fold)
+            except Exception as exc:
+                self._failures += 1
+                delay = min(MAX_RETRY_DELAY, FLUSH_SECONDS * 2 ** min(self._failures, 6))
+                self._retry_at = time.monotonic() + delay
+                log.warning("could not store %d task events (%s); trying again in %.0f s",
+                            len(self._unwritten), type(exc).__name__, delay)
+                return False
+            self._unwritten, self._failures, self._retry_at = [], 0, 0.0
         self._prune()
+        return True
 
     def stop(self) -> None:
+        """Write what is queued before the process goes (one last try, bounded by the store's timeouts)."""
         self._stopped.set()
         self._thread.join(timeout=3)
         self.flush()
+
+
+def valid_task_id(task_id: object) -> bool:
+    return isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID
 
 
 # --- Reading it -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import time
@@ -10,7 +11,7 @@ from typing import Any
 
 from bot import markup
 from bot.access import Access, Actor
-from bot.alerting import AlertService, ConsoleSink, Sink
+from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -21,9 +22,12 @@ from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
 from bot.snapshot import Snapshot
-from bot.store import Store
+from bot.store import BoundedRead, Store
 
 log = logging.getLogger(__name__)
+
+STORE_READ_SECONDS = 1.0  # the status waits this long for the store's lines, well inside Slack's 3-s ack
+STORE_UNAVAILABLE = "Store unavailable: mutes, incidents and history cannot be read right now"
 
 
 def open_store(settings: Settings) -> Store:
@@ -53,6 +57,8 @@ class Runtime:
         self.leadership: Leadership | None = None
         self.metrics: Metrics | None = None  # only `opsbot run` with OPSBOT_METRICS_PORT
         self._metrics_parts: list[Every | MetricsServer] = []  # to stop on the way out
+        self.socket_mode: Any = None  # the Socket Mode handler, closed first on the way out
+        self._store_reads = BoundedRead(STORE_READ_SECONDS)
 
     def take_snapshot(self) -> Snapshot:
         """Every snapshot the bot takes (alert polls, commands) also feeds the metrics."""
@@ -119,6 +125,14 @@ class Runtime:
         return self.leadership is not None and self.leadership.is_leader()
 
     def _notes(self) -> list[str]:
+        """The status footer's lines from the store, if it answers in time: the status itself comes
+        from the probes and must not wait for (or fail with) the database."""
+        notes = self._store_reads(self._store_notes)
+        if notes is None:
+            notes = [STORE_UNAVAILABLE]
+        return [*notes, *self._slack_problems()]
+
+    def _store_notes(self) -> list[str]:
         notes = [self.alerts.muted_note()] if self.alerts else []
         store = self._store()
         if store.shared:
@@ -126,11 +140,18 @@ class Runtime:
             notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
         return notes
 
-    def start_background(self) -> None:
-        """Long-running modes follow worker heartbeats and record task history; a one-shot status does not."""
-        self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        should_record=self._is_leader).start()
+    def _slack_problems(self) -> list[str]:
+        sink = self.alerts.sink if self.alerts is not None else None
+        return [sink.problem] if isinstance(sink, SlackSink) and sink.problem else []
+
+    def start_background(self, lead: bool = True) -> None:
+        """Long-running modes follow worker heartbeats and record task history; a one-shot status does not.
+        Every replica records (the writes are idempotent), so a failover leaves no gap; only a `lead`ing
+        mode (`opsbot run`) takes part in the election for alerting."""
+        if lead:
+            self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
+        self.recorder = HistoryRecorder(self._store(), self.settings.history_days,
+                                        self.settings.history_max_rows).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event).start()
 
@@ -145,6 +166,13 @@ class Runtime:
         self.alerts.start()
         return self.alerts
 
+    def start_console_alerts(self, sink: Sink) -> AlertService:
+        """The console watches on its own: its alert state lives in memory, never in the store, so it
+        can neither take alerting from a Slack-connected bot nor consume the transitions it posts."""
+        self.alerts = AlertService(self.settings, MemoryAlertState(), self.prober.snapshot, sink)  # type: ignore[arg-type]
+        self.alerts.start()
+        return self.alerts
+
     def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
@@ -155,7 +183,7 @@ class Runtime:
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
         operator = console_actor()
-        self.start_alerts(ConsoleSink(print_line))
+        self.start_console_alerts(ConsoleSink(print_line))
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
@@ -168,11 +196,10 @@ class Runtime:
         if self.metrics is not None:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
-            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica))
+            sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica)
+            alerts = self.start_alerts(sink)
             if self.settings.digest_at:
-                channel = self.settings.alert_channel
-                alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
-                    channel=channel, text=markup.for_slack(digest_text(self._store(), time.time()), 3000)))
+                alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
@@ -181,7 +208,9 @@ class Runtime:
         if self.settings.log_level != "DEBUG":
             app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:
-            slack_app.run_socket_mode(app, self.settings, on_handler=self._watch_socket)
+            self.socket_mode = slack_app.socket_mode_handler(app, self.settings)
+            self._watch_socket(self.socket_mode)
+            slack_app.run_socket_mode(self.socket_mode, self.settings)
         else:
             slack_app.run_http(app, self.settings, health=self.health_app() if self.metrics else None)
 
@@ -189,7 +218,19 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.slack_connected = handler.client.is_connected
 
+    def _post_digest(self, sink: SlackSink) -> None:
+        """The daily digest, once whatever the replicas: the leader queues it in the outbox."""
+        if self._is_leader():
+            now = time.time()
+            sink.enqueue(f"digest-{time.strftime('%Y-%m-%d', time.localtime(now))}", "post",
+                         {"text": markup.for_slack(digest_text(self._store(), now), 3000)})
+
     def close(self) -> None:
+        """Stop taking work (Socket Mode first), then save what is in flight: the history's queue,
+        the outbox claims (freed for the other replicas at once), the leadership."""
+        if self.socket_mode is not None:
+            with contextlib.suppress(Exception):
+                self.socket_mode.close()
         for part in self._metrics_parts:
             part.stop()
         if self.alerts is not None:

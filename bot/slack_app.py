@@ -252,11 +252,13 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
     return app
 
 
-def run_socket_mode(app: App, settings: Settings,
-                    on_handler: Callable[[SocketModeHandler], None] = lambda handler: None) -> None:
+def socket_mode_handler(app: App, settings: Settings) -> SocketModeHandler:
     assert settings.slack_app_token is not None
-    handler = SocketModeHandler(app, settings.slack_app_token.get_secret_value())
-    on_handler(handler)  # readiness follows its connection
+    return SocketModeHandler(app, settings.slack_app_token.get_secret_value())
+
+
+def run_socket_mode(handler: SocketModeHandler, settings: Settings) -> None:
+    """Connect and wait; a shutdown signal ends the wait (see `bot.cli`), the caller closes `handler`."""
     log.info("connecting to Slack in Socket Mode via %s", settings.slack_api_url)
     handler.connect()  # not start(): it prints a banner to stdout, outside the logs (and their format)
     threading.Event().wait()

@@ -7,11 +7,14 @@ terminated by whom (so a second click can say "already terminated by @x at 14:02
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -33,8 +36,13 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 metadata = MetaData()
 
@@ -146,12 +154,40 @@ class Termination:
     worker_pid: int | None = None
 
 
+# Every PostgreSQL connection is bounded: a database host that dies or drops off the network costs a
+# few seconds, never a thread forever. The client side (libpq) times out connecting, probes an idle
+# socket with keepalives and gives up on unacknowledged data; the server side gets the same keepalives
+# (so it drops the session of a dead replica, and its locks) and never lets one statement, or a
+# transaction left open by a replica that vanished, hold rows for long.
+CONNECT_TIMEOUT = 5  # seconds
+STATEMENT_TIMEOUT = 10  # seconds; migrations take their own
+IDLE_IN_TRANSACTION_TIMEOUT = 15  # seconds
+TCP_USER_TIMEOUT = 15  # seconds of unacknowledged data before the socket is dropped
+KEEPALIVES = {"keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
+POOL_TIMEOUT = 5  # seconds to wait for a free connection from the pool
+
+
+def postgres_connect_args() -> dict[str, Any]:
+    server = {"statement_timeout": STATEMENT_TIMEOUT * 1000,
+              "idle_in_transaction_session_timeout": IDLE_IN_TRANSACTION_TIMEOUT * 1000,
+              "tcp_keepalives_idle": KEEPALIVES["keepalives_idle"],
+              "tcp_keepalives_interval": KEEPALIVES["keepalives_interval"],
+              "tcp_keepalives_count": KEEPALIVES["keepalives_count"],
+              "tcp_user_timeout": TCP_USER_TIMEOUT * 1000}
+    return {"connect_timeout": CONNECT_TIMEOUT, "keepalives": 1, **KEEPALIVES,
+            "tcp_user_timeout": TCP_USER_TIMEOUT * 1000,
+            "options": " ".join(f"-c {name}={value}" for name, value in server.items())}
+
+
 def make_engine(db_url: str) -> Engine:
     url = make_url(db_url)
     if url.drivername.startswith("sqlite") and url.database and url.database != ":memory:":
         create_private_file(Path(url.database).expanduser())
     if url.drivername in ("postgresql", "postgres"):
         url = url.set(drivername="postgresql+psycopg")
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_timeout=POOL_TIMEOUT,
+                             connect_args=postgres_connect_args())
     engine = create_engine(url, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         # WAL: readers (Slack answers) never wait for the history writer, nor it for them.
@@ -184,6 +220,7 @@ def migrate(engine: Engine) -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            conn.execute(text("SET LOCAL statement_timeout = '120s'"))  # a migration may take a while
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = conn
         command.upgrade(config, "head")
@@ -258,6 +295,11 @@ class Store:
                 conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
                                                          payload=json.dumps(payload), attempts=0, next_try_at=0.0))
 
+    def enqueue_outbox(self, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(outbox_table).values(incident_id=incident_id, kind=kind,
+                                                     payload=json.dumps(payload), attempts=0, next_try_at=0.0))
+
     def pending_outbox(self, now: float) -> list[OutboxItem]:
         """Every item, due or not, in order: the sender keeps each incident's posts in sequence."""
         query = select(outbox_table).order_by(outbox_table.c.id)
@@ -294,11 +336,15 @@ class Store:
 
     # --- replicas ---
 
-    def note_leader(self, replica: str, now: float) -> None:
-        with self.engine.begin() as conn:
-            if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
-                                .values(replica=replica, seen_at=now)).rowcount:
-                conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
+    def note_leader(self, replica: str, now: float, conn: Connection | None = None) -> None:
+        """Say who leads; on the leader's own connection when given (the caller commits)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                self.note_leader(replica, now, own)
+            return
+        if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
+                            .values(replica=replica, seen_at=now)).rowcount:
+            conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
 
     def leader(self) -> tuple[str, float] | None:
         with self.engine.connect() as conn:
@@ -315,21 +361,36 @@ class Store:
 
     def record_task_events(self, events: list[dict[str, Any]],
                            fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]) -> None:
-        """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database)."""
-        ids = list({e["uuid"] for e in events})
+        """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database).
+
+        Several replicas record the same events: the rows merged into are locked, and a row another
+        replica inserted first is merged into rather than overwritten (the fold is idempotent)."""
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for task_event in events:
+            by_task.setdefault(task_event["uuid"], []).append(task_event)
         table = task_history_table
+
+        def folded(row: dict[str, Any] | None, task_events: list[dict[str, Any]]) -> dict[str, Any]:
+            for task_event in task_events:
+                row = fold(row, task_event)
+            return {k: v for k, v in (row or {}).items() if k in HISTORY_COLUMNS}
+
         with self.engine.begin() as conn:
-            found = conn.execute(select(table).where(table.c.task_id.in_(ids)))
+            found = conn.execute(select(table).where(table.c.task_id.in_(list(by_task))).with_for_update())
             existing = {r.task_id: dict(r._mapping) for r in found}
-            rows = dict(existing)
-            for event in events:
-                rows[event["uuid"]] = fold(rows.get(event["uuid"]), event)
-            for task_id, row in rows.items():
-                values = {k: v for k, v in row.items() if k in HISTORY_COLUMNS}
-                if task_id in existing:
-                    conn.execute(update(table).where(table.c.task_id == task_id).values(**values))
-                else:
-                    conn.execute(insert(table).values(**values))
+            for task_id, task_events in by_task.items():
+                row = existing.get(task_id)
+                if row is None:
+                    if conn.execute(self._insert_new(folded(None, task_events))).rowcount:
+                        continue
+                    row = dict(conn.execute(select(table).where(table.c.task_id == task_id)
+                                            .with_for_update()).one()._mapping)
+                conn.execute(update(table).where(table.c.task_id == task_id).values(**folded(row, task_events)))
+
+    def _insert_new(self, values: dict[str, Any]) -> Any:
+        """An insert that does nothing when the row exists already."""
+        dialect_insert = postgresql_insert if self.shared else sqlite_insert
+        return dialect_insert(task_history_table).values(**values).on_conflict_do_nothing(index_elements=["task_id"])
 
     def prune_history(self, older_than: float, max_rows: int) -> int:
         table = task_history_table
@@ -375,3 +436,37 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+class BoundedRead:
+    """Store reads that may not hold up an answer: each waits at most `seconds`, then the caller goes
+    on without it. A read stuck on a dead database is not started again until it ends, so a store
+    that is down costs no more than one thread."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._stuck: tuple[threading.Thread, float] | None = None  # the oldest read still running
+
+    def __call__(self, read: Callable[[], T]) -> T | None:
+        """The read's value, or None when the store did not answer in time (or failed)."""
+        with self._lock:
+            if self._stuck and self._stuck[0].is_alive() and time.monotonic() - self._stuck[1] > self.seconds:
+                return None
+            box: dict[str, Any] = {}
+            thread = threading.Thread(target=self._run, args=(read, box), name="store-read", daemon=True)
+            if not (self._stuck and self._stuck[0].is_alive()):
+                self._stuck = (thread, time.monotonic())
+            thread.start()
+        thread.join(self.seconds)
+        if thread.is_alive():
+            log.warning("the store did not answer within %.1f s", self.seconds)
+            return None
+        return box.get("value")
+
+    @staticmethod
+    def _run(read: Callable[[], T], box: dict[str, Any]) -> None:
+        try:
+            box["value"] = read()
+        except Exception as exc:
+            log.warning("store read failed: %s", type(exc).__name__)

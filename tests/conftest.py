@@ -26,7 +26,7 @@ from tests.stack import (
 )
 
 # The lead adds the bot and Slack stand-in fixtures in tests/fixtures_bot.py:
-pytest_plugins = ["tests.fixtures_bot"]
+pytest_plugins = ["tests.fixtures_bot", "tests.pgfault"]
 
 TEST_QUEUES = ("celery", "other", "spare")
 _worker_numbers = itertools.count(1)

@@ -58,7 +58,8 @@ def click(slack: SlackStandIn, action_id: str, value: str, user_id: str = ADMIN)
     """Click and return the bot's answer through the response_url."""
     before = len(slack.responses)
     slack.send_block_action(action_id, value, user_id=user_id)
-    assert wait_until(lambda: len(slack.responses) > before, 10), "the bot never answered the click"
+    # A terminate answers once the process is seen gone, or after up to 7 s of watching it.
+    assert wait_until(lambda: len(slack.responses) > before, 20), "the bot never answered the click"
     return slack.responses[before].body | {"_replace": slack.responses[before].replace_original}
 
 

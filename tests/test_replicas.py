@@ -6,36 +6,23 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy
 
-from bot.store import Store
+from bot.leader import Leadership
+from bot.store import Store, leader_table
 from tests.fixtures_bot import BotProcess
+from tests.pgfault import PG_ADMIN, TcpProxy
 from tests.slack_standin import Message, SlackStandIn
-from tests.stack import FlowerProcess, wait_until
+from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, control_app, publish_tasks, wait_until
 
 pytestmark = pytest.mark.integration
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = "C_ALERTS"
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"opsbot_test_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.dispose()
+FAILOVER_BOUND = 30.0  # seconds, as the README promises
 
 
 def leader_of(pg_url: str) -> str | None:
@@ -132,6 +119,91 @@ def test_a_replica_that_loses_the_database_stops_leading(slack: SlackStandIn, re
     assert wait_until(lambda: alerts(slack, "Flower"), 20)
     time.sleep(5)
     assert len(alerts(slack, "Flower")) == 1
+
+
+def test_a_leader_cut_off_from_the_database_fails_over_within_the_bound(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], make_flower: Callable[..., FlowerProcess],
+        pg_url: str, tcp_proxy: Callable[[int], TcpProxy]) -> None:
+    """The leader's host drops off the network: its packets vanish, its sockets stay open on both ends."""
+    flower = make_flower()
+    proxies = {name: tcp_proxy(5432) for name in ("r1", "r2")}
+    bots = {name: socket_bot(OPSBOT_DB_URL=pg_url.replace(":5432/", f":{proxy.port}/"), OPSBOT_REPLICA_ID=name,
+                             FLOWER_URL=flower.url, OPSBOT_ALERT_CHANNEL=CHANNEL, OPSBOT_POLL_SECONDS="2")
+            for name, proxy in proxies.items()}
+    assert wait_until(lambda: leader_of(pg_url) in bots, 15), "no replica took the lead"
+    leader = leader_of(pg_url)
+    (standby,) = set(bots) - {leader}
+
+    cut_at = time.monotonic()
+    proxies[leader].black_hole()
+    assert wait_until(lambda: leader_of(pg_url) == standby, FAILOVER_BOUND + 15), "the standby never took over"
+    took = time.monotonic() - cut_at
+    assert took <= FAILOVER_BOUND, f"failover took {took:.1f} s"
+    assert "could not confirm leadership" in bots[leader].output()  # it stood down on its own
+
+    flower.kill()  # the new leader alerts, exactly once
+    assert wait_until(lambda: alerts(slack, "Flower"), 30)
+    time.sleep(5)
+    assert len(alerts(slack, "Flower")) == 1
+
+
+def history_rows(pg_url: str, task_ids: list[str]) -> dict[str, str]:
+    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT task_id, state FROM task_history WHERE task_id = ANY(:ids)"),
+                                {"ids": task_ids}).all()
+    finally:
+        engine.dispose()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+def test_history_keeps_every_task_when_the_leader_dies_mid_stream(
+        replicas: Callable, pg_url: str, rabbit: RabbitNode, worker: CeleryWorker) -> None:
+    bots, _ = replicas(2)
+    leader = leader_of(pg_url)
+    assert leader is not None
+    time.sleep(1)  # both event receivers are connected
+    task_ids: list[str] = []
+    for round_ in range(20):
+        task_ids += publish_tasks(rabbit.amqp_url, "stackapp.add", 3, args=(round_, 1))
+        if round_ == 10:
+            bots[leader].process.kill()  # mid-stream, events queued and not yet written
+        time.sleep(0.15)
+    inspect = control_app(rabbit.amqp_url).control.inspect(timeout=1)
+    assert wait_until(lambda: not any(t in str([inspect.active(), inspect.reserved()]) for t in task_ids), 30)
+    assert wait_until(lambda: len(history_rows(pg_url, task_ids)) == len(task_ids), 20), \
+        f"{len(task_ids) - len(history_rows(pg_url, task_ids))} of {len(task_ids)} tasks are missing from the history"
+    assert wait_until(lambda: set(history_rows(pg_url, task_ids).values()) == {"SUCCESS"}, 10)
+
+
+def test_the_daily_digest_is_posted_once_whatever_the_replicas(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], pg_url: str) -> None:
+    now = datetime.now()
+    at = (now + timedelta(minutes=1 if now.second < 40 else 2)).replace(second=0, microsecond=0)
+    for name in ("r1", "r2"):
+        socket_bot(OPSBOT_DB_URL=pg_url, OPSBOT_REPLICA_ID=name, OPSBOT_ALERT_CHANNEL=CHANNEL,
+                   OPSBOT_DIGEST_AT=at.strftime("%H:%M"))
+    assert wait_until(lambda: alerts(slack, "Daily digest"), (at - datetime.now()).total_seconds() + 20)
+    time.sleep(5)
+    assert len(alerts(slack, "Daily digest")) == 1
+
+
+def test_the_leadership_thread_survives_a_failed_step(pg_url: str) -> None:
+    """Taking the lock works but saying so fails (the leader table is gone): the thread must live on."""
+    store = Store(pg_url)
+    with store.engine.begin() as conn:
+        leader_table.drop(conn)
+    leadership = Leadership(store, "r1").start()
+    try:
+        time.sleep(3)  # several failed steps
+        with store.engine.begin() as conn:
+            leader_table.create(conn)
+        assert wait_until(lambda: leader_of(pg_url) == "r1", 15), "the leadership thread died"
+        assert leadership.is_leader()
+    finally:
+        leadership.stop()
+        store.close()
 
 
 def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
