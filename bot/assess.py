@@ -94,6 +94,8 @@ def queue_text(queue: QueueInfo) -> str:
         text += f", {plural(queue.consumers, 'consumer')}"
     if queue.unacked:
         text += f", {queue.unacked} unacknowledged"
+    if queue.ready and queue.oldest_age is not None:
+        text += f", oldest waiting {'' if queue.oldest_exact else 'over '}{duration(queue.oldest_age)}"
     if queue_level(queue) is Level.WARN:
         text += ": nothing consumes this queue"
     return text

@@ -13,11 +13,15 @@ from bot.alerting import AlertService, ConsoleSink, Sink
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
+from bot.health import TaskHealth
+from bot.health.retry import Retrier
+from bot.health.waiting import WaitingTime
 from bot.heartbeats import HeartbeatMonitor
 from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
+from bot.snapshot import Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,8 @@ class Runtime:
         self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers,
                                         heartbeat_details=self._heartbeat_details)
         self.prober = Prober(settings, self.celery_probe)
+        self.waiting = WaitingTime(settings, self._store)
+        self.retrier: Retrier | None = None
         self.store: Store | None = None
         self.alerts: AlertService | None = None
         self.recorder: HistoryRecorder | None = None
@@ -81,14 +87,22 @@ class Runtime:
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self.recorder.on_event).start()
 
+    def snapshot(self) -> Snapshot:
+        """A snapshot with each queue's oldest waiting task (bot.health.waiting)."""
+        return self.waiting.enrich(self.prober.snapshot())
+
+    def _retryable(self, task_ids: list[str]) -> set[str]:
+        return self.retrier.retryable(task_ids) if self.retrier else set()
+
     def _store(self) -> Store:
         if self.store is None:
             self.store = open_store(self.settings)
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
-                                   is_leader=self._is_leader)
+        health = TaskHealth(self.settings, self._store, self._retryable)
+        self.alerts = AlertService(self.settings, self._store(), self.snapshot, sink,
+                                   is_leader=self._is_leader, extra_findings=health.findings)
         self.alerts.start()
         return self.alerts
 
@@ -96,8 +110,10 @@ class Runtime:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
+        self.retrier = Retrier(self.settings, self._store, control)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
+        history.retryable = self._retryable
+        return Commands(self.snapshot, control, self.alerts, history, self._notes, self.retrier)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
