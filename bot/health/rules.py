@@ -7,6 +7,7 @@ does I/O; the edges read the store and the broker and hand the rows in.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
@@ -136,10 +137,19 @@ class Outcomes:
     runs: dict[str, int] = field(default_factory=dict)  # finished runs within the default window
 
 
+# "ValueError('no such report')"; redaction may have eaten the closing quote ("password=***)").
+EXCEPTION_REPR = re.compile(r"^(?P<type>[A-Za-z_][\w.]*)\(['\"]?(?P<message>.*?)['\"]?,?\)?$")
+
+
 def exception_line(text: str) -> str:
-    """The exception's type and first line, redacted: 'ValueError: no such report'."""
-    first = next((line for line in (text or "").splitlines() if line.strip()), "")
-    return redact_details(first.strip())[:MAX_EXCEPTION]
+    """The exception's type and first line, redacted: 'ValueError: no such report'.
+
+    Celery's task-failed event carries the exception's repr ("ValueError('no such report')")."""
+    first = next((line for line in (text or "").splitlines() if line.strip()), "").strip()[:MAX_EXCEPTION * 4]
+    match = EXCEPTION_REPR.match(first)
+    if match:
+        first = f"{match['type']}: {match['message']}" if match["message"] else match["type"]
+    return redact_details(first)[:MAX_EXCEPTION]
 
 
 def failing_tasks(outcomes: Outcomes, now: float, policy: HealthPolicy, open_keys: frozenset[str] = frozenset()
