@@ -242,7 +242,7 @@ def test_retry_resends_the_exact_arguments_from_a_redis_result_backend(
     assert wait_until(lambda: len(records(out)) == 2, 20)
     first, second = records(out)
     assert second["id"] == new_id and first["id"] == original
-    assert second["args"] == first["args"] == [str(out), *json.loads(json.dumps(EXACT_ARGS))]
+    assert second["args"] == first["args"] == json.loads(json.dumps(EXACT_ARGS))  # the 3000 characters too
     assert second["kwargs"] == first["kwargs"] == {"nested": EXACT_KWARGS["nested"]}
 
     assert wait_until(lambda: "retried as" in text_of(slash(slack, "history failed"))
