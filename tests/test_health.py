@@ -102,11 +102,17 @@ def test_three_failures_in_the_window_make_a_finding() -> None:
     assert not rules.failing_tasks(Outcomes(failed(2)), NOW, POLICY)
     (finding,) = rules.failing_tasks(Outcomes(failed(3), {"reports.export": 40}), NOW, POLICY)
     assert finding.key == "task:failing:reports.export" and finding.level is Level.DOWN
-    assert finding.text == "Task reports.export: 3 failures in 10 min 0 s"
-    assert finding.details[0] == "3 failures out of 40 runs in the last 10 min 0 s"
+    assert finding.text == "Task reports.export: 3 failures in 10 min"
+    assert finding.details[0] == "3 failures out of 40 runs in the last 10 min"
     assert finding.details[1] == "Latest: ValueError: no report; password=***"  # first line, redacted
     assert finding.details[2] == "Failed on w1@h"
     assert finding.targets == ("id-reports.export-0", "id-reports.export-1", "id-reports.export-2")
+
+
+@pytest.mark.parametrize("seconds, text", [(600, "10 min"), (3600, "1 h"), (172800, "2 d"), (45, "45 s"),
+                                           (90, "1 min 30 s"), (5400, "90 min")])
+def test_windows_read_as_they_were_set(seconds: float, text: str) -> None:
+    assert rules.window_text(seconds) == text
 
 
 @pytest.mark.parametrize("event, line", [
@@ -161,7 +167,7 @@ def test_the_engine_opens_one_incident_updates_it_in_place_and_resolves_it() -> 
     poll(Outcomes(failed(3, "a", at=NOW)), NOW)
     poll(Outcomes(failed(3, "a", at=NOW)), NOW + 1)
     (post,) = steps[-1]
-    assert isinstance(post, Post) and post.incident.text == "Task a: 3 failures in 10 min 0 s"
+    assert isinstance(post, Post) and post.incident.text == "Task a: 3 failures in 10 min"
     poll(Outcomes(failed(12, "a", at=NOW + 2)), NOW + 2)
     (refresh,) = steps[-1]  # more failures: redrawn in place, no new post and no thread noise
     assert isinstance(refresh, Refresh) and "12 failures" in refresh.incident.text

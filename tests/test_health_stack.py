@@ -205,7 +205,7 @@ def test_reading_the_waiting_time_never_reorders_duplicates_or_loses_a_message(
         stop.set()
         looking.join(timeout=10)
     delivered = records(out)
-    assert [r["args"][1] for r in delivered] == list(range(total))  # every one, once, in order
+    assert [r["args"][0] for r in delivered] == list(range(total))  # every one, once, in order
     assert [r["id"] for r in delivered] == sent
     assert reads[0] >= 10 and seen[0] >= 3, (reads, seen)  # the head was read, many times, while tasks waited
     assert not slack.rejections
@@ -273,3 +273,19 @@ def test_retry_refuses_with_a_reason_without_a_result_backend(
     assert "CELERY_RESULT_BACKEND" in refused and "result_extended=True" in refused and "Nothing was done" in refused
     assert "CELERY_RESULT_BACKEND" in text_of(slash(slack, "retry failed stackapp.fail"))
     assert not slack.rejections
+
+
+def test_the_redis_head_is_read_never_taken(redis_server: RedisServer) -> None:
+    """LINDEX on the list's right end names the next task to be delivered, and leaves it there."""
+    import redis
+
+    from bot.config import load_settings
+    from bot.health.waiting import head_ids
+
+    settings = load_settings(_env_file=None, broker_url=redis_server.url)
+    ids = send(redis_server.url, "stackapp.add", (1, 2), queue="headq", count=3)
+    for _ in range(50):
+        assert head_ids(settings, ["headq"]) == {"headq": [ids[0]]}
+    client = redis.Redis.from_url(redis_server.url)
+    assert client.llen("headq") == 3
+    client.delete("headq")

@@ -35,6 +35,7 @@ NO_BACKEND = ("opsbot cannot know this task's exact arguments: set CELERY_RESULT
 NOT_EXTENDED = ("The result backend holds no arguments for `{}`: the app must store extended results "
                 "(result_extended=True), and the result must not have expired. Nothing was done.")
 MAX_BULK = 500
+BACKEND_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def make_results_app(settings: Settings) -> Celery | None:
     if not settings.result_backend:
         return None
     app = Celery("opsbot-retry", broker=settings.broker_url, backend=settings.result_backend, set_as_current=False)
-    timeout = settings.probe_timeout
+    # Reads for showing Retry run inside Slack's 3 s (a history page): a stalled backend must not stall it.
+    timeout = min(BACKEND_TIMEOUT, settings.probe_timeout)
     app.conf.update(
         result_extended=True,
         task_send_sent_event=True,  # the retry is recorded and its waiting time known like any task

@@ -175,12 +175,20 @@ def failing_tasks(outcomes: Outcomes, now: float, policy: HealthPolicy, open_key
     return found
 
 
+def window_text(seconds: float) -> str:
+    """A rule's window as it was set: '10 min', '1 h', '2 d', '45 s'."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return assess.duration(seconds)
+
+
 def failure_finding(name: str, recent: list[Failed], runs: int, window: float) -> TaskFinding:
     latest = recent[0]
     workers = sorted({f.worker for f in recent if f.worker})
-    text = f"Task {name}: {assess.plural(len(recent), 'failure')} in {assess.duration(window)}"
+    text = f"Task {name}: {assess.plural(len(recent), 'failure')} in {window_text(window)}"
     details = [f"{assess.plural(len(recent), 'failure')} out of {assess.plural(runs, 'run')} in the last "
-               f"{assess.duration(window)}"]
+               f"{window_text(window)}"]
     if latest.exception:
         details.append(f"Latest: {exception_line(latest.exception)}")
     if workers:

@@ -31,12 +31,14 @@ from bot.snapshot import QueueInfo, Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)
+HEAD_TIMEOUT = 0.3
 
 
 def head_ids(settings: Settings, names: list[str]) -> dict[str, list[str]]:
     """Per queue, the task ids at the head of each of its non-empty Redis lists (read, never taken)."""
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=settings.probe_timeout,
-                                  socket_connect_timeout=settings.probe_timeout)
+    # Called after the probes, inside Slack's 3 s: a broker that stalls now only loses us the age.
+    timeout = min(HEAD_TIMEOUT, settings.probe_timeout)
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         pipe = client.pipeline(transaction=False)
         for name in names:
