@@ -5,6 +5,7 @@ engine's handling of them, and how their alerts render (every payload checked by
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -293,3 +294,38 @@ def test_history_shows_retry_links_and_the_button() -> None:
     item = history_item(retry, True)
     assert "retry of 6f1c…" in item.text and item.action is not None and item.action.action_id == "retry"
     assert rendered(task_view(retry, True))["blocks"]
+
+
+# --- what the rules read from the store ----------------------------------------------------------
+
+
+def test_the_head_is_the_nth_newest_pending_task_and_retries_link_both_ways(tmp_path: Path) -> None:
+    from bot.health import queries
+    from bot.history import fold
+    from bot.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/h.sqlite3")
+    sent = [{"type": "task-sent", "uuid": f"t{i}", "name": "a", "queue": "q", "exchange": "q", "routing_key": "q",
+             "timestamp": 100.0 + i} for i in range(6)]
+    received = [{"type": "task-received", "uuid": f"t{i}", "timestamp": 110.0} for i in (4,)]
+    store.record_task_events(sent + received, fold)
+    # t0..t3 and t5 pending; the queue holds 2: t5 and t3, so its head was sent at 103 (t0..t2 were purged).
+    assert queries.nth_newest_pending(store, "q", 2) == (103.0, True)
+    assert queries.nth_newest_pending(store, "q", 9) == (100.0, False)  # only a lower bound
+    assert queries.nth_newest_pending(store, "other", 1) == (None, False)
+    assert store.task("t1")["routing_key"] == "q" and queries.sent_at(store, "t1") == 101.0
+
+    failed = [{"type": "task-failed", "uuid": f"t{i}", "name": "a", "exception": "E('x')", "hostname": "w1",
+               "timestamp": NOW - i} for i in range(3)]
+    store.record_task_events([*failed, {"type": "task-succeeded", "uuid": "ok", "name": "a", "timestamp": NOW}],
+                             fold)
+    outcomes = queries.outcomes(store, NOW, 3600, 600)
+    assert [f.task_id for f in outcomes.failed] == ["t0", "t1", "t2"] and outcomes.runs == {"a": 4}
+    queries.link_retry(store, "t0", "r0", "a", NOW)
+    store.record_task_events([{"type": "task-sent", "uuid": "r0", "name": "a", "queue": "q", "timestamp": NOW}],
+                             fold)  # the retry's own events fold into the row made for it
+    assert store.task("t0")["retried_as"] == "r0" and store.task("r0")["retry_of"] == "t0"
+    assert queries.failed_ids(store, "a", 0) == ["t1", "t2"]  # a retried failure is not retried again
+    queries.unlink_retry(store, "t1", "nope")
+    assert store.task("t0")["retried_as"] == "r0"
+    store.close()
