@@ -141,7 +141,8 @@ def test_the_ratio_needs_five_runs_and_more_than_half() -> None:
 
 def test_per_name_rules_and_ignore() -> None:
     policy = HealthPolicy(failure_rules=(rules.CountRule("billing.*", 1, 300),), failure_ignore=("noisy.*",))
-    assert rules.failing_tasks(Outcomes(failed(1, "billing.charge")), NOW, policy)
+    (finding,) = rules.failing_tasks(Outcomes(failed(1, "billing.charge"), {"billing.charge": 9}), NOW, policy)
+    assert finding.details[0] == "1 failure in the last 5 min"  # runs are counted over the default window only
     assert not rules.failing_tasks(Outcomes(failed(1, "billing.charge", at=NOW - 400)), NOW, policy)
     assert not rules.failing_tasks(Outcomes(failed(9, "noisy.job")), NOW, policy)
 

@@ -165,10 +165,10 @@ def failing_tasks(outcomes: Outcomes, now: float, policy: HealthPolicy, open_key
         rule = policy.failure_rule(name)
         recent = sorted((f for f in failures if now - f.finished_at <= rule.window),
                         key=lambda f: f.finished_at, reverse=True)
-        runs = max(outcomes.runs.get(name, 0), len(recent))
+        # Runs are counted over the default window only: a per-name rule with its own window counts failures.
+        runs = max(outcomes.runs.get(name, 0), len(recent)) if rule.window == policy.failure_window else None
         too_many = len(recent) >= rule.count
-        too_often = rule.window == policy.failure_window and runs >= MIN_RUNS \
-            and len(recent) / runs > policy.failure_ratio
+        too_often = runs is not None and runs >= MIN_RUNS and len(recent) / runs > policy.failure_ratio
         still = FAILING + name in open_keys and bool(recent)  # resolves after a whole window without a failure
         if too_many or too_often or still:
             found.append(failure_finding(name, recent, runs, rule.window))
@@ -183,12 +183,12 @@ def window_text(seconds: float) -> str:
     return assess.duration(seconds)
 
 
-def failure_finding(name: str, recent: list[Failed], runs: int, window: float) -> TaskFinding:
+def failure_finding(name: str, recent: list[Failed], runs: int | None, window: float) -> TaskFinding:
     latest = recent[0]
     workers = sorted({f.worker for f in recent if f.worker})
     text = f"Task {name}: {assess.plural(len(recent), 'failure')} in {window_text(window)}"
-    details = [f"{assess.plural(len(recent), 'failure')} out of {assess.plural(runs, 'run')} in the last "
-               f"{window_text(window)}"]
+    out_of = f" out of {assess.plural(runs, 'run')}" if runs is not None else ""
+    details = [f"{assess.plural(len(recent), 'failure')}{out_of} in the last {window_text(window)}"]
     if latest.exception:
         details.append(f"Latest: {exception_line(latest.exception)}")
     if workers:
