@@ -20,7 +20,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot import alerts, blocks, markup
 from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
-from bot.assess import clock
+from bot.assess import Finding, clock
 from bot.config import Settings
 from bot.store import OutboxItem, StateConflict, Store
 from bot.views import incident_view
@@ -247,7 +247,8 @@ def tomorrow_morning(now: float) -> float:
 
 class AlertService:
     def __init__(self, settings: Settings, store: Store, take_snapshot: Callable[[], Any], sink: Sink,
-                 clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True) -> None:
+                 clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
+                 extra_findings: Callable[[Any, AlertState, float], list[Finding]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.take_snapshot = take_snapshot
@@ -255,6 +256,8 @@ class AlertService:
         self.clock = clock_
         # With several replicas only the leader polls; any replica may record an acknowledgement.
         self.is_leader = is_leader
+        # Findings from outside the snapshot: task-level rules over the history (bot.health).
+        self.extra_findings = extra_findings or (lambda snapshot, state, now: [])
         self.policy = policy_from(settings)
         self._lock = threading.Lock()
         self._poll_lock = threading.Lock()
@@ -291,7 +294,8 @@ class AlertService:
             time.sleep(max(0.0, self._last_poll + MIN_POLL_GAP - time.monotonic()))
             try:
                 snapshot = self.take_snapshot()
-                self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy))
+                self._apply(lambda state, now: alerts.step(state, snapshot, now, self.policy,
+                                                           self.extra_findings(snapshot, state, now)))
             except Exception:
                 log.exception("alert poll failed")
                 return

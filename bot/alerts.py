@@ -9,6 +9,7 @@ carry out; nothing here does I/O, so every transition is testable with plain dat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -53,6 +54,14 @@ class Incident:
     snoozed_by: str | None = None
     last_reminded_at: float | None = None
     silenced: bool = False  # fired while muted: not posted (yet)
+    details: tuple[str, ...] = ()  # lines under the alert (task-level findings, bot.health)
+    targets: tuple[str, ...] = ()  # the task ids its buttons act on
+    retryable: tuple[str, ...] = ()  # those whose exact arguments are known: they get a Retry button
+
+    def __post_init__(self) -> None:
+        # Read back from JSON these are lists; as tuples they compare equal to a fresh finding's.
+        for name in ("details", "targets", "retryable"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def open(self) -> bool:
@@ -115,14 +124,17 @@ Effect = Post | Refresh | Timeline
 def service_of(key: str) -> str:
     """The mute scope a key belongs to: "worker:w1@h" -> "celery", "queue:x" -> "broker"."""
     head = key.split(":", 1)[0].split(".", 1)[0]
-    return {"worker": "celery", "queue": "broker"}.get(head, head)
+    return {"worker": "celery", "queue": "broker", "task": "celery"}.get(head, head)
 
 
 def check_name(key: str) -> str:
-    """The kind of check a key belongs to, for runbook links and metric labels:
-    "worker:w1@h" -> "worker", "queue:x:backlog" -> "queue_backlog", "broker.management" -> "broker_management"."""
+    """The kind of check a key belongs to, for runbook links and metric labels: "worker:w1@h" -> "worker",
+    "queue:x:backlog" -> "queue_backlog", "task:failing:x" -> "task_failing",
+    "broker.management" -> "broker_management"."""
     parts = key.split(":")
-    kind = parts[0] + ("_backlog" if len(parts) > 2 and parts[-1] == "backlog" else "")
+    if parts[0] == "task" and len(parts) > 2:
+        return f"task_{parts[1]}"
+    kind = parts[0] + (f"_{parts[-1]}" if len(parts) > 2 and parts[-1] in ("backlog", "wait") else "")
     return kind.replace(".", "_")
 
 
@@ -148,8 +160,9 @@ def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Pol
     return found
 
 
-def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy) -> dict[str, Finding]:
-    found = [f for f in assess.findings(snapshot) if f.level >= Level.WARN]
+def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy,
+             extra: Sequence[Finding] = ()) -> dict[str, Finding]:
+    found = [f for f in assess.findings(snapshot) if f.level >= Level.WARN] + list(extra)
     if snapshot.celery.state is not CeleryState.RUNNING:
         found = [f for f in found if not f.key.startswith("worker:")]
     found += vanished_workers(snapshot, state.known_workers, now)
@@ -173,7 +186,7 @@ def backlog_starts(snapshot: Snapshot, since: dict[str, float], now: float, poli
 def observable(snapshot: Snapshot, key: str) -> bool:
     """Can this snapshot tell whether `key` is fine? Not a worker while Celery is down, nor a queue
     while the broker is: their absence from the findings then means nothing."""
-    if key.startswith("worker:"):
+    if key.startswith(("worker:", "task:stuck:")):
         return snapshot.celery.state is CeleryState.RUNNING
     if key.startswith("queue:"):
         return snapshot.broker.up
@@ -191,8 +204,10 @@ def incident_id(key: str, started_at: float) -> str:
     return f"{key}@{int(started_at * 1000)}"
 
 
-def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy) -> tuple[AlertState, list[Effect]]:
-    failing = failures(snapshot, state, now, policy)
+def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
+         extra: Sequence[Finding] = ()) -> tuple[AlertState, list[Effect]]:
+    """One poll. `extra`: findings from outside the snapshot (task-level rules, bot.health)."""
+    failing = failures(snapshot, state, now, policy, extra)
     checks: dict[str, Check] = {}
     incidents = dict(state.incidents)
     effects: list[Effect] = []
@@ -227,18 +242,24 @@ def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding:
             return []  # pending: one bad poll does not wake anybody
         since = check.since or now
         incident = Incident(incident_id(key, since), key, int(finding.level), finding.text, impact_text, since, now,
-                            silenced=muted(state, key, now))
+                            silenced=muted(state, key, now), **_task_fields(finding))
         incidents[key] = incident
         return [] if incident.silenced else [Post(incident)]
-    if (current.level, current.text, current.impact) == (int(finding.level), finding.text, impact_text):
+    fresh = replace(current, level=int(finding.level), text=finding.text, impact=impact_text, **_task_fields(finding))
+    if fresh == current:
         return []
-    changed = replace(current, level=int(finding.level), text=finding.text, impact=impact_text)
+    changed = fresh
     incidents[key] = changed
     if changed.silenced:
         return []
     # Texts that only count time ("last seen 12 s ago") change every poll: redraw, keep the thread quiet.
     worse = changed.level != current.level
     return [Refresh(changed)] + ([Timeline(changed, f"Now: {finding.text}")] if worse else [])
+
+
+def _task_fields(finding: Finding) -> dict[str, tuple[str, ...]]:
+    """What a task-level finding (bot.health) adds to its incident: detail lines and task ids."""
+    return {name: tuple(getattr(finding, name, ())) for name in ("details", "targets", "retryable")}
 
 
 def _on_success(incidents: dict[str, Incident], key: str, check: Check, now: float, policy: Policy) -> list[Effect]:

@@ -97,6 +97,8 @@ def queue_text(queue: QueueInfo) -> str:
         text += f", {plural(queue.consumers, 'consumer')}"
     if queue.unacked:
         text += f", {queue.unacked} unacknowledged"
+    if queue.ready and queue.oldest_age is not None:
+        text += f", oldest waiting {'' if queue.oldest_exact else 'over '}{duration(queue.oldest_age)}"
     if queue_level(queue) is Level.WARN:
         text += ": nothing consumes this queue"
     return text
@@ -234,10 +236,16 @@ IMPACT_BLIND = ("opsbot cannot see the workers: no worker alert can fire, and ru
                 "or terminated from here.")
 IMPACT_WORKER = "Its tasks are not being processed; the other workers carry on."
 IMPACT_FLOWER = "Monitoring only: tasks still run, but Flower's dashboards are unavailable."
+IMPACT_TASK_FAILING = "Runs of this task fail: the work it does is not getting done."
+IMPACT_TASK_STUCK = "It holds a worker's pool slot: fewer tasks run meanwhile, and its work may never finish."
 
 
 def queue_impact(name: str) -> str:
     return f"Tasks waiting in {name} are not being processed."
+
+
+def waiting_impact(name: str) -> str:
+    return f"Tasks sent to {name} wait too long before a worker takes them."
 
 
 def broker_findings(broker: BrokerStatus) -> list[Finding]:

@@ -31,13 +31,17 @@ SECTIONS = ("overview", "workers", "queues", "active")
 PAGE_ROLES = ("prev", "next", "refresh", "active", "workers")
 HISTORY_ROLES = ("newer", "older")
 HISTORY_STATES = {"failed": "FAILURE", "succeeded": "SUCCESS", "revoked": "REVOKED", "rejected": "REJECTED"}
-TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue"}
+TARGETED = {"terminate": "task id", "kill": "task id", "purge": "queue", "retry": "task id"}
+# Where an action may also be clicked: its answer comes privately, the clicked message stays as it is.
+PRIVATE_SECTIONS = ("alert", "history", "show")
+SHOWN_IDS = 3  # "Show" buttons of one alert: task_show_1 .. task_show_3 (unique within its block)
+RETRY_FAILED = "retry_failed"
 SNOOZES = (("1 h", "3600"), ("4 h", "14400"), ("until tomorrow", "tomorrow"))
 SNOOZE_VALUES = frozenset(value for _, value in SNOOZES)
 
 # What the Slack edge routes, by action_id.
 VIEW_BUTTONS = re.compile(rf"^(page_({'|'.join(PAGE_ROLES)})|history_({'|'.join(HISTORY_ROLES)})"
-                          rf"|{'|'.join(TARGETED)})$")
+                          rf"|{'|'.join(TARGETED)}|task_show_[1-{SHOWN_IDS}]|{RETRY_FAILED})$")
 SHARE = "share"
 RUNBOOK = "runbook"
 ALERT_BUTTONS = re.compile(r"^alert_(ack|status|snooze_\w+)$")
@@ -80,6 +84,7 @@ class Click:
     target: str = ""  # task id or queue (maybe a key, see `resolve`); a final state for history
     section: str = ""  # where an action was clicked, redrawn after it
     name_filter: str = ""
+    since: float = 0.0  # retry_failed: failed since this moment
 
 
 # --- Keys for long values --------------------------------------------------------------------
@@ -129,6 +134,25 @@ def runbook(incident_id: str, check: str) -> Action:
     return Action(RUNBOOK, "Runbook", ref(incident_id, MAX_VALUE), slack_only=True, ref=("runbook", check))
 
 
+def retry(section: str, task_id: str, described: str) -> Action:
+    """Retry a failed or revoked task (admins; the bot checks the exact arguments when clicked)."""
+    return Action("retry", "Retry", f"{section}|{ref(task_id, MAX_VALUE - len(section) - 1)}", style="primary",
+                  confirm=Confirm("Retry this task?", f"{described}. It is sent again as a new task with the same "
+                                  "arguments, queue and routing key (at the queue's default priority).",
+                                  "Retry", "Cancel"))
+
+
+def show(number: int, task_id: str) -> Action:
+    assert 1 <= number <= SHOWN_IDS
+    return Action(f"task_show_{number}", f"Show {task_id[:8]}", ref(task_id))
+
+
+def retry_failed(name: str, since: float, count: int) -> Action:
+    return Action(RETRY_FAILED, f"Retry {count}", f"{int(since)}|{name}", style="primary",
+                  confirm=Confirm(f"Retry {count} tasks?", f"Every failed {name} task since then is sent again "
+                                  "with its exact arguments.", "Retry", "Cancel"))
+
+
 def incident(incident_id: str) -> tuple[Action, ...]:
     """An open incident's buttons: Acknowledge, the snoozes, Show status."""
     longest = max(len(value) for value in SNOOZE_VALUES) + 1
@@ -160,9 +184,16 @@ def decode(action_id: str, value: str) -> Click:
         return Click("history", int(number), target=state, name_filter=name)
     if action_id in TARGETED:
         match = TARGET_VALUE.match(value)
-        if not match or match["section"] not in SECTIONS:
+        if not match or match["section"] not in (*SECTIONS, *PRIVATE_SECTIONS):
             raise Forged(value)
         return Click(action_id, target=match["target"], section=match["section"])
+    if re.fullmatch(rf"task_show_[1-{SHOWN_IDS}]", action_id) and value:
+        return Click("show", target=value, section="alert")
+    if action_id == RETRY_FAILED:
+        since, _, name = value.partition("|")
+        if not (since.isascii() and since.isdigit() and len(since) <= 12) or not 0 < len(name) <= 255:
+            raise Forged(value)
+        return Click(RETRY_FAILED, target=name, section="alert", since=float(since))
     raise Forged(action_id)
 
 

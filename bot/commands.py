@@ -7,7 +7,7 @@ snapshot when the answer shows the status.
 
 from __future__ import annotations
 
-import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -16,8 +16,10 @@ from bot.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
-from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, SECTIONS, TARGETED, Forged
+from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
 from bot.control import TASK_ID, Outcome, TaskControl
+from bot.durations import parse_duration
+from bot.health.retry import NO_BACKEND, Retrier
 from bot.history import History
 from bot.markup import phrase
 from bot.redact import defang, redact
@@ -39,7 +41,8 @@ from bot.views import (
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
-           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show"}
+           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show",
+           "retry": "retry"}
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show")
 # Where the answer to an action is drawn: the list the target lives in.
@@ -65,6 +68,7 @@ class Command:
     target: str = ""  # the task id or queue of an action; a final state for history
     section: str = ""  # for a button: the view it was clicked in, redrawn after the action
     name_filter: str = ""  # history: part of a task name
+    since: float = 0.0  # retry_failed: failed since this moment
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,8 @@ def parse(text: str) -> Command:
     if name is None:
         raise UsageError(f"Unknown subcommand '{shown(words[0])}'.")
     rest = words[1:]
+    if name == "retry" and rest and rest[0].lower() == "failed":
+        return parse_retry_failed(rest[1:])
     if name in TARGETED:
         if len(rest) != 1:
             raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
@@ -125,6 +131,20 @@ def parse(text: str) -> Command:
     raise UsageError(f"'/tasks {shown(' '.join(words))}' has too many words.")
 
 
+RETRY_FAILED_USAGE = "Usage: /tasks retry failed <task-name> [since, like 30m, 6h or 1d; default 1d]"
+DEFAULT_RETRY_SINCE = "1d"
+
+
+def parse_retry_failed(words: list[str]) -> Command:
+    if not 1 <= len(words) <= 2 or len(words[0]) > 255:
+        raise UsageError(RETRY_FAILED_USAGE)
+    try:
+        seconds = parse_duration(words[1] if len(words) > 1 else DEFAULT_RETRY_SINCE)
+    except ValueError:
+        raise UsageError(f"'{shown(words[1])}' is not a duration. {RETRY_FAILED_USAGE}") from None
+    return Command(buttons.RETRY_FAILED, target=words[0], since=time.time() - seconds)
+
+
 FORGED = "That button is not one I made; nothing was done."
 
 
@@ -142,7 +162,7 @@ def parse_button(action_id: str, value: str) -> Command:
         click = buttons.decode(action_id, value)
     except Forged:
         raise UsageError(FORGED) from None
-    return Command(click.name, click.page, click.target, click.section, click.name_filter)
+    return Command(click.name, click.page, click.target, click.section, click.name_filter, click.since)
 
 
 def audit_view(entries: list[AuditEntry]) -> View:
@@ -155,18 +175,16 @@ def audit_view(entries: list[AuditEntry]) -> View:
                 (Section("Audit", items, note=note),))
 
 
-DURATION = re.compile(r"^(?P<count>\d{1,4})(?P<unit>[smhd])$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_MUTE = 7 * 86400
 MUTE_SCOPES = ("broker", "celery", "flower")
 
 
 def parse_mute(target: str) -> tuple[float, str]:
     words = target.split()
-    match = DURATION.match(words[0].lower())
-    if not match:
-        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.")
-    seconds = int(match["count"]) * UNIT_SECONDS[match["unit"]]
+    try:
+        seconds = parse_duration(words[0])
+    except ValueError:
+        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.") from None
     if not 0 < seconds <= MAX_MUTE:
         raise UsageError("Mute for between 1 second and 7 days.")
     scope = words[1].lower() if len(words) > 1 else ALL
@@ -180,12 +198,13 @@ class Commands:
 
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
                  alerts: AlertService | None = None, history: History | None = None,
-                 notes: Callable[[], list[str]] = list) -> None:
+                 notes: Callable[[], list[str]] = list, retrier: Retrier | None = None) -> None:
         self.take_snapshot = take_snapshot
         self.control = control
         self.alerts = alerts
         self.history = history
         self.notes = notes  # lines for the status footer: mutes, which replica answered
+        self.retrier = retrier  # Retry (bot.health.retry): None when the bot cannot act
 
     def controls(self) -> Controls | None:
         if self.control is None:
@@ -221,10 +240,13 @@ class Commands:
             return Reply(refusal, replace_original=False)
         if command.name in TARGETED:
             return self._act(command, actor)
+        if command.name == buttons.RETRY_FAILED:
+            return Reply(self._retry_failed(command, actor), replace_original=False)
         if command.name in ("mute", "unmute", "incidents"):
             return Reply(self._alerting(command, actor), replace_original=False)
         if command.name in ("history", "show"):
-            return Reply(self._history(command))
+            # Show from an alert answers beside it: the alert message is the incident's, not ours.
+            return Reply(self._history(command), replace_original=command.section not in PRIVATE_SECTIONS)
         return Reply(self.status(command.name, command.page))
 
     def _history(self, command: Command) -> View:
@@ -305,14 +327,17 @@ class Commands:
         if self.control is None:
             return Reply(message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN), replace_original=False)
         command = replace(command, target=self._resolve(command))
-        if command.name == "purge":
+        if command.name == "retry":
+            outcome = self.retrier.retry(actor, command.target) if self.retrier else Outcome(Level.WARN, NO_BACKEND)
+        elif command.name == "purge":
             outcome = self.control.purge(actor, command.target)
         else:
             signal = "SIGKILL" if command.name == "kill" else "SIGTERM"
             outcome = self.control.terminate(actor, command.target, signal)
         notice = Notice(outcome.level, outcome.message)
-        if not outcome.changed:
-            # Nothing happened: say so privately and leave the clicked message as it was.
+        if not outcome.changed or command.name == "retry" or command.section in PRIVATE_SECTIONS:
+            # Nothing happened, or it was clicked in an alert or a task's story (the alert is redrawn by the
+            # engine): say so privately and leave the clicked message as it was.
             return Reply(message_view("opsbot", outcome.message, outcome.level), replace_original=False)
         section = command.section or HOME_SECTION[command.name]
         view = self.status(section).with_notice(notice)
@@ -326,6 +351,27 @@ class Commands:
             return self.status(section).with_notice(Notice(later.level, later.message))
 
         return Reply(view, follow_up=follow_up, follow_up_after=control.follow_up_delay)
+
+    def _retry_failed(self, command: Command, actor: Actor) -> View:
+        """Typed: say how many and ask to confirm. Clicked (the confirmation's button): retry them."""
+        if self.control is None or self.retrier is None:
+            return message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN)
+        refusal = self.control.refusal(actor)
+        if refusal:
+            return message_view("opsbot", refusal.message, refusal.level)
+        if not self.retrier.enabled:
+            return message_view("opsbot", NO_BACKEND, Level.WARN)
+        if command.section:  # the confirmation's button
+            outcome = self.retrier.retry_failed(actor, command.target, command.since)
+            return message_view("opsbot", outcome.message, outcome.level)
+        count = len(self.retrier.failed_since(command.target, command.since))
+        what = phrase("{} failed {} since {}.", count, command.target, clock(command.since))
+        if not count:
+            return message_view("opsbot", phrase("No {} task failed since {}; nothing to retry.", command.target,
+                                                 clock(command.since)), Level.OK)
+        item = Item(Level.DOWN, command.target, what, action=buttons.retry_failed(command.target, command.since, count))
+        return message_view("Retry failed tasks", phrase("Retry {} failed {} tasks?", count, command.target),
+                            Level.WARN, (Section("To retry", (item,)),))
 
     def _resolve(self, command: Command) -> str:
         """A button's target, when it came as a key (too long for a value): what it names now, or ""."""

@@ -74,6 +74,54 @@ class Settings(BaseSettings):
     runbook_url: str | None = Field(None, validation_alias="OPSBOT_RUNBOOK_URL")
     log_format: str = Field("text", validation_alias="OPSBOT_LOG_FORMAT")
 
+    # --- issue 13: task-level alerts and retry (durations like 30s, 10m, 1h, 1d) ---
+    failure_threshold: int = Field(3, ge=1, le=100_000, validation_alias="OPSBOT_FAILURE_THRESHOLD")
+    failure_window: str = Field("10m", validation_alias="OPSBOT_FAILURE_WINDOW")
+    failure_ratio: float = Field(0.5, gt=0, le=1, validation_alias="OPSBOT_FAILURE_RATIO")
+    failure_rules: str = Field("", validation_alias="OPSBOT_FAILURE_RULES")
+    failure_ignore: CommaList = Field((), validation_alias="OPSBOT_FAILURE_IGNORE")
+    task_max_runtime: str = Field("30m", validation_alias="OPSBOT_TASK_MAX_RUNTIME")
+    runtime_rules: str = Field("", validation_alias="OPSBOT_RUNTIME_RULES")
+    queue_max_wait: str = Field("5m", validation_alias="OPSBOT_QUEUE_MAX_WAIT")
+    result_backend: str | None = Field(None, validation_alias="CELERY_RESULT_BACKEND")
+
+    @field_validator("failure_window", "task_max_runtime", "queue_max_wait")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        from bot.durations import parse_duration
+
+        if parse_duration(value) <= 0:
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("failure_rules")
+    @classmethod
+    def _failure_rules(cls, value: str) -> str:
+        from bot.health.rules import parse_failure_rules
+
+        parse_failure_rules(value)
+        return value
+
+    @field_validator("runtime_rules")
+    @classmethod
+    def _runtime_rules(cls, value: str) -> str:
+        from bot.health.rules import parse_runtime_rules
+
+        parse_runtime_rules(value)
+        return value
+
+    @field_validator("failure_ignore", mode="before")
+    @classmethod
+    def _split_globs(cls, value: object) -> object:
+        return cls._split_commas(value)
+
+    @field_validator("result_backend")
+    @classmethod
+    def _result_backend(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss"):
+            raise ValueError("opsbot reads results from a Redis result backend (redis:// or rediss://)")
+        return value
+
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
@@ -184,7 +232,8 @@ class Settings(BaseSettings):
         """Every secret value this configuration holds, for the redaction filter."""
         values = [s.get_secret_value() for s in (self.slack_bot_token, self.slack_app_token,
                                                  self.slack_signing_secret) if s]
-        for url in (self.broker_url, self.rabbitmq_management_url, self.flower_url, self.db_url):
+        for url in (self.broker_url, self.rabbitmq_management_url, self.flower_url, self.db_url,
+                    self.result_backend or ""):
             _, password = url_credentials(url)
             if password:
                 values.append(password)

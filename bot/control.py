@@ -224,6 +224,10 @@ class TaskControl:
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
+    def audited(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
+        """The same audit trail for actions ruled elsewhere (retry, bot.health)."""
+        self._audit(actor, action, target, outcome, message)
+
     def reject(self, actor: Actor, action: str, target: str, reason: str) -> None:
         """Record an attempt that did not even parse (a forged or mangled button)."""
         self._audit(actor, action, target or "(empty)", "forged", reason)

@@ -11,6 +11,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -66,6 +67,12 @@ def fold(row: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any]:
         row["worker"] = str(event["hostname"])[:255]
     if kind in ("task-sent", "task-received") and ("args" in event or "kwargs" in event):
         row["args"] = summarize_repr(event.get("args"), event.get("kwargs"))
+    if kind == "task-sent":
+        # Routing names, not reprs: exact, so a retry can go the same way; the send time dates the wait.
+        for key in ("queue", "exchange", "routing_key"):
+            if event.get(key):
+                row[key] = str(event[key])[:255]
+        row["sent_at"] = at
     if kind == "task-received":
         row["received_at"] = at
     if kind == "task-started":
@@ -207,12 +214,17 @@ class History:
         self.store = store
         self.recorder = recorder
         self.session = requests.Session()
+        # Which failed or revoked tasks may show Retry (their exact arguments are known; bot.health.retry).
+        self.retryable: Callable[[list[str]], set[str]] = lambda ids: set()
+
+    def _retryable(self, rows: list[dict[str, Any]]) -> frozenset[str]:
+        return frozenset(self.retryable([r["task_id"] for r in rows if r.get("state") in ("FAILURE", "REVOKED")]))
 
     def page(self, state: str | None, name: str | None, page: int) -> View:
         offset = (page - 1) * HISTORY_PAGE
         rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE)
         if total or (self.recorder is not None and self.recorder.last_event_at is not None):
-            return history_view(rows, total, page, state, name)
+            return history_view(rows, total, page, state, name, retryable=self._retryable(rows))
         try:
             flower = [r for r in flower_rows(self.settings, self.session, 1000)
                       if (not state or r["state"] == state) and (not name or name in (r["name"] or ""))]
@@ -223,7 +235,7 @@ class History:
 
     def task(self, task_id: str) -> View | None:
         row = self.store.task(task_id)
-        return task_view(row) if row else None
+        return task_view(row, row["task_id"] in self._retryable([row])) if row else None
 
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
         rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit)

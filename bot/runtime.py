@@ -15,6 +15,9 @@ from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, Slac
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
+from bot.health import TaskHealth
+from bot.health.retry import Retrier
+from bot.health.waiting import WaitingTime
 from bot.heartbeats import HeartbeatMonitor
 from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
@@ -50,6 +53,8 @@ class Runtime:
                                         heartbeat_details=self._heartbeat_details,
                                         heartbeat_quiet=self._heartbeat_quiet)
         self.prober = Prober(settings, self.celery_probe)
+        self.waiting = WaitingTime(settings, self._store)
+        self.retrier: Retrier | None = None
         self.store: Store | None = None
         self.alerts: AlertService | None = None
         self.recorder: HistoryRecorder | None = None
@@ -61,8 +66,9 @@ class Runtime:
         self._store_reads = BoundedRead(STORE_READ_SECONDS)
 
     def take_snapshot(self) -> Snapshot:
-        """Every snapshot the bot takes (alert polls, commands) also feeds the metrics."""
-        snapshot = self.prober.snapshot()
+        """Every snapshot the bot takes (alert polls, commands), with each queue's oldest waiting task
+        (bot.health.waiting); it also feeds the metrics."""
+        snapshot = self.waiting.enrich(self.prober.snapshot())
         if self.metrics is not None:
             self.metrics.observe_snapshot(snapshot)
         return snapshot
@@ -155,21 +161,25 @@ class Runtime:
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event).start()
 
+    def _retryable(self, task_ids: list[str]) -> set[str]:
+        return self.retrier.retryable(task_ids) if self.retrier else set()
+
     def _store(self) -> Store:
         if self.store is None:
             self.store = open_store(self.settings)
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
+        health = TaskHealth(self.settings, self._store, self._retryable)
         self.alerts = AlertService(self.settings, self._store(), self.take_snapshot, sink,
-                                   is_leader=self._is_leader)
+                                   is_leader=self._is_leader, extra_findings=health.findings)
         self.alerts.start()
         return self.alerts
 
     def start_console_alerts(self, sink: Sink) -> AlertService:
         """The console watches on its own: its alert state lives in memory, never in the store, so it
         can neither take alerting from a Slack-connected bot nor consume the transitions it posts."""
-        self.alerts = AlertService(self.settings, MemoryAlertState(), self.prober.snapshot, sink)  # type: ignore[arg-type]
+        self.alerts = AlertService(self.settings, MemoryAlertState(), self.take_snapshot, sink)  # type: ignore[arg-type]
         self.alerts.start()
         return self.alerts
 
@@ -177,8 +187,10 @@ class Runtime:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
+        self.retrier = Retrier(self.settings, self._store, control)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.take_snapshot, control, self.alerts, history, self._notes)
+        history.retryable = self._retryable
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.

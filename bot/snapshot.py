@@ -44,6 +44,11 @@ class QueueInfo:
     consumers: int | None = None  # None: the broker cannot tell us (Redis, or no management API)
     unacked: int | None = None  # delivered to a worker, not yet acknowledged
     exists: bool = True
+    # The oldest waiting task (bot.health.waiting): when it was sent, and how long it had waited when
+    # measured. `oldest_exact` False: only a lower bound (some waiting tasks were sent unseen).
+    oldest_sent_at: float | None = None
+    oldest_age: float | None = None
+    oldest_exact: bool = True
 
 
 @dataclass(frozen=True)

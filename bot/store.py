@@ -119,6 +119,13 @@ task_history_table = Table(
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True, index=True),
     Column("updated_at", Float, nullable=False, index=True),
+    # issue 13 (migration 0003_health): routing from the task-sent event, and retry links
+    Column("queue", String(255), nullable=True),
+    Column("exchange", String(255), nullable=True),
+    Column("routing_key", String(255), nullable=True),
+    Column("sent_at", Float, nullable=True),
+    Column("retry_of", String(255), nullable=True),
+    Column("retried_as", String(255), nullable=True),
 )
 HISTORY_COLUMNS = [c.name for c in task_history_table.columns]
 

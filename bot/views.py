@@ -226,6 +226,8 @@ COMMANDS = (
     ("/tasks audit", "the latest 20 task-control attempts (admins)"),
     ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
     ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
+    ("/tasks retry <task-id>", "send a failed or revoked task again, exact arguments (admins)"),
+    ("/tasks retry failed <task-name> [since]", "retry every failed task of that name, after a confirmation (admins)"),
     ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
     ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
     ("/tasks unmute", "end every mute (admins)"),
@@ -257,9 +259,12 @@ def incident_view(incident: Incident, now: float) -> View:
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
         items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.clock(incident.snoozed_until),
                                                   stored_mention(incident.snoozed_by or ""))))
+    items += [Item(None, "", line) for line in incident.details]
     if incident.open:
         title = "Alert"
-        actions = (*buttons.incident(incident.id), buttons.runbook(incident.id, check_name(incident.key)))
+        items += task_items(incident)
+        actions = (*buttons.incident(incident.id), *task_actions(incident),
+                   buttons.runbook(incident.id, check_name(incident.key)))
     else:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
@@ -268,6 +273,33 @@ def incident_view(incident: Incident, now: float) -> View:
         actions = ()
     return View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
+
+
+FAILING, STUCK = "task:failing:", "task:stuck:"  # keys of task-level incidents (bot.health.rules)
+
+
+def task_items(incident: Incident) -> list[Item]:
+    """A failure alert's last failed tasks, each with Retry when its exact arguments are known."""
+    if not incident.key.startswith(FAILING):
+        return []
+    name = incident.key.removeprefix(FAILING)
+    return [Item(Level.DOWN, "Failed", "", code=task_id,
+                 action=buttons.retry("alert", task_id, f"{name} ({task_id[:8]})")
+                 if task_id in incident.retryable else None)
+            for task_id in incident.targets]
+
+
+def task_actions(incident: Incident) -> tuple[Action, ...]:
+    """Show for each failed task; Terminate and Kill for a stuck one (admins, checked when clicked)."""
+    if incident.key.startswith(FAILING):
+        return tuple(buttons.show(n, task_id) for n, task_id in enumerate(incident.targets[:buttons.SHOWN_IDS], 1))
+    if not incident.key.startswith(STUCK) or not incident.targets:
+        return ()
+    task_id = incident.targets[0]
+    return (buttons.targeted("terminate", "alert", task_id, "Terminate", Confirm(
+                "Terminate this task?", f"{incident.text}. Its worker sends it SIGTERM.", "Terminate", "Cancel")),
+            buttons.targeted("kill", "alert", task_id, "Kill", Confirm(
+                "Kill this task?", f"{incident.text}. Its worker sends it SIGKILL.", "Kill", "Cancel")))
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
@@ -288,16 +320,26 @@ HISTORY_PAGE = 20
 MAX_ECHO = 60
 
 
-def history_item(row: dict) -> Item:
+def retry_links(row: dict) -> str:
+    """", retry of 6f1c…" and ", retried as 8a2b…": the two tasks of a retry name each other."""
+    links = [f"retry of {row['retry_of'][:4]}…" if row.get("retry_of") else "",
+             f"retried as {row['retried_as'][:4]}…" if row.get("retried_as") else ""]
+    return "".join(f", {link}" for link in links if link)
+
+
+def history_item(row: dict, retryable: bool = False) -> Item:
     runtime = f", ran {assess.duration(row['runtime'])}" if row.get("runtime") is not None else ""
     finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
     worker = f" on {row['worker']}" if row.get("worker") else ""
-    return Item(STATE_LEVELS.get(row["state"]), row.get("name") or "?", f"{row['state']}{worker}{runtime}{finished}",
-                code=row["task_id"][:8], ref=("task", row["task_id"]))
+    action = buttons.retry("history", row["task_id"], f"{row.get('name') or '?'} ({row['task_id'][:8]})") \
+        if retryable and not row.get("retried_as") else None
+    return Item(STATE_LEVELS.get(row["state"]), row.get("name") or "?",
+                f"{row['state']}{worker}{runtime}{finished}{retry_links(row)}", code=row["task_id"][:8], action=action,
+                ref=("task", row["task_id"]))
 
 
 def history_view(rows: list[dict], total: int, page: int, state: str | None, name: str | None,
-                 note: str = "", source: str = "opsbot's history") -> View:
+                 note: str = "", source: str = "opsbot's history", retryable: frozenset[str] = frozenset()) -> View:
     pages = max(1, -(-total // HISTORY_PAGE))
     actions = []
     if page > 1:
@@ -309,12 +351,12 @@ def history_view(rows: list[dict], total: int, page: int, state: str | None, nam
                                   f"named like '{shown_name}'" if name else ""]))
     summary = f"{total} {what}, newest first ({source})." if total else f"No {what} on record."
     left = max(0, total - (page - 1) * HISTORY_PAGE - len(rows))
-    section = Section("History", tuple(history_item(r) for r in rows), more=left,
+    section = Section("History", tuple(history_item(r, r["task_id"] in retryable) for r in rows), more=left,
                       note=" ".join(filter(None, [f"page {page} of {pages}" if pages > 1 else "", note])))
     return View("Task history", summary, None, (section,), tuple(actions))
 
 
-def task_view(row: dict) -> View:
+def task_view(row: dict, retryable: bool = False) -> View:
     """The full story of one task."""
     def when(key: str) -> str:
         return assess.clock(row[key]) if row.get(key) else "—"
@@ -330,6 +372,8 @@ def task_view(row: dict) -> View:
         items.append(Item(None, "Runtime", assess.duration(row["runtime"])))
     if row.get("retries"):
         items.append(Item(None, "Retries", str(row["retries"])))
+    if row.get("retry_of") or row.get("retried_as"):
+        items.append(Item(None, "Retry", retry_links(row).removeprefix(", ")))
     if row.get("args"):
         items.append(Item(None, "Arguments", row["args"]))
     if row.get("result"):
@@ -339,5 +383,7 @@ def task_view(row: dict) -> View:
     sections = [Section("Task", tuple(items))]
     if row.get("traceback"):
         sections.append(Section("Traceback (last lines)", (Item(None, "", "\n" + row["traceback"]),)))
+    actions = (buttons.retry("show", row["task_id"], f"{row.get('name') or '?'} ({row['task_id'][:8]})"),) \
+        if retryable and not row.get("retried_as") else ()
     return View(f"Task {row['task_id'][:8]}", f"{row.get('name') or '?'}: {row['state']}",
-                STATE_LEVELS.get(row["state"]), tuple(sections), footer=f"Task id {row['task_id']}")
+                STATE_LEVELS.get(row["state"]), tuple(sections), actions, footer=f"Task id {row['task_id']}")

@@ -565,6 +565,7 @@ class CeleryWorker(ManagedProcess):
         concurrency: int = 2,
         events: bool = True,
         extra_args: Sequence[str] = (),
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.broker_url = broker_url
@@ -574,6 +575,7 @@ class CeleryWorker(ManagedProcess):
         self.concurrency = concurrency
         self.events = events
         self.extra_args = tuple(extra_args)
+        self.extra_env = dict(extra_env or {})  # e.g. STACK_RESULT_BACKEND for tests/stackapp.py
 
     @property
     def name(self) -> str:
@@ -599,6 +601,7 @@ class CeleryWorker(ManagedProcess):
         env = dict(os.environ)
         env.update(STACK_BROKER_URL=self.broker_url, STACK_TASK_EVENTS="1" if self.events else "0")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env.update(self.extra_env)
         return env
 
     def _popen_extra(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import os
 import signal
 import time
 
-from celery import Celery
+from celery import Celery, Task
 
 DEFAULT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 
@@ -25,7 +25,9 @@ def _env_flag(name: str, default: bool) -> bool:
 
 app = Celery("stackapp", broker=os.environ.get("STACK_BROKER_URL", DEFAULT_BROKER_URL))
 app.conf.update(
-    result_backend=None,
+    # A result backend only where a test asks for one (Retry reads exact arguments from it).
+    result_backend=os.environ.get("STACK_RESULT_BACKEND") or None,
+    result_extended=_env_flag("STACK_RESULT_EXTENDED", False),
     # Task events feed Flower and the bot's event listener; tests can turn them off
     # (CeleryWorker(events=False)) because the worker's -E flag can only switch them on.
     worker_send_task_events=_env_flag("STACK_TASK_EVENTS", True),
@@ -71,3 +73,19 @@ def stubborn(seconds: float) -> float:
         return sleep(seconds)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@app.task(name="stackapp.record", bind=True)
+def record(self: Task, path: str, *args: object, fail: bool = False, pause: float = 0.0, **kwargs: object) -> None:
+    """Append what this run received (id, args, kwargs) as a JSON line to `path`; then fail if asked.
+
+    Tests compare these lines with what they sent: exact arguments for Retry, order and count for
+    the waiting-time reads.
+    """
+    import json
+
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"id": self.request.id, "args": args, "kwargs": kwargs, "fail": fail}) + "\n")
+    time.sleep(pause)
+    if fail:
+        raise ValueError(f"recorded and failed as asked: {len(args)} args")
