@@ -46,7 +46,6 @@ from tests.stack import (
     publish_tasks,
     wait_until,
 )
-from tests.test_replicas import pg_url  # noqa: F401 - the fixture: a fresh database on the machine's PostgreSQL
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

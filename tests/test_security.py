@@ -61,7 +61,6 @@ from tests.stack import (
     queue_counts,
     wait_until,
 )
-from tests.test_replicas import pg_url  # noqa: F401 - a fresh PostgreSQL database, dropped afterwards
 
 ADMIN = "U_ADMIN"
 NOW = 1_800_000_000.0
