@@ -404,7 +404,7 @@ def pg_proxy() -> Iterator[TcpProxy]:
     proxy.stop()
 
 
-def test_readyz_follows_the_store(socket_bot: Callable[..., BotProcess], pg_url: str,  # noqa: F811
+def test_readyz_follows_the_store(socket_bot: Callable[..., BotProcess], pg_url: str,
                                   pg_proxy: TcpProxy) -> None:
     port = free_port()
     proxied = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{pg_proxy.port}")
