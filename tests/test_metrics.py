@@ -46,7 +46,6 @@ from tests.stack import (
     publish_tasks,
     wait_until,
 )
-from tests.test_replicas import pg_url  # noqa: F401 - the fixture: a fresh database on the machine's PostgreSQL
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -405,7 +404,7 @@ def pg_proxy() -> Iterator[TcpProxy]:
     proxy.stop()
 
 
-def test_readyz_follows_the_store(socket_bot: Callable[..., BotProcess], pg_url: str,  # noqa: F811
+def test_readyz_follows_the_store(socket_bot: Callable[..., BotProcess], pg_url: str,
                                   pg_proxy: TcpProxy) -> None:
     port = free_port()
     proxied = pg_url.replace("127.0.0.1:5432", f"127.0.0.1:{pg_proxy.port}")

@@ -61,7 +61,6 @@ from tests.stack import (
     queue_counts,
     wait_until,
 )
-from tests.test_replicas import pg_url  # noqa: F401 - a fresh PostgreSQL database, dropped afterwards
 
 ADMIN = "U_ADMIN"
 NOW = 1_800_000_000.0
@@ -380,7 +379,7 @@ def test_active_tasks_come_with_cut_reprs_not_whole_arguments(rabbit: RabbitNode
 
 
 @pytest.mark.integration
-def test_a_replica_id_with_quotes_leads_and_is_named_as_given(pg_url: str) -> None:  # noqa: F811
+def test_a_replica_id_with_quotes_leads_and_is_named_as_given(pg_url: str) -> None:
     replica = f"it's-{uuid.uuid4().hex[:6]}'; SELECT 1; --"
     store = Store(pg_url)
     leadership = Leadership(store, replica).start()
