@@ -17,6 +17,8 @@ from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
 from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, SECTIONS, TARGETED, Forged
+from bot.charts import service as chart_service
+from bot.charts.sparkline import chart_view
 from bot.control import TASK_ID, Outcome, TaskControl
 from bot.history import History
 from bot.markup import phrase
@@ -39,7 +41,8 @@ from bot.views import (
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
-           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show"}
+           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show",
+           "chart": "chart", "charts": "chart"}
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show")
 # Where the answer to an action is drawn: the list the target lives in.
@@ -114,6 +117,12 @@ def parse(text: str) -> Command:
         if len(rest) != 1:
             raise UsageError("Usage: /tasks show <task-id>")
         return Command(name, target=rest[0])
+    if name == "chart":
+        try:
+            chart_service.parse(rest)
+        except chart_service.ChartUsage as problem:
+            raise UsageError(str(problem)) from None
+        return Command(name, target=" ".join(rest))
     if name == "mute":
         if not 1 <= len(rest) <= 2:
             raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower]")
@@ -180,8 +189,9 @@ class Commands:
 
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
                  alerts: AlertService | None = None, history: History | None = None,
-                 notes: Callable[[], list[str]] = list) -> None:
+                 notes: Callable[[], list[str]] = list, charts: chart_service.Charts | None = None) -> None:
         self.take_snapshot = take_snapshot
+        self.charts = charts
         self.control = control
         self.alerts = alerts
         self.history = history
@@ -225,6 +235,8 @@ class Commands:
             return Reply(self._alerting(command, actor), replace_original=False)
         if command.name in ("history", "show"):
             return Reply(self._history(command))
+        if command.name == "chart":
+            return Reply(self._chart(command), replace_original=False)
         return Reply(self.status(command.name, command.page))
 
     def _history(self, command: Command) -> View:
@@ -238,6 +250,13 @@ class Commands:
         if found is None:
             return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
         return found
+
+    def _chart(self, command: Command) -> View:
+        """The series as sparklines (the console; Slack posts a PNG instead, see bot.charts.slack)."""
+        if self.charts is None:
+            return message_view("opsbot", "Charts are not available here.", Level.WARN)
+        chart = self.charts.data(chart_service.parse(command.target.split()))
+        return message_view("opsbot", chart, Level.WARN) if isinstance(chart, str) else chart_view(chart)
 
     def home(self) -> View:
         """The App Home dashboard: the overview, plus the latest failures from the history."""

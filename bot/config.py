@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     digest_at: str | None = Field(None, validation_alias="OPSBOT_DIGEST_AT")
     replica_id: str | None = Field(None, max_length=100, validation_alias="OPSBOT_REPLICA_ID")
 
+    # issue 19: charts. How long the one-minute time series are kept.
+    series_days: float = Field(7.0, gt=0, le=366, validation_alias="OPSBOT_SERIES_DAYS")
+
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:

@@ -90,9 +90,11 @@ class HistoryRecorder:
     """Receives task events from the event monitor's thread; a writer thread stores them in batches."""
 
     def __init__(self, store: Any, days: float, max_rows: int,
-                 should_record: Callable[[], bool] = lambda: True) -> None:
+                 should_record: Callable[[], bool] = lambda: True,
+                 on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
         self.should_record = should_record  # with several replicas, only the leader records
+        self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
         self.days = days
         self.max_rows = max_rows
         self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=100_000)
@@ -108,6 +110,8 @@ class HistoryRecorder:
         if event.get("type") in EVENT_STATES and event.get("uuid"):
             if not self.should_record():
                 return
+            if self.on_recorded is not None:
+                self.on_recorded(event)
             self.last_event_at = time.time()
             try:
                 self.events.put_nowait(event)

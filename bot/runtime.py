@@ -10,6 +10,8 @@ from collections.abc import Callable
 from bot import markup
 from bot.access import Access, Actor
 from bot.alerting import AlertService, ConsoleSink, Sink
+from bot.charts.series import SeriesRecorder, SeriesStore
+from bot.charts.service import Charts
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -18,6 +20,7 @@ from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
+from bot.snapshot import Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ class Runtime:
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
+        self.series: SeriesRecorder | None = None
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
@@ -62,6 +66,17 @@ class Runtime:
         if leading and self.alerts is not None:
             self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
 
+    def _snapshot(self) -> Snapshot:
+        """A fresh snapshot; the time series records it too (no probe of its own needed then)."""
+        snapshot = self.prober.snapshot()
+        if self.series is not None:
+            self.series.offer(snapshot)
+        return snapshot
+
+    def charts(self) -> Charts:
+        return Charts(SeriesStore(self._store().engine), self.settings.queues, self.settings.backlog_threshold,
+                      self.settings.series_days, time.time)
+
     def _is_leader(self) -> bool:
         return self.leadership is not None and self.leadership.is_leader()
 
@@ -76,8 +91,10 @@ class Runtime:
     def start_background(self) -> None:
         """Long-running modes follow worker heartbeats and record task history; a one-shot status does not."""
         self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
+        self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
+                                     self.prober.snapshot, should_record=self._is_leader).start()
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        should_record=self._is_leader).start()
+                                        should_record=self._is_leader, on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self.recorder.on_event).start()
 
@@ -87,7 +104,7 @@ class Runtime:
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
+        self.alerts = AlertService(self.settings, self._store(), self._snapshot, sink,
                                    is_leader=self._is_leader)
         self.alerts.start()
         return self.alerts
@@ -97,7 +114,7 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
+        return Commands(self._snapshot, control, self.alerts, history, self._notes, self.charts())
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -108,10 +125,12 @@ class Runtime:
     def run_slack(self) -> None:
         from bot import slack_app
         from bot.alerting import SlackSink
+        from bot.charts.slack import ChartPoster, IncidentCharts
 
         client = slack_app.make_client(self.settings)
         if self.settings.alert_channel:
-            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica))
+            alerts = self.start_alerts(SlackSink(self._store(), client, self.settings.alert_channel, self.replica,
+                                                 attach=IncidentCharts(client, self.charts()).attach))
             if self.settings.digest_at:
                 channel = self.settings.alert_channel
                 alerts.daily(self.settings.digest_at, lambda: client.chat_postMessage(
@@ -120,7 +139,7 @@ class Runtime:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
-        app = slack_app.build_app(self.settings, commands, client)
+        app = slack_app.build_app(self.settings, commands, client, ChartPoster(client, self.charts()))
         if self.settings.slack_app_token is not None:
             slack_app.run_socket_mode(app, self.settings)
         else:
@@ -133,6 +152,8 @@ class Runtime:
             self.heartbeats.stop()
         if self.recorder is not None:
             self.recorder.stop()
+        if self.series is not None:
+            self.series.stop()
         if self.leadership is not None:
             self.leadership.stop()
         self.prober.close()
