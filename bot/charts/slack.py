@@ -25,7 +25,7 @@ from bot.views import View, message_view
 
 log = logging.getLogger(__name__)
 
-CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{1,30}$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9_]{1,30}$")
 MAX_ALT = 2000  # https://docs.slack.dev/reference/block-kit/blocks/image-block: alt_text and title
 NOT_IN_CHANNEL = ("I am not in this channel, so I cannot post the chart here. Invite me with `/invite @opsbot` "
                   "(or mention @opsbot and choose to add it), then ask again. Nothing was posted.")
