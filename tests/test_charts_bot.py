@@ -74,7 +74,8 @@ def test_charts_in_slack_from_the_real_bot(slack: SlackStandIn, socket_bot: Call
     assert pixels_of(picture, BLUE) and horizontal_rows(pixels_of(picture, PURPLE), 500)
 
     # Failures per minute, counted from the task events: the failed series in its own colour.
-    assert wait_until(lambda: chart_answer(slack, "stackapp.fail").endswith("Chart posted in <#C_OPS>."), 30, interval=3)
+    posted = "Chart posted in <#C_OPS>."
+    assert wait_until(lambda: chart_answer(slack, "stackapp.fail").endswith(posted), 30, interval=3)
     failing = next(f for f in slack.uploaded() if f.title == "Task stackapp.fail, last hour")
     assert len(pixels_of(decode(failing.content or b""), VERMILLION)) > 100
 
@@ -86,3 +87,40 @@ def test_charts_in_slack_from_the_real_bot(slack: SlackStandIn, socket_bot: Call
     assert len(slack.uploaded()) == before and not [m for m in slack.messages if m.channel == "C_QUIET"]
 
     assert not slack.rejections, slack.rejections
+
+
+def test_the_console_draws_the_series_as_sparklines(rabbit: RabbitNode, worker: object, flower: object,
+                                                    tmp_path: object) -> None:
+    import subprocess
+    from pathlib import Path
+
+    from sqlalchemy import create_engine, text
+
+    from tests.fixtures_bot import OPSBOT, clean_env, stack_env
+
+    assert isinstance(tmp_path, Path)
+    publish_tasks(rabbit.amqp_url, "stackapp.add", 4, queue="other", args=(1, 2))
+    env = clean_env(stack_env(rabbit, flower, tmp_path) | {"OPSBOT_BACKLOG_THRESHOLD": "2", "COLUMNS": "160"})
+    log = tmp_path / "console.log"
+    with log.open("w") as errors:  # DEBUG logs: a pipe nobody reads would fill up and block the bot
+        console = subprocess.Popen([OPSBOT, "console"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=errors, text=True)
+    try:
+        engine = create_engine(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
+        query = text("SELECT count(*) FROM series WHERE name = 'other' AND metric = 'waiting'")
+
+        def recorded() -> bool:
+            with engine.connect() as conn:
+                return conn.execute(query).scalar() > 0
+
+        assert wait_until(recorded, 30)
+        out, _ = console.communicate("chart other\nchart bogus-name\nquit\n", timeout=60)
+    finally:
+        if console.poll() is None:
+            console.kill()
+    err = log.read_text()
+    assert console.returncode == 0, err
+    assert "Queue other, last hour" in out and "Tasks waiting  (alert threshold 2)" in out
+    line = next(row for row in out.splitlines() if "waiting" in row and "now 4" in row)
+    assert "█" in line  # the sparkline, at its top: 4 waiting all along
+    assert "no series called 'bogus-name'" in out and "Traceback" not in out + err
