@@ -114,7 +114,7 @@ class Charts:
         title, panels = build
         read = self.store.read({k for _, specs in panels for k, _ in specs}, start - STEPS[request.period])
         drawn = []
-        for (unit, specs), threshold in zip(panels, self._thresholds(request.subject, panels), strict=True):
+        for (unit, specs), threshold in zip(panels, self._thresholds(panels), strict=True):
             lines = tuple(Line(label, key.metric, buckets(read[key], start, end, STEPS[request.period],
                                                            key.kind == "task"))
                           for key, label in specs if key in read)
@@ -124,7 +124,7 @@ class Charts:
             return f"Nothing measured for {title.lower()} in the {PERIOD_NAMES[request.period]} yet."
         return ChartData(f"{title}, {PERIOD_NAMES[request.period]}", start, end, tuple(drawn))
 
-    def _thresholds(self, subject: str, panels: list[Spec]) -> list[tuple[float | None, str]]:
+    def _thresholds(self, panels: list[Spec]) -> list[tuple[float | None, str]]:
         """The backlog threshold goes on panels of waiting tasks."""
         found = []
         for unit, _ in panels:
