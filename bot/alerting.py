@@ -58,8 +58,10 @@ class SlackSink:
     """Posts through the store's outbox: rows are written with the engine's state, then sent in order."""
 
     def __init__(self, store: Store, client: WebClient, channel: str, replica: str = "",
-                 clock_: Callable[[], float] = time.time) -> None:
+                 clock_: Callable[[], float] = time.time,
+                 attach: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.store = store
+        self.attach = attach  # adds the chart of the series concerned (issue 19), drawn afresh on each send
         self.client = client
         self.channel = channel
         self.replica = replica
@@ -155,6 +157,8 @@ class SlackSink:
 
     def _send(self, item_id: int, incident_id: str, kind: str, payload: dict[str, Any]) -> None:
         message = self.store.incident_message(incident_id)
+        if self.attach is not None and (kind == "post" or (kind == "refresh" and message is not None)):
+            payload = self.attach(incident_id, payload)
         if kind == "post" and message is None:
             response = send_alert(self.client.chat_postMessage, payload, channel=self.channel, unfurl_links=False)
             self.store.outbox_done(item_id, (incident_id, response["channel"], response["ts"]))
@@ -185,6 +189,11 @@ def send_alert(call: Callable[..., Any], payload: dict[str, Any], **where: Any) 
         error = problem.response.get("error")
         if error not in REFUSED:
             raise
+        blocks = payload.get("blocks") or []
+        if any(b.get("type") == "image" for b in blocks):  # the chart was refused: the alert goes without it
+            log.warning("Slack refused an alert's chart (%s); sending the alert without it", error)
+            return send_alert(call, {**payload, "blocks": [b for b in blocks if b.get("type") != "image"],
+                                     PLAIN: plain}, **where)
         log.error("Slack refused an alert's blocks (%s: %s); sending it as plain text", error,
                   problem.response.get("errors"))
         # chat.update keeps the old blocks unless told to drop them; chat.postMessage needs none.

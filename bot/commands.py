@@ -17,6 +17,8 @@ from bot.alerting import AlertService
 from bot.alerts import ALL
 from bot.assess import clock
 from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
+from bot.charts import service as chart_service
+from bot.charts.sparkline import chart_view
 from bot.control import TASK_ID, Outcome, TaskControl
 from bot.durations import parse_duration
 from bot.health.retry import NO_BACKEND, Retrier
@@ -42,7 +44,7 @@ ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
            "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show",
-           "retry": "retry"}
+           "retry": "retry", "chart": "chart", "charts": "chart"}
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show")
 # Where the answer to an action is drawn: the list the target lives in.
@@ -120,6 +122,12 @@ def parse(text: str) -> Command:
         if len(rest) != 1:
             raise UsageError("Usage: /tasks show <task-id>")
         return Command(name, target=rest[0])
+    if name == "chart":
+        try:
+            chart_service.parse(rest)
+        except chart_service.ChartUsage as problem:
+            raise UsageError(str(problem)) from None
+        return Command(name, target=" ".join(rest))
     if name == "mute":
         if not 1 <= len(rest) <= 2:
             raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower]")
@@ -198,8 +206,10 @@ class Commands:
 
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
                  alerts: AlertService | None = None, history: History | None = None,
-                 notes: Callable[[], list[str]] = list, retrier: Retrier | None = None) -> None:
+                 notes: Callable[[], list[str]] = list, retrier: Retrier | None = None,
+                 charts: chart_service.Charts | None = None) -> None:
         self.take_snapshot = take_snapshot
+        self.charts = charts
         self.control = control
         self.alerts = alerts
         self.history = history
@@ -247,6 +257,8 @@ class Commands:
         if command.name in ("history", "show"):
             # Show from an alert answers beside it: the alert message is the incident's, not ours.
             return Reply(self._history(command), replace_original=command.section not in PRIVATE_SECTIONS)
+        if command.name == "chart":
+            return Reply(self._chart(command), replace_original=False)
         return Reply(self.status(command.name, command.page))
 
     def _history(self, command: Command) -> View:
@@ -260,6 +272,13 @@ class Commands:
         if found is None:
             return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
         return found
+
+    def _chart(self, command: Command) -> View:
+        """The series as sparklines (the console; Slack posts a PNG instead, see bot.charts.slack)."""
+        if self.charts is None:
+            return message_view("opsbot", "Charts are not available here.", Level.WARN)
+        chart = self.charts.data(chart_service.parse(command.target.split()))
+        return message_view("opsbot", chart, Level.WARN) if isinstance(chart, str) else chart_view(chart)
 
     def home(self) -> View:
         """The App Home dashboard: the overview, plus the latest failures from the history."""

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
             raise ValueError("opsbot reads results from a Redis result backend (redis:// or rediss://)")
         return value
 
+    # issue 19: charts. How long the one-minute time series are kept.
+    series_days: float = Field(7.0, gt=0, le=366, validation_alias="OPSBOT_SERIES_DAYS")
+
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:

@@ -104,8 +104,10 @@ class HistoryRecorder:
     kept and tried again, in order, with the events that came after it.
     """
 
-    def __init__(self, store: Any, days: float, max_rows: int) -> None:
+    def __init__(self, store: Any, days: float, max_rows: int,
+                 on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
+        self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
         self.days = days
         self.max_rows = max_rows
         self.events: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=MAX_QUEUED)
@@ -127,6 +129,8 @@ class HistoryRecorder:
         if not valid_task_id(event["uuid"]):  # one bad id must not poison a batch of good ones
             log.warning("ignored a task event with an unusable task id (%d characters)", len(str(event["uuid"])))
             return
+        if self.on_recorded is not None:
+            self.on_recorded(event)
         self.last_event_at = time.time()
         try:
             self.events.put_nowait(event)

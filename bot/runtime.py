@@ -12,6 +12,8 @@ from typing import Any
 from bot import markup
 from bot.access import Access, Actor
 from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
+from bot.charts.series import SeriesRecorder, SeriesStore
+from bot.charts.service import Charts
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -127,6 +129,17 @@ class Runtime:
         if leading and self.alerts is not None:
             self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
 
+    def _snapshot(self) -> Snapshot:
+        """A fresh snapshot; the time series records it too (no probe of its own needed then)."""
+        snapshot = self.prober.snapshot()
+        if self.series is not None:
+            self.series.offer(snapshot)
+        return snapshot
+
+    def charts(self) -> Charts:
+        return Charts(SeriesStore(self._store().engine), self.settings.queues, self.settings.backlog_threshold,
+                      self.settings.series_days, time.time)
+
     def _is_leader(self) -> bool:
         return self.leadership is not None and self.leadership.is_leader()
 
@@ -156,8 +169,10 @@ class Runtime:
         mode (`opsbot run`) takes part in the election for alerting."""
         if lead:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        self.recorder = HistoryRecorder(self._store(), self.settings.history_days,
-                                        self.settings.history_max_rows).start()
+        self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
+                                     self.take_snapshot, should_record=self._is_leader).start()
+        self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
+                                        on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event).start()
 
@@ -190,7 +205,7 @@ class Runtime:
         self.retrier = Retrier(self.settings, self._store, control)
         history = History(self.settings, self._store(), self.recorder)
         history.retryable = self._retryable
-        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier)
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts())
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -201,6 +216,7 @@ class Runtime:
     def run_slack(self) -> None:
         from bot import blocks, slack_app
         from bot.alerting import SlackSink
+        from bot.charts.slack import ChartPoster, IncidentCharts
         from bot.links import Links
 
         blocks.use_links(Links.from_settings(self.settings))
@@ -208,7 +224,8 @@ class Runtime:
         if self.metrics is not None:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
-            sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica)
+            sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica,
+                             attach=IncidentCharts(client, self.charts()).attach)
             alerts = self.start_alerts(sink)
             if self.settings.digest_at:
                 alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
@@ -216,7 +233,7 @@ class Runtime:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
-        app = slack_app.build_app(self.settings, commands, client)
+        app = slack_app.build_app(self.settings, commands, client, ChartPoster(client, self.charts()))
         if self.settings.log_level != "DEBUG":
             app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:
@@ -251,6 +268,8 @@ class Runtime:
             self.heartbeats.stop()
         if self.recorder is not None:
             self.recorder.stop()
+        if self.series is not None:
+            self.series.stop()
         if self.leadership is not None:
             self.leadership.stop()
         self.prober.close()

@@ -25,6 +25,7 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import blocks, buttons, markup
 from bot.access import Access, Actor
+from bot.charts.slack import ChartPoster
 from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
 from bot.config import ConfigError, Settings
 from bot.snapshot import Level
@@ -166,7 +167,7 @@ def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
     timer.start()
 
 
-def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
+def build_app(settings: Settings, commands: Commands, client: WebClient, charts: ChartPoster | None = None) -> App:
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     http_mode = settings.slack_app_token is None
     if http_mode and not signing_secret:
@@ -182,6 +183,13 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             parsed: Command | None = parse(text)
         except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
+        if parsed is not None and parsed.name == "chart" and charts is not None:
+            # A file cannot ride on an ephemeral answer: it goes into the channel, and we say so privately.
+            ack()
+            channel = str(command.get("channel_id") or "")
+            reply = safely(lambda: Reply(charts.post(parsed.target, channel, who.mention), replace_original=False))
+            send(respond, reply.view, response_type="ephemeral", replace_original=False)
+            return
         if parsed is not None and parsed.name in TARGETED:
             # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
             ack(response_type="ephemeral", text=WORKING)

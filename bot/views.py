@@ -228,6 +228,8 @@ COMMANDS = (
     ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
     ("/tasks retry <task-id>", "send a failed or revoked task again, exact arguments (admins)"),
     ("/tasks retry failed <task-name> [since]", "retry every failed task of that name, after a confirmation (admins)"),
+    ("/tasks chart [queues|tasks|workers|<queue>|<task-name>] [1h|6h|24h|7d]",
+     "a chart over time: tasks waiting, failures per minute, workers (posted in the channel)"),
     ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
     ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
     ("/tasks unmute", "end every mute (admins)"),

@@ -3,16 +3,25 @@
 Each check cites the reference page it comes from. `problems` answers like Slack does in the
 `errors` list of an `invalid_blocks` error: a sentence and a JSON pointer to the offending field.
 Block and element types this validator does not model in detail are only checked for a known type
-(opsbot uses sections, headers, context, actions, dividers and buttons).
+(opsbot uses sections, headers, context, actions, dividers, buttons and images).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 BLOCKS_URL = "https://api.slack.com/reference/block-kit/blocks"
 ELEMENTS_URL = "https://api.slack.com/reference/block-kit/block-elements"
 OBJECTS_URL = "https://api.slack.com/reference/block-kit/composition-objects"
+IMAGE_URL = "https://docs.slack.dev/reference/block-kit/blocks/image-block"
+SLACK_FILE_URL = "https://docs.slack.dev/reference/block-kit/composition-objects/slack-file-object"
+# Slack's own answer to a malformed file id: "input must match regex pattern: ^[F][A-Z0-9]{8,}$"
+# (slackapi/python-slack-sdk#1521).
+FILE_ID = re.compile(r"^[F][A-Z0-9]{8,}$")
+# Whether the workspace has a file a slack_file object may show: a reason it may not, or None.
+FileCheck = Callable[[dict[str, Any]], "str | None"]
 
 # https://api.slack.com/reference/block-kit/blocks: "up to 50 blocks in each message, and 100 blocks
 # in modals or Home tabs".
@@ -147,10 +156,44 @@ def actions(block: dict, path: str, seen: set[str]) -> Problems:
     return found
 
 
+def slack_file(obj: Any, path: str, check: FileCheck | None) -> Problems:
+    """SLACK_FILE_URL: exactly one of `url` and `id` (both: rejected); the file must be an image (png,
+    jpg, jpeg, gif) that the poster can access. Slack answers "invalid slack file" otherwise
+    (slackapi/python-slack-sdk#1658)."""
+    if not isinstance(obj, dict) or ("id" in obj) == ("url" in obj):
+        return [_at(path, "must have exactly one of url and id")]
+    if "id" in obj and not (isinstance(obj["id"], str) and FILE_ID.match(obj["id"])):
+        return [_at(f"{path}/id", "input must match regex pattern: ^[F][A-Z0-9]{8,}$")]
+    if "url" in obj and not isinstance(obj["url"], str):
+        return [_at(f"{path}/url", "must be a string")]
+    reason = check(obj) if check is not None else None
+    return [_at(path, reason)] if reason else []
+
+
+def image(block: dict, path: str, seen: set[str], check: FileCheck | None = None) -> Problems:
+    """IMAGE_URL: alt_text required (plain, at most 2000 characters); exactly one of image_url (at most
+    3000 characters) and slack_file; an optional plain_text title of at most 2000 characters."""
+    found: Problems = []
+    alt = block.get("alt_text")
+    if not isinstance(alt, str) or not 0 < len(alt) <= 2000:
+        found.append(_at(f"{path}/alt_text", "must be a string of 1 to 2000 characters"))
+    if ("image_url" in block) == ("slack_file" in block):
+        return [*found, _at(path, "must have exactly one of image_url and slack_file")]
+    if "image_url" in block:
+        url = block["image_url"]
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")) or len(url) > 3000:
+            found.append(_at(f"{path}/image_url", "must be an http(s) URL of at most 3000 characters"))
+    else:
+        found += slack_file(block["slack_file"], f"{path}/slack_file", check)
+    if "title" in block:
+        found += text_object(block["title"], f"{path}/title", 2000, plain_only=True)
+    return found
+
+
 CHECKS = {"section": section, "header": header, "context": context, "actions": actions}
 
 
-def problems(blocks: Any, surface: str = "message") -> Problems:
+def problems(blocks: Any, surface: str = "message", files: FileCheck | None = None) -> Problems:
     """Every rule `blocks` breaks (empty: Slack accepts them)."""
     if not isinstance(blocks, list):
         return [_at("/blocks", "must be an array")]
@@ -170,20 +213,24 @@ def problems(blocks: Any, surface: str = "message") -> Problems:
             elif block_id in block_ids:
                 found.append(_at(f"{path}/block_id", f"duplicate block_id '{block_id}'"))
             block_ids.add(block_id)
+        if block["type"] == "image":
+            found += image(block, path, set(), files)
+            continue
         check = CHECKS.get(block["type"])
         if check is not None:
             found += check(block, path, set())  # action_ids are unique per block
     return found
 
 
-def message_error(payload: dict[str, Any], surface: str = "message") -> dict[str, Any] | None:
+def message_error(payload: dict[str, Any], surface: str = "message", files: FileCheck | None = None
+                  ) -> dict[str, Any] | None:
     """Slack's answer to a message (or view) it refuses, or None when it accepts it."""
     text = payload.get("text")
     if isinstance(text, str) and len(text) > MAX_MESSAGE_TEXT:
         return {"ok": False, "error": "msg_too_long"}
     if "blocks" not in payload:
         return None
-    found = problems(payload["blocks"], surface)
+    found = problems(payload["blocks"], surface, files)
     if found:
         return {"ok": False, "error": "invalid_blocks", "errors": found,
                 "response_metadata": {"messages": [f"[ERROR] {p}" for p in found]}}

@@ -48,7 +48,7 @@ DEFAULT_APP_TOKEN = "xapp-test-app-token"
 VERIFICATION_TOKEN = "verification-token-test"  # Slack's deprecated per-payload "token" field
 
 # Parameters Slack accepts as JSON-encoded strings in form bodies; decoded when recorded.
-JSON_PARAMS = frozenset({"blocks", "attachments", "view", "metadata", "user_auth_blocks"})
+JSON_PARAMS = frozenset({"blocks", "attachments", "view", "metadata", "user_auth_blocks", "files"})
 
 # Methods authorised by the app-level token (everything else needs the bot token).
 APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
@@ -113,6 +113,7 @@ class Message:
     bot_id: str | None = None
     updates: int = 0
     deleted: bool = False
+    files: list[dict[str, Any]] | None = None  # a file share (files.completeUploadExternal with a channel)
 
     def as_payload(self) -> dict[str, Any]:
         """The message object as Slack embeds it in API answers and block_actions payloads."""
@@ -125,7 +126,41 @@ class Message:
             msg["bot_id"] = self.bot_id
         if self.thread_ts:
             msg["thread_ts"] = self.thread_ts
+        if self.files:
+            msg["files"] = self.files
         return msg
+
+
+@dataclass
+class Channel:
+    """A conversation the workspace has; the bot can post files only where it is a member."""
+
+    name: str
+    bot_member: bool = True
+
+
+@dataclass
+class UploadedFile:
+    """A file through the external upload flow: URL issued, bytes uploaded, upload completed."""
+
+    id: str
+    filename: str
+    length: int
+    token: str  # who started the upload: only they may complete it, and see it while it is shared nowhere
+    alt_txt: str | None = None
+    content: bytes | None = None  # None until the bytes were POSTed to the upload URL
+    title: str | None = None
+    completed: bool = False
+    channels: tuple[str, ...] = ()
+
+    @property
+    def is_image(self) -> bool:
+        """Slack's image blocks take png, jpg, jpeg and gif files (the slack file object's reference page)."""
+        return self.filename.lower().rsplit(".", 1)[-1] in ("png", "jpg", "jpeg", "gif")
+
+
+# Conversations the stand-in knows; tests add others with ``add_channel``.
+DEFAULT_CHANNELS = {"C_OPS": "ops", "C_ALERTS": "alerts", "C_AUDIT": "audit"}
 
 
 @dataclass
@@ -426,6 +461,7 @@ class SlackStandIn:
         self.users: dict[str, dict[str, Any]] = dict(DEFAULT_USERS if users is None else users)
         self.usergroups: dict[str, list[str]] = dict(usergroups or {})
         self.response_url_max_uses = response_url_max_uses
+        self.channels: dict[str, Channel] = {cid: Channel(name) for cid, name in DEFAULT_CHANNELS.items()}
         self._cond = threading.Condition()
         self._ts_counter = itertools.count(1)
         self._conn_ids = itertools.count(1)
@@ -448,6 +484,8 @@ class SlackStandIn:
         self._faults: dict[str, list[_Fault]] = {}
         self.rejections: list[Rejection] = []
         self._forced_rejections: dict[str, int] = {}
+        self.files: dict[str, UploadedFile] = {}
+        self._upload_keys: dict[str, str] = {}  # upload URL key -> file id
         self._response_urls: dict[str, _ResponseUrl] = {}
         self._tickets: set[str] = set()
         self._conns: list[_Connection] = getattr(self, "_conns", [])
@@ -489,6 +527,7 @@ class SlackStandIn:
         app = web.Application()
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_post("/response/{url_id}", self._handle_response_url)
+        app.router.add_post("/upload/v1/{key}", self._handle_upload)
         app.router.add_get("/socket-mode", self._handle_socket_mode)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -647,6 +686,8 @@ class SlackStandIn:
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroups_users_list,
             "conversations.replies": self._conversations_replies,
+            "files.getUploadURLExternal": self._files_get_upload_url_external,
+            "files.completeUploadExternal": self._files_complete_upload_external,
         }
 
     def _auth_test(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -669,7 +710,7 @@ class SlackStandIn:
 
     def _validate(self, where: str, payload: dict[str, Any], surface: str = "message") -> None:
         """Refuse, as Slack does, a payload breaking a Block Kit rule (or one a test forces to fail)."""
-        answer = message_error(payload, surface)
+        answer = message_error(payload, surface, self._slack_file_problem)
         if answer is None and "blocks" in payload and self._forced_rejections.get(where, 0) > 0:
             self._forced_rejections[where] -= 1
             answer = {"ok": False, "error": "invalid_blocks", "errors": ["forced by the test"]}
@@ -796,6 +837,92 @@ class SlackStandIn:
             if msg.channel == channel and msg.ts == ts and not msg.deleted:
                 return msg
         raise SlackError("message_not_found")
+
+    # --------------------------------------------------------------------------- file uploads
+
+    def add_channel(self, channel_id: str, name: str, bot_member: bool = True) -> None:
+        """A conversation the workspace has (the bot in it, or not)."""
+        with self._cond:
+            self.channels[channel_id] = Channel(name, bot_member)
+
+    def _files_get_upload_url_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        """files.getUploadURLExternal: needs a filename and the length in bytes of what will be uploaded."""
+        filename = str(params.get("filename") or "")
+        length = str(params.get("length") or "")
+        if not filename or not length.isdigit() or int(length) < 1:
+            raise SlackError("invalid_arguments")
+        file_id = "F" + uuid.uuid4().hex[:10].upper()
+        key = uuid.uuid4().hex
+        token = self.bot_token  # _check_token let only the bot token through
+        self.files[file_id] = UploadedFile(file_id, filename, int(length), token, params.get("alt_txt"))
+        self._upload_keys[key] = file_id
+        return {"upload_url": f"http://127.0.0.1:{self.port}/upload/v1/{key}", "file_id": file_id}
+
+    async def _handle_upload(self, request: web.Request) -> web.StreamResponse:
+        """The POST of the bytes to the upload URL: the length must be the one announced."""
+        data = await request.read()
+        with self._cond:
+            file_id = self._upload_keys.get(request.match_info["key"])
+            upload = self.files.get(file_id or "")
+            if upload is None:
+                return web.Response(status=404, text="not_found")
+            if len(data) != upload.length:
+                self.rejections.append(Rejection("upload", {"error": "length mismatch", "declared": upload.length,
+                                                            "received": len(data)}, {"file_id": upload.id}))
+                return web.Response(status=400, text="length_mismatch")
+            upload.content = data
+            self._cond.notify_all()
+        return web.Response(status=200, text=f"OK - {len(data)}")
+
+    def _files_complete_upload_external(self, params: dict[str, Any]) -> dict[str, Any]:
+        """files.completeUploadExternal: known, uploaded files; a channel that exists with the bot in it."""
+        files = params.get("files")
+        if not isinstance(files, list) or not files or not all(isinstance(f, dict) and f.get("id") for f in files):
+            raise SlackError("invalid_arguments")
+        uploads = [self.files.get(str(f["id"])) for f in files]
+        if any(u is None or u.content is None or u.completed for u in uploads):
+            raise SlackError("file_not_found")
+        channel = params.get("channel_id") or None
+        targets = [channel] if channel else [c for c in str(params.get("channels") or "").split(",") if c]
+        for target in targets:
+            if target not in self.channels:
+                raise SlackError("channel_not_found")
+            if not self.channels[target].bot_member:
+                raise SlackError("not_in_channel")
+        shared = []
+        for spec, upload in zip(files, uploads, strict=True):
+            assert upload is not None
+            upload.title, upload.completed, upload.channels = spec.get("title") or upload.filename, True, tuple(targets)
+            shared.append(self._file_object(upload))
+        for target in targets:
+            self._messages.append(Message(target, self._next_ts(), params.get("initial_comment") or "", None,
+                                          thread_ts=params.get("thread_ts") or None, user=self.bot_user_id,
+                                          bot_id=self.bot_id, files=shared))
+        return {"files": shared}
+
+    def _file_object(self, upload: UploadedFile) -> dict[str, Any]:
+        """The file object Slack answers with (the fields clients read)."""
+        return {"id": upload.id, "name": upload.filename, "title": upload.title, "size": upload.length,
+                "mimetype": "image/png" if upload.is_image else "application/octet-stream",
+                "channels": list(upload.channels), "is_public": bool(upload.channels), "user": self.bot_user_id,
+                "url_private": f"https://files.slack.test/files-pri/{self.team_id}-{upload.id}/{upload.filename}",
+                "permalink": f"https://{self.team_domain}.slack.test/files/{self.bot_user_id}/{upload.id}"}
+
+    def _slack_file_problem(self, ref: dict[str, Any]) -> str | None:
+        """Why a slack_file reference is invalid, or None: the file must be a completed image upload that
+        the poster (the bot, which uploaded it) can see."""
+        upload = self.files.get(str(ref.get("id") or ""))
+        if upload is None and ref.get("url"):
+            upload = next((f for f in self.files.values() if str(ref["url"]).endswith(f.filename)
+                           and f.id in str(ref["url"])), None)
+        if upload is None or not upload.completed or not upload.is_image or upload.token != self.bot_token:
+            return "invalid slack file"
+        return None
+
+    def uploaded(self, predicate: Callable[[UploadedFile], bool] | None = None) -> list[UploadedFile]:
+        """Completed uploads (matching ``predicate``), oldest first."""
+        with self._cond:
+            return [f for f in self.files.values() if f.completed and (predicate is None or predicate(f))]
 
     # ------------------------------------------------------------------- records for tests
 

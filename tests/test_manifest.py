@@ -15,6 +15,8 @@ METHOD_SCOPES = {
     "usergroups_users_list": "usergroups:read",
     "users_info": "users:read",
     "views_publish": None,
+    "auth_test": None,
+    "files_upload_v2": "files:write",
 }
 
 
@@ -23,10 +25,10 @@ def manifest() -> dict:
 
 
 def methods_called() -> set[str]:
-    source = "\n".join(p.read_text() for p in (REPO / "bot").glob("*.py"))
+    source = "\n".join(p.read_text() for p in (REPO / "bot").rglob("*.py"))
     # Slack Web API methods as slack_sdk names them (chat_postMessage); other clients (Redis) differ.
     families = "chat|users|usergroups|views|conversations|reactions|pins|files|apps|auth|team|bots"
-    return set(re.findall(rf"client\.((?:{families})_[A-Za-z_]+)\(", source))
+    return set(re.findall(rf"client\.((?:{families})_[A-Za-z0-9_]+)\(", source))
 
 
 def test_manifest_declares_the_command_home_tab_interactivity_and_socket_mode() -> None:
