@@ -4,7 +4,7 @@ upload flow through the strict stand-in. No task stack needed: see test_charts_b
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -66,11 +66,9 @@ def test_a_snapshot_gives_queue_and_stack_gauges_and_nothing_it_cannot_tell() ->
 
 
 def test_a_waiting_age_is_recorded_when_the_snapshot_has_one() -> None:
-    @dataclass(frozen=True)
-    class AgedQueue(QueueInfo):
-        waiting_age: float | None = None
-
-    values = samples(snapshot((AgedQueue("celery", 5, 1, 0, True, 42.0),)))
+    taken = snapshot((QueueInfo("celery", 5, 1),))
+    aged = replace(taken.broker.queues[0], oldest_sent_at=taken.taken_at - 42.0)
+    values = samples(replace(taken, broker=replace(taken.broker, queues=(aged,))))
     assert values[Key("queue", "celery", "waiting_age")] == 42.0
 
 
