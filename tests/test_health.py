@@ -5,6 +5,7 @@ engine's handling of them, and how their alerts render (every payload checked by
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -265,8 +266,7 @@ def rendered(view: object) -> dict:
 
 def test_a_failure_alert_renders_within_slacks_rules() -> None:
     finding = rules.failing_tasks(Outcomes(failed(5, "<!channel> & co")), NOW, POLICY)[0]
-    finding = rules.TaskFinding(finding.key, finding.level, finding.text, finding.details, finding.targets,
-                                retryable=finding.targets[:2])
+    finding = replace(finding, retryable=finding.targets[:2])
     _, (post,) = alerts.step(AlertState(), snapshot(), NOW, Policy(alert_after=1), [finding])
     message = rendered(incident_view(post.incident, NOW))
     shown = json.dumps([message["text"], *(b.get("text") for b in message["blocks"])])  # values are not shown
