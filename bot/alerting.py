@@ -38,7 +38,8 @@ MORNING_HOUR = 9  # "snooze until tomorrow" ends at this hour
 def policy_from(settings: Settings) -> Policy:
     return Policy(alert_after=settings.alert_after, resolve_after=settings.resolve_after,
                   remind_seconds=settings.remind_minutes * 60, backlog_threshold=settings.backlog_threshold,
-                  backlog_seconds=settings.backlog_minutes * 60)
+                  backlog_seconds=settings.backlog_minutes * 60,
+                  pause_remind_seconds=settings.pause_remind_seconds)
 
 
 class Sink(Protocol):

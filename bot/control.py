@@ -200,6 +200,10 @@ class TaskControl:
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
+    def record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
+        """One audit entry for an attempt made elsewhere (worker control), posted like ours."""
+        self._audit(actor, action, target, outcome, message)
+
     def reject(self, actor: Actor, action: str, target: str, reason: str) -> None:
         """Record an attempt that did not even parse (a forged or mangled button)."""
         self._audit(actor, action, target or "(empty)", "forged", reason)
@@ -213,7 +217,7 @@ class TaskControl:
         except AccessUnknown as problem:
             return Outcome(Level.WARN, f"Could not check your permissions ({problem}); nothing was done.")
         return None if allowed else Outcome(Level.WARN, "You are not allowed to do that: only opsbot admins "
-                                                        "can terminate tasks and purge queues. Nothing was done.")
+                                                        "can control tasks, queues and workers. Nothing was done.")
 
     def terminate(self, actor: Actor, task_id: str, signal: str = "SIGTERM") -> Outcome:
         action = "kill" if signal == "SIGKILL" else "terminate"

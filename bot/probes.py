@@ -241,6 +241,29 @@ def pool_name(stats: dict[str, Any]) -> str | None:
     return {"thread": "threads"}.get(module, module) or None
 
 
+def pool_size(stats: dict[str, Any]) -> int | None:
+    """The processes a pool runs now. Prefork's `max-concurrency` keeps its start value after pool_grow or
+    pool_shrink; its list of processes does not."""
+    pool = stats.get("pool") or {}
+    processes = pool.get("processes")
+    return len(processes) if isinstance(processes, list) and processes else pool.get("max-concurrency")
+
+
+def autoscale_bounds(stats: dict[str, Any]) -> tuple[int, int] | None:
+    """(min, max) of a worker started with --autoscale (its stats carry an `autoscaler`)."""
+    scaler = stats.get("autoscaler")
+    if not isinstance(scaler, dict) or scaler.get("max") is None:
+        return None
+    return int(scaler.get("min") or 0), int(scaler["max"])
+
+
+def queue_names(active_queues: Any) -> tuple[str, ...] | None:
+    """The names in a worker's `active_queues` reply; None when it gave none."""
+    if not isinstance(active_queues, list):
+        return None
+    return tuple(str(q.get("name")) for q in active_queues if isinstance(q, dict))
+
+
 def task_from(raw: dict[str, Any], worker: str) -> TaskInfo:
     return TaskInfo(
         id=str(raw.get("id", "")),
@@ -324,11 +347,12 @@ class CeleryProbe:
         return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent), lost=lost)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
-        """`active` from everyone, then `reserved` and `stats` from exactly the workers that answered."""
+        """`active` from everyone, then `reserved`, `stats` and `active_queues` from exactly the workers that
+        answered."""
         replies = {"active": ask_active(self.app, conn, expected, deadline)}
         # Addressed by name, the others answer as soon as these have: no one else can crowd in.
         destination = sorted(replies["active"])
-        for command in ("reserved", "stats"):
+        for command in ("reserved", "stats", "active_queues"):
             if not destination:
                 break
             timeout = max(0.05, deadline - time.monotonic())
@@ -341,16 +365,19 @@ class CeleryProbe:
     def _worker(name: str, replies: dict[str, dict], heartbeat: dict) -> WorkerInfo:
         stats = replies.get("stats", {}).get(name) or {}
         totals = stats.get("total") or {}
+        queues = replies.get("active_queues", {}).get(name)
         return WorkerInfo(
             name=name,
             pool=pool_name(stats),
-            concurrency=(stats.get("pool") or {}).get("max-concurrency"),
+            concurrency=pool_size(stats),
             active=tuple(task_from(raw, name) for raw in replies["active"].get(name) or []),
             reserved=len(replies.get("reserved", {}).get(name) or []),
             processed=sum(totals.values()) if isinstance(totals, dict) else None,
             uptime=stats.get("uptime"),
             loadavg=tuple(heartbeat.get("loadavg") or ()) or None,
             heartbeat_age=heartbeat.get("heartbeat_age"),
+            queues=queue_names(queues),
+            autoscale=autoscale_bounds(stats),
         )
 
 

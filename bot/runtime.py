@@ -6,6 +6,7 @@ import getpass
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from bot import markup
 from bot.access import Access, Actor
@@ -18,7 +19,10 @@ from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
+from bot.snapshot import Snapshot
 from bot.store import Store
+from bot.workers.actions import WorkerControl, WorkerStack
+from bot.workers.store import load_pauses
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +85,18 @@ class Runtime:
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self.recorder.on_event).start()
 
+    def snapshot(self) -> Snapshot:
+        """A snapshot of the stack, with the queue pauses admins made (for the status and the alerts)."""
+        snapshot = self.prober.snapshot()
+        return replace(snapshot, pauses=load_pauses(self._store()))
+
     def _store(self) -> Store:
         if self.store is None:
             self.store = open_store(self.settings)
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
+        self.alerts = AlertService(self.settings, self._store(), self.snapshot, sink,
                                    is_leader=self._is_leader)
         self.alerts.start()
         return self.alerts
@@ -97,7 +106,9 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
+        workers = WorkerControl(self.settings, WorkerStack(self.celery_probe.app, self.celery_probe.expected), control,
+                                self._store())
+        return Commands(self.snapshot, control, self.alerts, history, self._notes, workers)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.

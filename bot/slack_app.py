@@ -25,7 +25,7 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import blocks, buttons, markup
 from bot.access import Access, Actor
-from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
+from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
 from bot.config import ConfigError, Settings
 from bot.snapshot import Level
 from bot.views import Notice, View, message_view
@@ -182,7 +182,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient) -> App:
             parsed: Command | None = parse(text)
         except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
-        if parsed is not None and parsed.name in TARGETED:
+        if parsed is not None and parsed.name in DEFERRED:
             # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
             ack(response_type="ephemeral", text=WORKING)
             reply = safely(lambda: commands.run(parsed, who))
