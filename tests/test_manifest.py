@@ -15,6 +15,7 @@ METHOD_SCOPES = {
     "usergroups_users_list": "usergroups:read",
     "users_info": "users:read",
     "views_publish": None,
+    "auth_test": None,  # which workspace the bot is in (workspace admins of this team only)
 }
 
 
