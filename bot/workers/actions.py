@@ -189,7 +189,8 @@ class WorkerControl:
 
     def act(self, action: str, target: str, worker: str, actor: Any) -> WorkerAnswer:
         outcome, label, audited_target, view = self._act(action, target, worker, actor)
-        self.control.record(actor, action, audited_target or (target or worker or "(empty)"), label, outcome.message)
+        self.control.record(actor, action, audited_target or typed_target(action, target, worker), label,
+                            outcome.message)
         if view is None:
             return WorkerAnswer(message_view("opsbot", outcome.message, outcome.level), changed=False)
         return WorkerAnswer(view, changed=outcome.changed)
@@ -345,8 +346,12 @@ class WorkerControl:
                 return lambda: (rules.limits_text(t) if (t := limits()) is not None
                                 and (t.soft, t.hard) == (request.soft, request.hard) else "")
             case "restart-pool":
-                return lambda: ("pool restarted: new processes" if (now := self.stack.pids([name]).get(name))
-                                and not now & pids else "")
+                # Each pool process restarts when it next looks for work (billiard): some at once, some later.
+                def replaced() -> str:
+                    now = self.stack.pids([name]).get(name) or set()
+                    new = now - pids
+                    return f"pool restarting: {len(new)} of {len(now)} processes replaced so far" if new else ""
+                return replaced
         # shutdown: it stops answering once it stopped consuming; it exits after its active tasks.
         return lambda: "" if self.stack.answering([name]) else "stopped taking tasks; exits after its active tasks"
 
@@ -357,6 +362,13 @@ class WorkerControl:
         elif request.action == "resume" and confirmed:
             clear_pauses(self.store, request.queue, confirmed)
 
+
+
+def typed_target(action: str, target: str, worker: str) -> str:
+    """What an attempt that never got far (denied, invalid) was aimed at, for the audit."""
+    if action in ("pause", "resume"):
+        return f"{target} on {worker}" if worker else target or "(empty)"
+    return (target if action in ("ratelimit", "timelimit") else worker) or "(empty)"
 
 
 def command_for(request: Request) -> tuple[str, dict[str, Any]]:
