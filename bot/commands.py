@@ -114,7 +114,7 @@ def parse(text: str) -> Command:
     rest = words[1:]
     if name in WORKER_COMMANDS:
         return parse_worker_command(name, rest)
-    if name == "workers" and len(rest) == 1 and not is_number(rest[0]):
+    if name == "workers" and len(rest) == 1 and not rest[0].isdigit():  # digits of any script: a page number
         return Command("detail", worker=rest[0])  # one worker's detail: /tasks workers w1@host
     if name in TARGETED:
         if len(rest) != 1:

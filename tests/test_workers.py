@@ -123,6 +123,10 @@ def test_pause_from_the_worker_detail_and_resume_typed(slack: SlackStandIn, admi
     pause = next(b for b in all_buttons(detail) if b["action_id"] == "worker_pause" and b["value"].startswith("spare|"))
     assert "stops taking tasks from spare" in json.dumps(pause["confirm"])
 
+    denied = click(slack, pause, user_id=USER)
+    assert "not allowed" in text_of(denied) and not denied["_replace"]
+    assert consumes(rabbit, w) == {"other", "spare"}
+
     paused = click(slack, pause)
     assert paused["_replace"] and f"Paused spare on 1 of 1 worker by <@{ADMIN}> at" in text_of(paused)
     assert "no longer consumes spare" in text_of(paused)
@@ -140,6 +144,23 @@ def test_pause_from_the_worker_detail_and_resume_typed(slack: SlackStandIn, admi
     rows = audit_rows(tmp_path / "opsbot.sqlite3")
     assert (ADMIN, "pause", f"spare on {w.name}", "done") in rows
     assert (ADMIN, "resume", f"spare on {w.name}", "done") in rows
+    assert (USER, "pause", f"spare on {w.name}", "denied") in rows
+
+
+def test_a_queue_paused_too_long_is_posted_in_the_alert_channel(slack: SlackStandIn,
+                                                                admin_bot: Callable[..., BotProcess],
+                                                                rabbit: RabbitNode,
+                                                                make_worker: Callable[..., CeleryWorker]) -> None:
+    w = make_worker(queues=("spare",))
+    admin_bot(OPSBOT_ALERT_CHANNEL="C_ALERTS", OPSBOT_PAUSE_REMIND="3s", OPSBOT_POLL_SECONDS="1",
+              OPSBOT_RESOLVE_AFTER="1")
+    assert "no longer consumes spare" in act(slack, f"pause spare {w.name}")
+    posted = slack.wait_for_call("chat.postMessage", lambda c: c.params.get("channel") == "C_ALERTS"
+                                 and "Queue spare is paused on 1 of 1 workers" in str(c.params), timeout=30)
+    assert f"(by {ADMIN})" in str(posted.params) and "/tasks resume spare" in str(posted.params)
+    assert "consumes spare again" in act(slack, "resume spare")
+    assert slack.wait_for_call("chat.update", lambda c: c.params.get("channel") == "C_ALERTS"
+                               and "Resolved" in str(c.params), timeout=30)
 
 
 def test_rate_and_time_limits_on_every_worker(slack: SlackStandIn, admin_bot: Callable[..., BotProcess],
