@@ -45,8 +45,9 @@ ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker
            **{name: name for name in (*worker_rules.ACTIONS, *worker_rules.READS) if name != "detail"}}
 # Worker control (bot.workers): actions change workers (admins), reads ask them.
 WORKER_COMMANDS = (*worker_rules.ACTIONS, *worker_rules.READS)
-# Answered through the response_url after a quick ack: acting can take longer than Slack's 3 s.
-DEFERRED = (*TARGETED, *worker_rules.ACTIONS)
+# Answered through the response_url after a quick ack: acting, and asking workers one after another (a
+# worker that went silent costs a whole reply timeout), can take longer than Slack's 3 s.
+DEFERRED = (*TARGETED, *WORKER_COMMANDS)
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show", "scheduled", "reserved")
 # Where the answer to an action is drawn: the list the target lives in.

@@ -39,7 +39,7 @@ def slash(slack: SlackStandIn, text: str, user_id: str = ADMIN) -> dict:
 
 
 def act(slack: SlackStandIn, text: str, user_id: str = ADMIN, timeout: float = 20) -> str:
-    """A typed action: acknowledged at once ("Working on it"), answered through the response_url."""
+    """A typed action or worker read: acknowledged at once ("Working on it"), answered through the response_url."""
     before = len(slack.responses)
     assert "Working on it" in text_of(slash(slack, text, user_id))
     assert wait_until(lambda: len(slack.responses) > before, timeout), f"no answer to {text}"
@@ -178,7 +178,7 @@ def test_rate_and_time_limits_on_every_worker(slack: SlackStandIn, admin_bot: Ca
         assert "set to soft 20 s, hard 30 s on 2 of 2 workers" in act(slack, "timelimit stackapp.add 20 30")
         limits = inspect(rabbit, w, "registered", "soft_time_limit", "time_limit")
         assert "stackapp.add [soft_time_limit=20.0 time_limit=30.0]" in limits
-        assert "rate 10/m; time limits soft 20 s, hard 30 s" in text_of(slash(slack, "registered"))
+        assert "rate 10/m; time limits soft 20 s, hard 30 s" in act(slack, "registered")
 
         assert "not a rate" in text_of(slash(slack, "ratelimit stackapp.add fast"))
         assert "No worker has a task named 'nosuch.task'" in act(slack, "ratelimit nosuch.task 1/s")
@@ -196,7 +196,8 @@ def test_shutdown_stops_the_worker_after_its_active_task(slack: SlackStandIn, ad
     admin_bot()
     (task_id,) = publish_tasks(rabbit.amqp_url, "stackapp.sleep", 1, args=(6,), queue="spare")
     assert wait_until(lambda: inspect(rabbit, w, "active"), 15)
-    detail = slash(slack, f"workers {w.name}")
+    assert "Working on it" in text_of(slash(slack, f"workers {w.name}"))
+    detail = slack.wait_for_response(lambda r: f"Worker {w.name}" in text_of(r.body), timeout=10).body
     shutdown = next(b for b in all_buttons(detail) if b["action_id"] == "worker_shutdown")
     assert f"stackapp.sleep ({task_id[:8]})" in json.dumps(shutdown["confirm"]) and shutdown["style"] == "danger"
 
@@ -229,7 +230,7 @@ def test_autoscale_bounds(slack: SlackStandIn, admin_bot: Callable[..., BotProce
                           make_worker: Callable[..., CeleryWorker]) -> None:
     w = make_worker(queues=("spare",), extra_args=("--autoscale=3,1",))
     admin_bot()
-    assert "autoscale 1 to 3" in text_of(slash(slack, f"workers {w.name}"))
+    assert "autoscale 1 to 3" in act(slack, f"workers {w.name}")
     assert "pool_grow and pool_shrink" in act(slack, f"pool {w.name} +1")
     assert "autoscale 2 to 4" in act(slack, f"autoscale {w.name} 4 2")
     scaler = inspect(rabbit, w, "stats")["autoscaler"]
@@ -243,11 +244,11 @@ def test_scheduled_reserved_revoked_registered(slack: SlackStandIn, admin_bot: C
     app = control_app(rabbit.amqp_url)
     later = app.send_task("stackapp.add", args=(1, 2), queue="spare", countdown=300).id
     assert wait_until(lambda: inspect(rabbit, w, "scheduled"), 15)
-    scheduled = text_of(slash(slack, "scheduled"))
+    scheduled = act(slack, "scheduled")
     assert "stackapp.add" in scheduled and later[:8] in scheduled and "ETA" in scheduled
     app.control.revoke(later)
     assert wait_until(lambda: later in (inspect(rabbit, w, "revoked") or []), 10)
-    assert later in text_of(slash(slack, "revoked"))
-    assert "Reserved tasks" in text_of(slash(slack, "reserved"))
-    registered = text_of(slash(slack, f"registered {w.name}"))
+    assert later in act(slack, "revoked")
+    assert "Reserved tasks" in act(slack, "reserved")
+    registered = act(slack, f"registered {w.name}")
     assert "stackapp.sleep" in registered and "on 1 of 1 workers" in registered

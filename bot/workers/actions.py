@@ -30,6 +30,8 @@ from bot.workers.rules import BadInput, Request, Result, WorkerResult
 from bot.workers.store import clear_pauses, load_pauses, save_pauses
 
 REPLY_TIMEOUT = 2.0  # for the replies of the workers we address by name: `limit` returns as soon as all did
+# `/tasks workers` is answered in Slack's 3-second ack after a snapshot: its limits get what is left.
+LIMITS_TIMEOUT = 0.4
 VERIFY_SECONDS = 6.0  # how long a change may take to show in inspect (add_consumer runs "soon", not at once)
 VERIFY_POLL = 0.2
 
@@ -58,12 +60,13 @@ class WorkerStack:
         with conn:
             yield conn
 
-    def ask(self, method: str, destination: list[str] | None = None, *args: Any) -> dict[str, Any]:
+    def ask(self, method: str, destination: list[str] | None = None, *args: Any,
+            timeout: float | None = None) -> dict[str, Any]:
         """An inspect command; addressed by name it returns as soon as those workers replied, else it
         waits for the workers we expect (or DISCOVERY_TIMEOUT when we expect none)."""
         expected = self.expected()
         limit = len(destination) if destination else (len(expected) or None)
-        timeout = REPLY_TIMEOUT if limit else DISCOVERY_TIMEOUT
+        timeout = timeout or (REPLY_TIMEOUT if limit else DISCOVERY_TIMEOUT)
         with self.connection() as conn:
             inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=limit,
                                                  connection=conn)
@@ -87,8 +90,8 @@ class WorkerStack:
                            reserved=len(reserved), limits=tuple(rules.task_limits(line) for line in registered))
         return detailed, bool(conf.get("worker_pool_restarts"))
 
-    def registered(self, destination: list[str] | None = None) -> dict[str, list[str]]:
-        return self.ask("registered", destination, *rules.LIMIT_ITEMS)
+    def registered(self, destination: list[str] | None = None, timeout: float | None = None) -> dict[str, list[str]]:
+        return self.ask("registered", destination, *rules.LIMIT_ITEMS, timeout=timeout)
 
     def send(self, method: str, destination: list[str], **arguments: Any) -> dict[str, dict]:
         """A control command to these workers, waiting for each one's reply (at most REPLY_TIMEOUT)."""
@@ -140,10 +143,6 @@ class WorkerControl:
         self.store = store
         self.clock = clock_
 
-    @property
-    def access(self) -> Any:
-        return self.control.access
-
     def with_pauses(self, snapshot: Snapshot) -> Snapshot:
         """The snapshot with the pauses the store remembers, for the queue lines and the alert engine."""
         return replace(snapshot, pauses=load_pauses(self.store))
@@ -178,7 +177,7 @@ class WorkerControl:
         if not names:
             return snapshot
         try:
-            registered = self.stack.registered(names)
+            registered = self.stack.registered(names, LIMITS_TIMEOUT)
         except BrokerUnreachable:
             return snapshot
         workers = tuple(replace(w, limits=tuple(rules.task_limits(line) for line in registered[w.name]))
@@ -279,8 +278,7 @@ class WorkerControl:
         self._remember(request, actor.id, results, now)
         label = rules.outcome_label(results)
         headline = views.headline(request, results, actor.mention, now, active)
-        level = {"done": Level.OK, "partial": Level.WARN}.get(label, Level.DOWN if label != "unsupported"
-                                                               else Level.WARN)
+        level = {"done": Level.OK, "partial": Level.WARN, "unsupported": Level.WARN}.get(label, Level.DOWN)
         changed = any(r.result in (Result.DONE, Result.UNCONFIRMED) for r in results)
         audited = views.audit_target(request, [r.worker for r in results])
         view = views.result_view(headline, level, results, request)
