@@ -136,7 +136,7 @@ def test_pause_from_the_worker_detail_and_resume_typed(slack: SlackStandIn, admi
     assert f"paused on 1 of 1 worker by <@{ADMIN}> at" in queues and ":large_yellow_circle: *spare*" in queues
     publish_tasks(rabbit.amqp_url, "stackapp.add", 1, queue="spare", args=(1, 1))
     assert "is not consumed by" in act(slack, "pause spare")  # nobody consumes it now: nothing to pause
-    assert "not a watched queue" in act(slack, "pause nosuch") or "neither a watched queue" in act(slack, "pause x")
+    assert "'nosuch' is neither a watched queue" in act(slack, "pause nosuch")
 
     assert "consumes spare again" in act(slack, "resume spare")
     assert consumes(rabbit, w) == {"other", "spare"}
@@ -194,7 +194,7 @@ def test_shutdown_stops_the_worker_after_its_active_task(slack: SlackStandIn, ad
                                                          make_worker: Callable[..., CeleryWorker]) -> None:
     w = make_worker(queues=("spare",))
     admin_bot()
-    (task_id,) = publish_tasks(rabbit.amqp_url, "stackapp.sleep", 1, args=(6,), queue="spare")
+    (task_id,) = publish_tasks(rabbit.amqp_url, "stackapp.sleep", 1, args=(10,), queue="spare")
     assert wait_until(lambda: inspect(rabbit, w, "active"), 15)
     assert "Working on it" in text_of(slash(slack, f"workers {w.name}"))
     detail = slack.wait_for_response(lambda r: f"Worker {w.name}" in text_of(r.body), timeout=10).body
@@ -252,3 +252,21 @@ def test_scheduled_reserved_revoked_registered(slack: SlackStandIn, admin_bot: C
     assert "Reserved tasks" in act(slack, "reserved")
     registered = act(slack, f"registered {w.name}")
     assert "stackapp.sleep" in registered and "on 1 of 1 workers" in registered
+
+
+def test_console_pauses_and_resumes(rabbit: RabbitNode, worker: CeleryWorker, flower: Any,
+                                    make_worker: Callable[..., CeleryWorker], tmp_path: Path) -> None:
+    """The console shares the command language: the operator at the terminal may act."""
+    import subprocess
+
+    from tests.fixtures_bot import OPSBOT, clean_env, stack_env
+
+    w = make_worker(queues=("spare", "other"))
+    env = clean_env(stack_env(rabbit, flower, tmp_path) | {"COLUMNS": "250", "OPSBOT_QUEUES": "celery,other,spare"})
+    script = f"pause spare {w.name}\nqueues\nresume spare {w.name}\nquit\n"
+    result = subprocess.run([OPSBOT, "console"], input=script, env=env, capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Paused spare on 1 of 1 worker by" in out and "no longer consumes spare" in out, out[-3000:]
+    assert "paused on 1 of 1 worker by console:" in out
+    assert "consumes spare again" in out and consumes(rabbit, w) == {"other", "spare"}

@@ -55,12 +55,19 @@ def test_malformed_input_is_refused_with_a_clear_message(text: str, says: str) -
 
 
 def test_arguments_mean_what_celery_expects() -> None:
-    assert rules.parse_request("pool", "\u22123", "w1").delta == -3 or rules.parse_delta("\u22123") == -3
+    assert rules.parse_request("pool", "\u22123", "w1").delta == -3  # a typographic minus
     assert rules.parse_request("ratelimit", "proj.send off", "").rate is None
     limits = rules.parse_request("timelimit", "proj.send 1m off", "")
     assert (limits.soft, limits.hard) == (60.0, None)
     with pytest.raises(BadInput):
         rules.parse_request("pause", "a|b", "")
+
+
+def test_typed_names_echoed_back_are_never_markup_nor_secrets() -> None:
+    with pytest.raises(BadInput) as problem:
+        rules.parse_request("ratelimit", "proj.send <!channel>", "")
+    assert "<" not in str(problem.value) and "\u2039!channel" in str(problem.value)
+    assert "hunter2" not in rules.echo("amqp://u:hunter2@h//")
 
 
 def test_pools_that_cannot_do_an_action_are_named() -> None:

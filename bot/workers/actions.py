@@ -131,7 +131,7 @@ def resolve_worker(name: str, workers: dict[str, WorkerInfo]) -> str:
     if len(matches) == 1:
         return matches[0]
     known = ", ".join(list(workers)[:10]) or "none answered"
-    raise BadInput(f"No worker named '{name[:60]}' answered (workers: {known}); nothing was done.")
+    raise BadInput(f"No worker named '{rules.echo(name, 60)}' answered (workers: {known}); nothing was done.")
 
 
 class WorkerControl:
@@ -250,14 +250,15 @@ class WorkerControl:
         paused = sorted(set(pause.workers if pause else ()) & set(workers))
         known = queue in self.settings.queues or consuming or paused
         if not known:
-            raise BadInput(f"'{queue}' is neither a watched queue ({', '.join(self.settings.queues)}) nor one a "
-                           "worker consumes; nothing was done.")
+            watched = ", ".join(self.settings.queues)
+            raise BadInput(f"'{rules.echo(queue, 60)}' is neither a watched queue ({watched}) nor one a worker "
+                           "consumes; nothing was done.")
         named = request.worker
         if request.action == "pause":
             chosen = [named] if named else consuming
             if not chosen or (named and named not in consuming):
                 where = named or "any worker"
-                raise BadInput(f"{queue} is not consumed by {where}; nothing was done.")
+                raise BadInput(f"{rules.echo(queue, 60)} is not consumed by {where}; nothing was done.")
             return chosen
         if named:
             if named in consuming:

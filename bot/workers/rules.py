@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.redact import defang, redact
 from bot.snapshot import TaskLimits, WorkerInfo
 
 # Subcommands that change workers (admins only, audited) and those that only read.
@@ -48,6 +49,12 @@ OFF = ("off", "none")
 
 class BadInput(ValueError):
     """Input that cannot be acted on; the message is safe to show and says how to write it."""
+
+
+def echo(text: str, limit: int = 40) -> str:
+    """What the user typed, echoed in a message: short, nothing secret, never markup."""
+    text = defang(redact(text))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True)
@@ -112,7 +119,7 @@ def parse_request(action: str, target: str, worker: str) -> Request:
 def parse_delta(word: str) -> int:
     match = DELTA.match(word.replace("\u2212", "-"))  # a typographic minus, as phones type it
     if not match or not 0 < int(match[2]) <= MAX_DELTA:
-        raise BadInput(f"'{word[:20]}' is not a change of pool size: write +N or -N (1 to {MAX_DELTA}), "
+        raise BadInput(f"'{echo(word, 20)}' is not a change of pool size: write +N or -N (1 to {MAX_DELTA}), "
                        "e.g. /tasks pool w1@host +2")
     return int(match[2]) * (1 if match[1] == "+" else -1)
 
@@ -138,7 +145,7 @@ def parse_rate(word: str) -> str | None:
         return None
     match = RATE.match(word.lower())
     if not match or float(match[1]) <= 0:
-        raise BadInput(f"'{word[:20]}' is not a rate: write e.g. 10/s, 100/m or 1000/h, or off.")
+        raise BadInput(f"'{echo(word, 20)}' is not a rate: write e.g. 10/s, 100/m or 1000/h, or off.")
     return word.lower()
 
 
@@ -148,7 +155,7 @@ def parse_seconds(word: str, which: str) -> float | None:
     match = SECONDS.match(word.lower())
     seconds = float(match[1]) * UNIT[match[2]] if match else 0.0
     if not 0 < seconds <= MAX_LIMIT:
-        raise BadInput(f"'{word[:20]}' is not a {which} time limit: write seconds (30), or 30s, 5m, 1h "
+        raise BadInput(f"'{echo(word, 20)}' is not a {which} time limit: write seconds (30), or 30s, 5m, 1h "
                        "(at most 7 days), or off.")
     return seconds
 
