@@ -347,12 +347,11 @@ class CeleryProbe:
         return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + silent), lost=lost)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float) -> dict[str, dict]:
-        """`active` from everyone, then `reserved`, `stats` and `active_queues` from exactly the workers that
-        answered."""
+        """`active` from everyone, then `reserved` and `stats` from exactly the workers that answered."""
         replies = {"active": ask_active(self.app, conn, expected, deadline)}
         # Addressed by name, the others answer as soon as these have: no one else can crowd in.
         destination = sorted(replies["active"])
-        for command in ("reserved", "stats", "active_queues"):
+        for command in ("reserved", "stats"):
             if not destination:
                 break
             timeout = max(0.05, deadline - time.monotonic())
@@ -365,7 +364,6 @@ class CeleryProbe:
     def _worker(name: str, replies: dict[str, dict], heartbeat: dict) -> WorkerInfo:
         stats = replies.get("stats", {}).get(name) or {}
         totals = stats.get("total") or {}
-        queues = replies.get("active_queues", {}).get(name)
         return WorkerInfo(
             name=name,
             pool=pool_name(stats),
@@ -376,7 +374,6 @@ class CeleryProbe:
             uptime=stats.get("uptime"),
             loadavg=tuple(heartbeat.get("loadavg") or ()) or None,
             heartbeat_age=heartbeat.get("heartbeat_age"),
-            queues=queue_names(queues),
             autoscale=autoscale_bounds(stats),
         )
 

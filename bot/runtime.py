@@ -21,7 +21,7 @@ from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
 from bot.snapshot import Snapshot
 from bot.store import Store
-from bot.workers.actions import WorkerControl, WorkerStack
+from bot.workers.actions import WorkerControl, WorkerStack, enrich
 from bot.workers.store import load_pauses
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Runtime:
         self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers,
                                         heartbeat_details=self._heartbeat_details)
         self.prober = Prober(settings, self.celery_probe)
+        self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected)
         self.store: Store | None = None
         self.alerts: AlertService | None = None
         self.recorder: HistoryRecorder | None = None
@@ -87,8 +88,9 @@ class Runtime:
 
     def snapshot(self) -> Snapshot:
         """A snapshot of the stack, with the queue pauses admins made (for the status and the alerts)."""
-        snapshot = self.prober.snapshot()
-        return replace(snapshot, pauses=load_pauses(self._store()))
+        snapshot = replace(self.prober.snapshot(), pauses=load_pauses(self._store()))
+        # A pause holds while its worker does not consume the queue: ask the workers only when one is on record.
+        return enrich(self.worker_stack, snapshot) if snapshot.pauses else snapshot
 
     def _store(self) -> Store:
         if self.store is None:
@@ -106,8 +108,7 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        workers = WorkerControl(self.settings, WorkerStack(self.celery_probe.app, self.celery_probe.expected), control,
-                                self._store())
+        workers = WorkerControl(self.settings, self.worker_stack, control, self._store())
         return Commands(self.snapshot, control, self.alerts, history, self._notes, workers)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:

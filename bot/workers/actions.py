@@ -30,8 +30,8 @@ from bot.workers.rules import BadInput, Request, Result, WorkerResult
 from bot.workers.store import clear_pauses, load_pauses, save_pauses
 
 REPLY_TIMEOUT = 2.0  # for the replies of the workers we address by name: `limit` returns as soon as all did
-# `/tasks workers` is answered in Slack's 3-second ack after a snapshot: its limits get what is left.
-LIMITS_TIMEOUT = 0.4
+# `/tasks workers` is answered in Slack's 3-second ack after a snapshot: its queues and limits get what is left.
+ENRICH_TIMEOUT = 0.4
 VERIFY_SECONDS = 6.0  # how long a change may take to show in inspect (add_consumer runs "soon", not at once)
 VERIFY_POLL = 0.2
 
@@ -117,6 +117,31 @@ class WorkerStack:
                 for name, stats in self.ask("stats", destination).items()}
 
 
+def enrich(stack: WorkerStack, snapshot: Snapshot, limits: bool = False) -> Snapshot:
+    """The snapshot's answering workers with the queues they consume (and, asked, their limits).
+
+    Not part of every probe: each inspect more per poll is more traffic on every worker's event loop (it
+    made an exited pool child linger in the pool list more often, measured). Asked for `/tasks workers`
+    and while a pause is on record, by name, each within a short timeout (Slack's 3 s)."""
+    names = [w.name for w in snapshot.celery.workers if w.answered]
+    if not names:
+        return snapshot
+    try:
+        queues = stack.ask("active_queues", names, timeout=ENRICH_TIMEOUT)
+        registered = stack.registered(names, ENRICH_TIMEOUT) if limits else {}
+    except BrokerUnreachable:
+        return snapshot
+
+    def enriched(worker: WorkerInfo) -> WorkerInfo:
+        found = tuple(rules.task_limits(line) for line in registered[worker.name]) \
+            if worker.name in registered else worker.limits
+        return replace(worker, queues=queue_names(queues.get(worker.name)) if worker.name in queues
+                       else worker.queues, limits=found)
+
+    workers = tuple(enriched(w) for w in snapshot.celery.workers)
+    return replace(snapshot, celery=replace(snapshot.celery, workers=workers))
+
+
 def worker_info(name: str, stats: dict[str, Any], queues: Any) -> WorkerInfo:
     return WorkerInfo(name=name, pool=pool_name(stats), concurrency=pool_size(stats), queues=queue_names(queues),
                       autoscale=autoscale_bounds(stats), uptime=stats.get("uptime"))
@@ -172,17 +197,8 @@ class WorkerControl:
         return views.held_view(action, self.stack.ask(action), now)
 
     def with_limits(self, snapshot: Snapshot) -> Snapshot:
-        """For `/tasks workers`: each answering worker's rate and time limits in force."""
-        names = [w.name for w in snapshot.celery.workers if w.answered]
-        if not names:
-            return snapshot
-        try:
-            registered = self.stack.registered(names, LIMITS_TIMEOUT)
-        except BrokerUnreachable:
-            return snapshot
-        workers = tuple(replace(w, limits=tuple(rules.task_limits(line) for line in registered[w.name]))
-                        if w.name in registered else w for w in snapshot.celery.workers)
-        return replace(snapshot, celery=replace(snapshot.celery, workers=workers))
+        """For `/tasks workers`: each answering worker's consumed queues and rate and time limits in force."""
+        return enrich(self.stack, snapshot, limits=True)
 
     # --- Acting ---
 
