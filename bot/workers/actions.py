@@ -168,10 +168,6 @@ class WorkerControl:
         self.store = store
         self.clock = clock_
 
-    def with_pauses(self, snapshot: Snapshot) -> Snapshot:
-        """The snapshot with the pauses the store remembers, for the queue lines and the alert engine."""
-        return replace(snapshot, pauses=load_pauses(self.store))
-
     # --- Reading ---
 
     def read(self, action: str, worker: str, controls_enabled: bool) -> View:
@@ -281,8 +277,9 @@ class WorkerControl:
                 raise BadInput(f"{named} already consumes {queue}; nothing was done.")
             return [named]
         if not paused:
-            raise BadInput(f"{queue} is not paused on any worker; to make one consume it, name it: "
-                           f"/tasks resume {queue} <worker>. Nothing was done.")
+            shown = rules.echo(queue, 60)
+            raise BadInput(f"{shown} is not paused on any worker; to make one consume it, name it: "
+                           f"/tasks resume {shown} <worker>. Nothing was done.")
         return paused
 
     def _carry_out(self, request: Request, workers: dict[str, WorkerInfo], targets: list[str],
