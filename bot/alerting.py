@@ -42,7 +42,8 @@ PERMANENT_ERRORS = {"not_in_channel", "channel_not_found", "message_not_found", 
 def policy_from(settings: Settings) -> Policy:
     return Policy(alert_after=settings.alert_after, resolve_after=settings.resolve_after,
                   remind_seconds=settings.remind_minutes * 60, backlog_threshold=settings.backlog_threshold,
-                  backlog_seconds=settings.backlog_minutes * 60)
+                  backlog_seconds=settings.backlog_minutes * 60,
+                  pause_remind_seconds=settings.pause_remind_seconds)
 
 
 class Sink(Protocol):

@@ -17,6 +17,7 @@ from bot import assess
 from bot.assess import Finding
 from bot.markup import phrase
 from bot.snapshot import CeleryState, Level, Snapshot
+from bot.workers import pauses
 
 WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost
 ALL = "all"  # the mute scope that silences everything
@@ -29,6 +30,7 @@ class Policy:
     remind_seconds: float = 3600.0
     backlog_threshold: int = 100
     backlog_seconds: float = 600.0
+    pause_remind_seconds: float = 3600.0  # a queue an admin paused is posted once paused this long
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy,
         found = [f for f in found if not f.key.startswith("worker:")]
     found += vanished_workers(snapshot, state.known_workers, now)
     found += backlog(snapshot, state.backlog_since, now, policy)
+    found += pauses.overdue(snapshot, now, policy.pause_remind_seconds)
     return {f.key: f for f in found}
 
 

@@ -39,9 +39,16 @@ RETRY_FAILED = "retry_failed"
 SNOOZES = (("1 h", "3600"), ("4 h", "14400"), ("until tomorrow", "tomorrow"))
 SNOOZE_VALUES = frozenset(value for _, value in SNOOZES)
 
+# Worker control (issue 15): a worker's detail and what it offers. Role -> (command, fixed argument).
+WORKER_ROLES = {"detail": ("detail", ""), "grow": ("pool", "+1"), "shrink": ("pool", "-1"), "pause": ("pause", ""),
+                "resume": ("resume", ""), "restart": ("restart-pool", ""), "shutdown": ("shutdown", "")}
+QUEUE_ROLES = ("pause", "resume")  # their value also names a queue: "queue|worker"
+WORKER_PART = 900  # each part of a worker button's value: a longer name travels as its key
+
 # What the Slack edge routes, by action_id.
 VIEW_BUTTONS = re.compile(rf"^(page_({'|'.join(PAGE_ROLES)})|history_({'|'.join(HISTORY_ROLES)})"
-                          rf"|{'|'.join(TARGETED)}|task_show_[1-{SHOWN_IDS}]|{RETRY_FAILED})$")
+                          rf"|{'|'.join(TARGETED)}|task_show_[1-{SHOWN_IDS}]|{RETRY_FAILED}"
+                          rf"|worker_({'|'.join(WORKER_ROLES)}))$")
 SHARE = "share"
 RUNBOOK = "runbook"
 ALERT_BUTTONS = re.compile(r"^alert_(ack|status|snooze_\w+)$")
@@ -85,6 +92,7 @@ class Click:
     section: str = ""  # where an action was clicked, redrawn after it
     name_filter: str = ""
     since: float = 0.0  # retry_failed: failed since this moment
+    worker: str = ""  # worker control: the worker (maybe a key)
 
 
 # --- Keys for long values --------------------------------------------------------------------
@@ -151,6 +159,27 @@ def retry_failed(name: str, since: float, count: int) -> Action:
     return Action(RETRY_FAILED, f"Retry {count}", f"{int(since)}|{name}", style="primary",
                   confirm=Confirm(f"Retry {count} tasks?", f"Every failed {name} task since then is sent again "
                                   "with its exact arguments.", "Retry", "Cancel"))
+def _part(text: str) -> str:
+    """One part of a worker button's value: itself, or its key when it could be misread or is long."""
+    fits = text and "|" not in text and not text.startswith(KEY_PREFIX) and len(text) <= WORKER_PART
+    return text if fits else key_of(text)
+
+
+def worker(role: str, worker_name: str, label: str, queue: str = "", style: str | None = None,
+           confirm: Confirm | None = None) -> Action:
+    """A worker-control button: "worker_<role>", valued with the worker (and for pause/resume the queue)."""
+    assert role in WORKER_ROLES and bool(queue) == (role in QUEUE_ROLES)
+    value = f"{_part(queue)}|{_part(worker_name)}" if queue else _part(worker_name)
+    return Action(f"worker_{role}", label, value, style=style, confirm=confirm)
+
+
+def _decode_worker(role: str, value: str) -> Click:
+    parts = value.split("|")
+    if len(parts) != (2 if role in QUEUE_ROLES else 1) or not all(0 < len(p) <= WORKER_PART for p in parts):
+        raise Forged(value)
+    name, fixed = WORKER_ROLES[role]
+    target = parts[0] if role in QUEUE_ROLES else fixed
+    return Click(name, target=target, section="detail", worker=parts[-1])
 
 
 def incident(incident_id: str) -> tuple[Action, ...]:
@@ -182,6 +211,8 @@ def decode(action_id: str, value: str) -> Click:
                 or state not in ("", *HISTORY_STATES.values()) or len(name) > MAX_FILTER:
             raise Forged(value)
         return Click("history", int(number), target=state, name_filter=name)
+    if action_id.startswith("worker_") and action_id.removeprefix("worker_") in WORKER_ROLES:
+        return _decode_worker(action_id.removeprefix("worker_"), value)
     if action_id in TARGETED:
         match = TARGET_VALUE.match(value)
         if not match or match["section"] not in (*SECTIONS, *PRIVATE_SECTIONS):

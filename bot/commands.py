@@ -39,14 +39,22 @@ from bot.views import (
     message_view,
     status_view,
 )
+from bot.workers import rules as worker_rules
+from bot.workers.actions import WorkerControl
 
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
            "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
            "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
            "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show",
-           "retry": "retry", "chart": "chart", "charts": "chart"}
+           "retry": "retry", "chart": "chart", "charts": "chart",
+**{name: name for name in (*worker_rules.ACTIONS, *worker_rules.READS) if name != "detail"}}
+# Worker control (bot.workers): actions change workers (admins), reads ask them.
+WORKER_COMMANDS = (*worker_rules.ACTIONS, *worker_rules.READS)
+# Answered through the response_url after a quick ack: acting, and asking workers one after another (a
+# worker that went silent costs a whole reply timeout), can take longer than Slack's 3 s.
+DEFERRED = (*TARGETED, *WORKER_COMMANDS)
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
-FOR_VIEWERS = ("active", "history", "show")
+FOR_VIEWERS = ("active", "history", "show", "scheduled", "reserved")
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
 OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
@@ -71,6 +79,7 @@ class Command:
     section: str = ""  # for a button: the view it was clicked in, redrawn after the action
     name_filter: str = ""  # history: part of a task name
     since: float = 0.0  # retry_failed: failed since this moment
+    worker: str = ""  # worker control: the worker named (maybe a button's key)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,10 @@ def parse(text: str) -> Command:
     rest = words[1:]
     if name == "retry" and rest and rest[0].lower() == "failed":
         return parse_retry_failed(rest[1:])
+    if name in WORKER_COMMANDS:
+        return parse_worker_command(name, rest)
+    if name == "workers" and len(rest) == 1 and not rest[0].isdigit():  # digits of any script: a page number
+        return Command("detail", worker=rest[0])  # one worker's detail: /tasks workers w1@host
     if name in TARGETED:
         if len(rest) != 1:
             raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
@@ -156,6 +169,17 @@ def parse_retry_failed(words: list[str]) -> Command:
 FORGED = "That button is not one I made; nothing was done."
 
 
+def parse_worker_command(name: str, words: list[str]) -> Command:
+    """Worker control's arguments, checked for shape now so a typo is answered at once."""
+    try:
+        target, worker = worker_rules.words_to_args(name, words)
+        if name in worker_rules.ACTIONS:
+            worker_rules.parse_request(name, target, worker)
+    except worker_rules.BadInput as problem:
+        raise UsageError(str(problem)) from None
+    return Command(name, target=target, worker=worker)
+
+
 def parse_history(words: list[str]) -> Command:
     state = HISTORY_STATES.get(words[0].lower(), "") if words else ""
     name = " ".join(words[1:] if state else words)
@@ -170,7 +194,8 @@ def parse_button(action_id: str, value: str) -> Command:
         click = buttons.decode(action_id, value)
     except Forged:
         raise UsageError(FORGED) from None
-    return Command(click.name, click.page, click.target, click.section, click.name_filter, click.since)
+    return Command(click.name, click.page, click.target, click.section, click.name_filter, click.since,
+                   click.worker)
 
 
 def audit_view(entries: list[AuditEntry]) -> View:
@@ -207,9 +232,10 @@ class Commands:
     def __init__(self, take_snapshot: Callable[[], Snapshot], control: TaskControl | None = None,
                  alerts: AlertService | None = None, history: History | None = None,
                  notes: Callable[[], list[str]] = list, retrier: Retrier | None = None,
-                 charts: chart_service.Charts | None = None) -> None:
+                 charts: chart_service.Charts | None = None, workers: WorkerControl | None = None) -> None:
         self.take_snapshot = take_snapshot
         self.charts = charts
+        self.workers = workers
         self.control = control
         self.alerts = alerts
         self.history = history
@@ -237,6 +263,8 @@ class Commands:
         snapshot = self.take_snapshot()
         if section != "active" and self.control and self.control.access.viewers_configured:
             snapshot = without_arguments(snapshot)  # seen by anyone: no task details
+        if section == "workers" and self.workers is not None:
+            snapshot = self.workers.with_limits(snapshot)  # the rate and time limits in force
         view = status_view(snapshot, section, page, self.controls())
         extra = [note for note in self.notes() if note]
         return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
@@ -252,6 +280,8 @@ class Commands:
             return self._act(command, actor)
         if command.name == buttons.RETRY_FAILED:
             return Reply(self._retry_failed(command, actor), replace_original=False)
+        if command.name in WORKER_COMMANDS:
+            return self._worker_command(command, actor)
         if command.name in ("mute", "unmute", "incidents"):
             return Reply(self._alerting(command, actor), replace_original=False)
         if command.name in ("history", "show"):
@@ -260,6 +290,17 @@ class Commands:
         if command.name == "chart":
             return Reply(self._chart(command), replace_original=False)
         return Reply(self.status(command.name, command.page))
+
+    def _worker_command(self, command: Command, actor: Actor) -> Reply:
+        if self.workers is None:
+            return Reply(message_view("opsbot", "Worker control is not available here.", Level.WARN),
+                         replace_original=False)
+        if command.name in worker_rules.ACTIONS:
+            answer = self.workers.act(command.name, command.target, command.worker, actor)
+            # A click that changed something redraws its message; anything else answers privately beside it.
+            return Reply(answer.view, replace_original=bool(command.section) and answer.changed)
+        controls = self.controls()
+        return Reply(self.workers.read(command.name, command.worker, controls is not None and controls.enabled))
 
     def _history(self, command: Command) -> View:
         if self.history is None:

@@ -125,6 +125,21 @@ class Settings(BaseSettings):
     # issue 19: charts. How long the one-minute time series are kept.
     series_days: float = Field(7.0, gt=0, le=366, validation_alias="OPSBOT_SERIES_DAYS")
 
+    # --- issue 15: worker control ---
+    # A queue an admin paused is reminded in the alert channel once paused this long (30m, 1h, 1d).
+    pause_remind: str = Field("1h", validation_alias="OPSBOT_PAUSE_REMIND")
+
+    @field_validator("pause_remind")
+    @classmethod
+    def _pause_remind(cls, value: str) -> str:
+        if duration_seconds(value) is None:
+            raise ValueError("must be a duration like 30m, 1h or 1d (at most 30 days)")
+        return value.strip().lower()
+
+    @property
+    def pause_remind_seconds(self) -> float:
+        return float(duration_seconds(self.pause_remind) or 3600)
+
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
     def _not_empty(cls, value: SecretStr | None) -> SecretStr | None:
@@ -241,6 +256,20 @@ class Settings(BaseSettings):
             if password:
                 values.append(password)
         return values
+
+
+DURATION = re.compile(r"^(?P<count>\d{1,5})(?P<unit>[smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION = 30 * 86400
+
+
+def duration_seconds(text: str) -> int | None:
+    """'90s', '30m', '1h', '2d' in seconds; None for anything else, zero or over 30 days."""
+    match = DURATION.match(text.strip().lower())
+    if not match:
+        return None
+    seconds = int(match["count"]) * UNIT_SECONDS[match["unit"]]
+    return seconds if 0 < seconds <= MAX_DURATION else None
 
 
 BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",

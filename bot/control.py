@@ -224,8 +224,6 @@ class TaskControl:
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
-    def audited(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
-        """The same audit trail for actions ruled elsewhere (retry, bot.health)."""
         self._audit(actor, action, target, outcome, message)
 
     def reject(self, actor: Actor, action: str, target: str, reason: str) -> None:
@@ -241,7 +239,7 @@ class TaskControl:
         except AccessUnknown as problem:
             return Outcome(Level.WARN, f"Could not check your permissions ({problem}); nothing was done.")
         return None if allowed else Outcome(Level.WARN, "You are not allowed to do that: only opsbot admins "
-                                                        "can terminate tasks and purge queues. Nothing was done.")
+                                                        "can control tasks, queues and workers. Nothing was done.")
 
     def record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         """Audit an action taken elsewhere (acknowledge, snooze, mute, unmute)."""

@@ -115,10 +115,11 @@ def celery_families(snapshot: Snapshot) -> list[GaugeMetricFamily]:
     if celery.state is not CeleryState.UNKNOWN:
         families += [
             _gauge("celery_active_worker_count", "The number of active workers in broker queue.", ["queue_name"],
-                   (([q.name], sum(q.name in w.queues for w in answering)) for q in queues)),
+                   (([q.name], sum(q.name in (w.queues or ()) for w in answering)) for q in queues)),
             _gauge("celery_active_process_count", "The number of active processes in broker queue.",
                    ["queue_name"],
-                   (([q.name], sum(w.concurrency or 0 for w in answering if q.name in w.queues)) for q in queues)),
+                   (([q.name], sum(w.concurrency or 0 for w in answering if q.name in (w.queues or ())))
+                    for q in queues)),
         ]
     return families
 

@@ -284,6 +284,29 @@ def pool_name(stats: dict[str, Any]) -> str | None:
     return {"thread": "threads"}.get(module, module) or None
 
 
+def pool_size(stats: dict[str, Any]) -> int | None:
+    """The processes a pool runs now. Prefork's `max-concurrency` keeps its start value after pool_grow or
+    pool_shrink; its list of processes does not."""
+    pool = stats.get("pool") or {}
+    processes = pool.get("processes")
+    return len(processes) if isinstance(processes, list) and processes else pool.get("max-concurrency")
+
+
+def autoscale_bounds(stats: dict[str, Any]) -> tuple[int, int] | None:
+    """(min, max) of a worker started with --autoscale (its stats carry an `autoscaler`)."""
+    scaler = stats.get("autoscaler")
+    if not isinstance(scaler, dict) or scaler.get("max") is None:
+        return None
+    return int(scaler.get("min") or 0), int(scaler["max"])
+
+
+def queue_names(active_queues: Any) -> tuple[str, ...] | None:
+    """The names in a worker's `active_queues` reply; None when it gave none."""
+    if not isinstance(active_queues, list):
+        return None
+    return tuple(str(q.get("name")) for q in active_queues if isinstance(q, dict))
+
+
 def task_from(raw: dict[str, Any], worker: str) -> TaskInfo:
     return TaskInfo(
         id=str(raw.get("id", "")),
@@ -397,15 +420,15 @@ class CeleryProbe:
         return WorkerInfo(
             name=name,
             pool=pool_name(stats),
-            concurrency=(stats.get("pool") or {}).get("max-concurrency"),
+            concurrency=pool_size(stats),
             active=tuple(task_from(raw, name) for raw in replies["active"].get(name) or []),
             reserved=len(replies.get("reserved", {}).get(name) or []),
             processed=sum(totals.values()) if isinstance(totals, dict) else None,
             uptime=stats.get("uptime"),
             loadavg=tuple(heartbeat.get("loadavg") or ()) or None,
             heartbeat_age=heartbeat.get("heartbeat_age"),
-            queues=tuple(str(q.get("name")) for q in replies.get("active_queues", {}).get(name) or []
-                         if isinstance(q, dict) and q.get("name")),
+            queues=queue_names(replies.get("active_queues", {}).get(name)),
+            autoscale=autoscale_bounds(stats),
         )
 
 

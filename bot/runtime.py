@@ -7,6 +7,7 @@ import getpass
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from bot import markup
@@ -28,6 +29,8 @@ from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
 from bot.snapshot import Snapshot
 from bot.store import BoundedRead, Store
+from bot.workers.actions import WorkerControl, WorkerStack, enrich
+from bot.workers.store import load_pauses
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class Runtime:
         self.prober = Prober(settings, self.celery_probe)
         self.waiting = WaitingTime(settings, self._store)
         self.retrier: Retrier | None = None
+        self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected)
         self.store: Store | None = None
         self.alerts: AlertService | None = None
         self.recorder: HistoryRecorder | None = None
@@ -66,13 +70,22 @@ class Runtime:
         self._metrics_parts: list[Every | MetricsServer] = []  # to stop on the way out
         self.socket_mode: Any = None  # the Socket Mode handler, closed first on the way out
         self._store_reads = BoundedRead(STORE_READ_SECONDS)
+        self.series: SeriesRecorder | None = None
 
     def take_snapshot(self) -> Snapshot:
-        """Every snapshot the bot takes (alert polls, commands), with each queue's oldest waiting task
-        (bot.health.waiting); it also feeds the metrics."""
+        """Every snapshot the bot takes (alert polls, commands): with each queue's oldest waiting task
+        (bot.health.waiting) and the queue pauses admins made (bot.workers). It also feeds the metrics and
+        the time series (which then need no probe of their own)."""
         snapshot = self.waiting.enrich(self.prober.snapshot())
+        # Pauses are on record only where a long-running mode opened the store; it never holds up an answer.
+        pauses = self._store_reads(lambda: load_pauses(self.store)) if self.store is not None else None
+        if pauses:
+            # A pause holds while its worker does not consume the queue: ask the workers only when one is on record.
+            snapshot = enrich(self.worker_stack, replace(snapshot, pauses=pauses))
         if self.metrics is not None:
             self.metrics.observe_snapshot(snapshot)
+        if self.series is not None:
+            self.series.offer(snapshot)
         return snapshot
 
     def _on_task_event(self, event: dict) -> None:
@@ -128,13 +141,6 @@ class Runtime:
     def _on_leadership(self, leading: bool) -> None:
         if leading and self.alerts is not None:
             self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
-
-    def _snapshot(self) -> Snapshot:
-        """A fresh snapshot; the time series records it too (no probe of its own needed then)."""
-        snapshot = self.prober.snapshot()
-        if self.series is not None:
-            self.series.offer(snapshot)
-        return snapshot
 
     def charts(self) -> Charts:
         return Charts(SeriesStore(self._store().engine), self.settings.queues, self.settings.backlog_threshold,
@@ -205,7 +211,9 @@ class Runtime:
         self.retrier = Retrier(self.settings, self._store, control)
         history = History(self.settings, self._store(), self.recorder)
         history.retryable = self._retryable
-        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts())
+        workers = WorkerControl(self.settings, self.worker_stack, control, self._store())
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts(),
+                        workers)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.

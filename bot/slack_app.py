@@ -26,7 +26,7 @@ from slack_sdk.webhook import WebhookResponse
 from bot import blocks, buttons, markup
 from bot.access import Access, Actor
 from bot.charts.slack import ChartPoster
-from bot.commands import TARGETED, Command, Commands, Reply, UsageError, parse
+from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
 from bot.config import ConfigError, Settings
 from bot.snapshot import Level
 from bot.views import Notice, View, message_view
@@ -190,7 +190,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
             reply = safely(lambda: Reply(charts.post(parsed.target, channel, who.mention), replace_original=False))
             send(respond, reply.view, response_type="ephemeral", replace_original=False)
             return
-        if parsed is not None and parsed.name in TARGETED:
+        if parsed is not None and parsed.name in DEFERRED:
             # Acting takes longer than Slack's 3 s: acknowledge now, answer through response_url.
             ack(response_type="ephemeral", text=WORKING)
             reply = safely(lambda: commands.run(parsed, who))

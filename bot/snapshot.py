@@ -80,6 +80,26 @@ class TaskInfo:
 
 
 @dataclass(frozen=True)
+class TaskLimits:
+    """The rate and time limits a worker applies to one task type (None: no limit)."""
+
+    task: str
+    rate: str | None = None  # Celery's rate string: "10/m"
+    soft: float | None = None  # seconds
+    hard: float | None = None
+
+
+@dataclass(frozen=True)
+class Pause:
+    """An admin's pause of a queue on one worker (cancel_consumer), as the bot's store remembers it."""
+
+    queue: str
+    worker: str
+    user_id: str
+    at: float  # epoch seconds
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     name: str
     pool: str | None = None  # prefork, solo, threads, eventlet, gevent
@@ -91,7 +111,9 @@ class WorkerInfo:
     uptime: float | None = None  # seconds
     loadavg: tuple[float, ...] | None = None  # the host's, from the heartbeats
     heartbeat_age: float | None = None  # seconds since its last heartbeat
-    queues: tuple[str, ...] = ()  # the queues it consumes (`active_queues`)
+    queues: tuple[str, ...] | None = None  # the queues it consumes now (active_queues); None: not known
+    autoscale: tuple[int, int] | None = None  # (min, max) when started with --autoscale
+    limits: tuple[TaskLimits, ...] | None = None  # rate and time limits in force; None: not asked
 
 
 class CeleryState(StrEnum):
@@ -133,3 +155,4 @@ class Snapshot:
     elapsed: float = 0.0  # seconds the probes took
     notes: tuple[str, ...] = field(default=())  # operator hints, e.g. how to configure admins
     durations: dict[str, float] = field(default_factory=dict)  # seconds each probe took: broker, celery, flower
+    pauses: tuple[Pause, ...] = ()  # queues paused by admins (from the store, not the probes)

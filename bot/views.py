@@ -16,6 +16,8 @@ from bot.links import Ref
 from bot.markup import phrase, stored_mention
 from bot.redact import defang, redact
 from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
+from bot.workers.pauses import QueuePause, pause_text, queue_pauses
+from bot.workers.rules import worker_extras
 
 OVERVIEW_TASKS = 5  # active tasks shown in the overview before "and N more"
 PAGE_SIZE = 20  # rows per page in the workers and active lists (1 block each, well under 50)
@@ -103,12 +105,20 @@ def task_action(task: TaskInfo, section: str, now: float) -> Action:
                                     "Terminate", "Cancel"))
 
 
+def queue_item(queue: QueueInfo, pause: QueuePause | None, action: Action | None) -> Item:
+    """A queue's line; a queue an admin paused is amber and says by whom and since when."""
+    if pause is None:
+        return Item(assess.queue_level(queue), queue.name, assess.queue_text(queue), action=action)
+    return Item(max(assess.queue_level(queue), Level.WARN), queue.name,
+                phrase("{}; {}", assess.queue_text(queue), pause_text(pause)), action=action)
+
+
 def queue_items(snapshot: Snapshot, section: str = "queues", controls: Controls | None = None) -> tuple[Item, ...]:
     if not snapshot.broker.up:
         return ()
     can_purge = controls is not None and controls.enabled
-    return tuple(Item(assess.queue_level(q), q.name, assess.queue_text(q),
-                      action=purge_action(q, section) if can_purge and q.ready else None)
+    pauses = queue_pauses(snapshot.pauses, snapshot.celery.workers)
+    return tuple(queue_item(q, pauses.get(q.name), purge_action(q, section) if can_purge and q.ready else None)
                  for q in snapshot.broker.queues)
 
 
@@ -199,7 +209,8 @@ def paged_view(snapshot: Snapshot, section: str, title: str, items: list[Item], 
 def workers_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = None) -> View:
     workers = worst_first(snapshot.celery.workers) + list(snapshot.celery.lost)
     items = [Item(Level.WARN if w in snapshot.celery.lost else assess.worker_level(w), w.name,
-                  assess.worker_details_text(w), ref=("worker", w.name)) for w in workers]
+                  ", ".join(filter(None, [assess.worker_details_text(w), worker_extras(w)])), ref=("worker", w.name),
+                  action=buttons.worker("detail", w.name, "Details") if w.answered else None) for w in workers]
     return paged_view(snapshot, "workers", "Workers", items, page, assess.celery_text(snapshot.celery), controls)
 
 
@@ -215,32 +226,55 @@ def queues_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = N
     return paged_view(snapshot, "queues", "Queues", items, page, empty, controls)
 
 
+# The help, by topic (a longer list stays easy to read).
 COMMANDS = (
-    ("/tasks", "overview: broker, workers, Flower, waiting and active tasks"),
-    ("/tasks workers", "every worker: pool, concurrency, active and reserved tasks"),
-    ("/tasks queues", "every watched queue: tasks waiting, consumers"),
-    ("/tasks active", "every running task: id, name, worker, how long"),
-    ("/tasks terminate <task-id>", "stop a running task with SIGTERM (admins)"),
-    ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM (admins)"),
-    ("/tasks purge <queue>", "delete the waiting tasks of one watched queue (admins)"),
-    ("/tasks audit", "the latest 20 task-control attempts (admins)"),
-    ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
-    ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
-    ("/tasks retry <task-id>", "send a failed or revoked task again, exact arguments (admins)"),
-    ("/tasks retry failed <task-name> [since]", "retry every failed task of that name, after a confirmation (admins)"),
-    ("/tasks chart [queues|tasks|workers|<queue>|<task-name>] [1h|6h|24h|7d]",
-     "a chart over time: tasks waiting, failures per minute, workers (posted in the channel)"),
-    ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
-    ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
-    ("/tasks unmute", "end every mute (admins)"),
-    ("/tasks help", "this help"),
+    ("Status", (
+        ("/tasks", "overview: broker, workers, Flower, waiting and active tasks"),
+        ("/tasks workers [worker]", "every worker: pool, queues, limits; or one worker's detail and controls"),
+        ("/tasks queues", "every watched queue: tasks waiting, consumers, pauses"),
+        ("/tasks active", "every running task: id, name, worker, how long"),
+        ("/tasks scheduled", "ETA and countdown tasks the workers hold until their time"),
+        ("/tasks reserved", "tasks prefetched by workers, waiting for a free slot"),
+        ("/tasks revoked", "task ids the workers remember as revoked"),
+        ("/tasks registered [worker]", "task types the workers know, with rate and time limits in force"),
+    )),
+    ("Task control (admins)", (
+        ("/tasks terminate <task-id>", "stop a running task with SIGTERM"),
+        ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM"),
+        ("/tasks purge <queue>", "delete the waiting tasks of one watched queue"),
+        ("/tasks audit", "the latest 20 control attempts"),
+    )),
+    ("Worker control (admins)", (
+        ("/tasks pool <worker> +N|-N", "grow or shrink a worker's pool (prefork, eventlet)"),
+        ("/tasks autoscale <worker> <max> <min>", "change the bounds of a worker started with --autoscale"),
+        ("/tasks pause <queue> [worker]", "stop taking tasks from a queue, on one worker or every worker"),
+        ("/tasks resume <queue> [worker]", "take tasks from a paused queue again"),
+        ("/tasks ratelimit <task-name> <10/m|off>", "set or remove a task type's rate limit on every worker"),
+        ("/tasks timelimit <task-name> <soft> <hard>", "set a task type's time limits on every worker"),
+        ("/tasks shutdown <worker>", "warm shutdown: the worker exits after its active tasks"),
+        ("/tasks restart-pool <worker>", "replace a worker's pool processes (needs worker_pool_restarts)"),
+    )),
+    ("History and alerts", (
+        ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
+        ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
+        ("/tasks retry <task-id>", "send a failed or revoked task again, exact arguments (admins)"),
+        ("/tasks retry failed <task-name> [since]", "retry every failed task of that name, after a confirmation "
+         "(admins)"),
+        ("/tasks chart [queues|tasks|workers|<queue>|<task-name>] [1h|6h|24h|7d]",
+         "a chart over time: tasks waiting, failures per minute, workers (posted in the channel)"),
+        ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
+        ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
+        ("/tasks unmute", "end every mute (admins)"),
+        ("/tasks help", "this help"),
+    )),
 )
 
 
 def help_view(problem: str = "") -> View:
-    items = tuple(Item(None, command, text) for command, text in COMMANDS)
+    sections = tuple(Section(topic, tuple(Item(None, command, text) for command, text in commands))
+                     for topic, commands in COMMANDS)
     summary = f"{problem} Here is what I understand." if problem else "Here is what I understand."
-    return View("opsbot help", summary, Level.WARN if problem else None, (Section("Commands", items),))
+    return View("opsbot help", summary, Level.WARN if problem else None, sections)
 
 
 def message_view(title: str, text: str, level: Level | None = None,

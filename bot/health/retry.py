@@ -112,7 +112,7 @@ class Retrier:
     def retry(self, actor: Actor, task_id: str) -> Outcome:
         task_id = task_id.strip()
         outcome, label = self._retry(actor, task_id)
-        self.control.audited(actor, "retry", task_id or "(empty)", label, outcome.message)
+        self.control.record(actor, "retry", task_id or "(empty)", label, outcome.message)
         return outcome
 
     def _retry(self, actor: Actor, task_id: str) -> tuple[Outcome, str]:
