@@ -14,6 +14,8 @@ from typing import Any
 
 from bot import assess
 from bot.assess import Finding
+from bot.beat.health import impact as beat_impact
+from bot.beat.health import is_beat_key
 from bot.markup import phrase
 from bot.snapshot import CeleryState, Level, Snapshot
 
@@ -122,6 +124,8 @@ def impact(snapshot: Snapshot, key: str) -> str:
     """What the failure means for users, in one line."""
     waiting = snapshot.broker.waiting
     service = service_of(key)
+    if is_beat_key(key):
+        return beat_impact(key)
     if service == "broker" and not key.startswith("queue:"):
         return "No task can be queued or processed while the broker is down."
     if key.startswith("queue:"):
@@ -157,7 +161,8 @@ def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Pol
 def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy) -> dict[str, Finding]:
     found = [f for f in assess.findings(snapshot) if f.level >= Level.WARN]
     if snapshot.celery.state is not CeleryState.RUNNING:
-        found = [f for f in found if not f.key.startswith("worker:")]
+        # The "celery" finding (or the broker's) covers them: no worker, no run of anything.
+        found = [f for f in found if not f.key.startswith("worker:") and not is_beat_key(f.key)]
     found += vanished_workers(snapshot, state.known_workers, now)
     found += backlog(snapshot, state.backlog_since, now, policy)
     return {f.key: f for f in found}
@@ -183,6 +188,9 @@ def observable(snapshot: Snapshot, key: str) -> bool:
         return snapshot.celery.state is CeleryState.RUNNING
     if key.startswith("queue:"):
         return snapshot.broker.up
+    if is_beat_key(key):  # runs are seen in task events: only with workers and the event stream up
+        return (snapshot.celery.state is CeleryState.RUNNING and snapshot.beat is not None
+                and snapshot.beat.watching)
     return True
 
 

@@ -220,11 +220,19 @@ def findings(snapshot: Snapshot) -> list[Finding]:
                                  f"Worker {worker.name}: {worker_text(worker)}"))
     if flower_level(flower) is not Level.OK:
         found.append(Finding("flower", flower_level(flower), f"Flower: {flower_text(flower)}"))
+    found += beat_findings(snapshot)
     return sorted(found, key=lambda f: -f.level)
 
 
+def beat_findings(snapshot: Snapshot) -> list[Finding]:
+    from bot.beat import health  # imported here: bot.beat.health builds on this module
+
+    return health.findings(snapshot.beat, snapshot.taken_at)
+
+
 def overall_level(snapshot: Snapshot) -> Level:
-    return max((broker_level(snapshot.broker), celery_level(snapshot.celery), flower_level(snapshot.flower)))
+    beat = max((f.level for f in beat_findings(snapshot)), default=Level.OK)
+    return max((broker_level(snapshot.broker), celery_level(snapshot.celery), flower_level(snapshot.flower), beat))
 
 
 def summary(snapshot: Snapshot) -> str:

@@ -14,6 +14,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.beat.duration import parse_duration
 from bot.redact import redact_url
 
 DEFAULT_DB_PATH = Path.home() / ".opsbot" / "opsbot.sqlite3"
@@ -156,11 +157,31 @@ class Settings(BaseSettings):
         """Every secret value this configuration holds, for the redaction filter."""
         values = [s.get_secret_value() for s in (self.slack_bot_token, self.slack_app_token,
                                                  self.slack_signing_secret) if s]
-        for url in (self.broker_url, self.rabbitmq_management_url, self.flower_url, self.db_url):
+        for url in (self.broker_url, self.rabbitmq_management_url, self.flower_url, self.db_url,
+                    self.result_backend or ""):
             _, password = url_credentials(url)
             if password:
                 values.append(password)
         return values
+
+    # --- issue 14: the Celery app, task events, periodic-task health ---
+    celery_app: str | None = Field(None, max_length=200, validation_alias="OPSBOT_CELERY_APP")
+    result_backend: str | None = Field(None, validation_alias="CELERY_RESULT_BACKEND")
+    enable_events: bool = Field(True, validation_alias="OPSBOT_ENABLE_EVENTS")
+    beat_grace: float | None = Field(None, gt=0, validation_alias="OPSBOT_BEAT_GRACE")
+
+    @field_validator("celery_app")
+    @classmethod
+    def _app_spec(cls, value: str | None) -> str | None:
+        # What `celery -A` takes: a module, or module:attribute.
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?", value):
+            raise ValueError("must name the Celery app like `celery -A` does: proj, or proj.celery:app")
+        return value
+
+    @field_validator("beat_grace", mode="before")
+    @classmethod
+    def _grace_duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",

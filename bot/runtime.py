@@ -6,10 +6,14 @@ import getpass
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from bot import markup
 from bot.access import Access, Actor
 from bot.alerting import AlertService, ConsoleSink, Sink
+from bot.beat.watch import BeatWatch, watch_for
+from bot.celeryapp import app_facts
+from bot.celeryapp.events import EventEnabler
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
@@ -18,6 +22,7 @@ from bot.history import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
+from bot.snapshot import Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,21 @@ class Runtime:
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
+        # Issue 14: the app's beat schedule, watched in task events; task events switched on.
+        self.facts = app_facts(settings.celery_app) if settings.celery_app else None
+        self.beat: BeatWatch | None = None
+        self.events: EventEnabler | None = None
+
+    def snapshot(self) -> Snapshot:
+        """The probes' snapshot, with what the task events told about the beat schedule."""
+        snapshot = self.prober.snapshot()
+        return replace(snapshot, beat=self.beat.report()) if self.beat else snapshot
+
+    def _on_task_event(self, event: dict) -> None:
+        if self.recorder is not None:
+            self.recorder.on_event(event)
+        if self.beat is not None:
+            self.beat.on_event(event)
 
     def _heartbeat_details(self) -> dict[str, dict]:
         return self.heartbeats.worker_details() if self.heartbeats else {}
@@ -79,7 +99,12 @@ class Runtime:
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
                                         should_record=self._is_leader).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
-                                           on_task_event=self.recorder.on_event).start()
+                                           on_task_event=self._on_task_event)
+        heartbeats = self.heartbeats
+        self.beat = watch_for(self.facts, self.settings.beat_grace, lambda: heartbeats.connected_since)
+        heartbeats.start()
+        if self.settings.enable_events:
+            self.events = EventEnabler(self.celery_probe.app).start()
 
     def _store(self) -> Store:
         if self.store is None:
@@ -87,7 +112,7 @@ class Runtime:
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        self.alerts = AlertService(self.settings, self._store(), self.prober.snapshot, sink,
+        self.alerts = AlertService(self.settings, self._store(), self.snapshot, sink,
                                    is_leader=self._is_leader)
         self.alerts.start()
         return self.alerts
@@ -97,7 +122,7 @@ class Runtime:
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
         history = History(self.settings, self._store(), self.recorder)
-        return Commands(self.prober.snapshot, control, self.alerts, history, self._notes)
+        return Commands(self.snapshot, control, self.alerts, history, self._notes)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -131,6 +156,10 @@ class Runtime:
             self.alerts.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
+        if self.events is not None:
+            self.events.stop()
+        if self.beat is not None:
+            self.beat.stop()
         if self.recorder is not None:
             self.recorder.stop()
         if self.leadership is not None:

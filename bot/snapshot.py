@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from bot.beat.model import BeatReport
+
 
 class Level(IntEnum):
     """How bad a state is; ordered so that `max()` gives the worst."""
@@ -123,3 +125,4 @@ class Snapshot:
     flower: FlowerStatus
     elapsed: float = 0.0  # seconds the probes took
     notes: tuple[str, ...] = field(default=())  # operator hints, e.g. how to configure admins
+    beat: BeatReport | None = None  # the beat schedule's runs, when the app is known (issue 14)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from bot import assess, buttons
 from bot.alerts import Incident
+from bot.beat import health
 from bot.buttons import Action, Confirm
 from bot.markup import phrase, stored_mention
 from bot.redact import defang, redact
@@ -83,7 +84,16 @@ def services_section(snapshot: Snapshot) -> Section:
         Item(assess.broker_level(broker), assess.broker_name(broker), assess.broker_text(broker)),
         Item(assess.celery_level(celery), "Celery", assess.celery_text(celery)),
         Item(assess.flower_level(flower), "Flower", assess.flower_text(flower)),
+        *beat_items(snapshot),
     ))
+
+
+def beat_items(snapshot: Snapshot) -> tuple[Item, ...]:
+    """One line for celery beat when its schedule is known (issue 14)."""
+    if snapshot.beat is None or not snapshot.beat.entries:
+        return ()
+    return (Item(health.level(snapshot.beat, snapshot.taken_at), "Celery beat",
+                 health.summary(snapshot.beat, snapshot.taken_at)),)
 
 
 def purge_action(queue: QueueInfo, section: str) -> Action:
@@ -149,7 +159,10 @@ def footer(snapshot: Snapshot, controls: Controls | None = None) -> str:
 
 def status_view(snapshot: Snapshot, section: str = "overview", page: int = 1,
                 controls: Controls | None = None) -> View:
-    builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view}
+    from bot.beat.view import beat_view  # the feature's own package builds on this module
+
+    builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view,
+                "beat": beat_view}
     return builders[section](snapshot, page, controls)
 
 
@@ -218,6 +231,7 @@ COMMANDS = (
     ("/tasks workers", "every worker: pool, concurrency, active and reserved tasks"),
     ("/tasks queues", "every watched queue: tasks waiting, consumers"),
     ("/tasks active", "every running task: id, name, worker, how long"),
+    ("/tasks beat", "every periodic task of the beat schedule: when, last run, next run, late or on time"),
     ("/tasks terminate <task-id>", "stop a running task with SIGTERM (admins)"),
     ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM (admins)"),
     ("/tasks purge <queue>", "delete the waiting tasks of one watched queue (admins)"),
@@ -225,7 +239,7 @@ COMMANDS = (
     ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
     ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
     ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
-    ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
+    ("/tasks mute <30m|2h|1d> [broker|celery|flower|beat]", "silence alerts for planned maintenance (admins)"),
     ("/tasks unmute", "end every mute (admins)"),
     ("/tasks help", "this help"),
 )
