@@ -629,11 +629,13 @@ class BeatProcess(ManagedProcess):
 
     label = "beat"
 
-    def __init__(self, broker_url: str, every: float = 5.0, app: str = "tests.beatapp") -> None:
+    def __init__(self, broker_url: str, every: float = 5.0, app: str = "tests.beatapp",
+                 path: Sequence[str] = ()) -> None:
         super().__init__()
         self.broker_url = broker_url
         self.every = every
         self.app = app
+        self.path = tuple(path)  # where else the app's modules are (a project written by a test)
 
     def _command(self) -> list[str]:
         return [
@@ -646,7 +648,7 @@ class BeatProcess(ManagedProcess):
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(STACK_BROKER_URL=self.broker_url, STACK_BEAT_SECONDS=str(self.every))
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*self.path, str(REPO_ROOT), env.get("PYTHONPATH")) if p)
         return env
 
     def _popen_extra(self) -> dict[str, Any]:
