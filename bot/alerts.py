@@ -15,6 +15,7 @@ from typing import Any
 
 from bot import assess
 from bot.assess import Finding
+from bot.beat.health import is_beat_key
 from bot.markup import phrase
 from bot.snapshot import CeleryState, Level, Snapshot
 from bot.workers import pauses
@@ -166,7 +167,8 @@ def failures(snapshot: Snapshot, state: AlertState, now: float, policy: Policy,
              extra: Sequence[Finding] = ()) -> dict[str, Finding]:
     found = [f for f in assess.findings(snapshot) if f.level >= Level.WARN] + list(extra)
     if snapshot.celery.state is not CeleryState.RUNNING:
-        found = [f for f in found if not f.key.startswith("worker:")]
+        # The "celery" finding (or the broker's) covers them: no worker, no run of anything.
+        found = [f for f in found if not f.key.startswith("worker:") and not is_beat_key(f.key)]
     found += vanished_workers(snapshot, state.known_workers, now)
     found += backlog(snapshot, state.backlog_since, now, policy)
     found += pauses.overdue(snapshot, now, policy.pause_remind_seconds)
@@ -193,6 +195,9 @@ def observable(snapshot: Snapshot, key: str) -> bool:
         return snapshot.celery.state is CeleryState.RUNNING
     if key.startswith("queue:"):
         return snapshot.broker.up
+    if is_beat_key(key):  # runs are seen in task events: only with workers and the event stream up
+        return (snapshot.celery.state is CeleryState.RUNNING and snapshot.beat is not None
+                and snapshot.beat.watching)
     return True
 
 

@@ -284,12 +284,21 @@ def findings(snapshot: Snapshot) -> list[Finding]:
     if flower_level(snapshot.flower) is not Level.OK:
         found.append(Finding("flower", flower_level(snapshot.flower), f"Flower: {flower_text(snapshot.flower)}",
                              IMPACT_FLOWER))
+    found += beat_findings(snapshot)
     return sorted(found, key=lambda f: -f.level)
 
 
+def beat_findings(snapshot: Snapshot) -> list[Finding]:
+    from bot.beat import health  # imported here: bot.beat.health builds on this module
+
+    return health.findings(snapshot.beat, snapshot.taken_at)
+
+
 def service_levels(snapshot: Snapshot) -> list[tuple[str, Level]]:
-    return [(broker_name(snapshot.broker), broker_level(snapshot.broker)),
-            ("Celery", celery_level(snapshot.celery)), ("Flower", flower_level(snapshot.flower))]
+    levels = [(broker_name(snapshot.broker), broker_level(snapshot.broker)),
+              ("Celery", celery_level(snapshot.celery)), ("Flower", flower_level(snapshot.flower))]
+    beat = max((f.level for f in beat_findings(snapshot)), default=None)
+    return levels + ([("Celery beat", beat)] if beat is not None else [])
 
 
 def overall_level(snapshot: Snapshot) -> Level:

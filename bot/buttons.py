@@ -26,7 +26,7 @@ KEY_PREFIX = "~"  # no section, page or incident id starts with it
 KEY_LENGTH = 24  # hex digits of sha256: 96 bits, no accidental collision among a stack's targets
 
 # Subcommands a status view can show: paging and refresh buttons name one.
-SECTIONS = ("overview", "workers", "queues", "active")
+SECTIONS = ("overview", "workers", "queues", "active", "beat")
 # Paging buttons: their role in a view is their action_id's suffix.
 PAGE_ROLES = ("prev", "next", "refresh", "active", "workers")
 HISTORY_ROLES = ("newer", "older")

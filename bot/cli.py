@@ -14,6 +14,7 @@ from dataclasses import asdict
 from rich.console import Console
 
 from bot import assess, terminal
+from bot.celeryapp import with_app
 from bot.config import ConfigError, Settings, load_settings
 from bot.logs import use_json_lines
 from bot.redact import install_log_redaction, redact
@@ -53,6 +54,8 @@ def exit_deadline(seconds: float) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="opsbot", description="Slack chat-ops for Celery.")
+    parser.add_argument("-A", "--app", help="the Celery app, as for `celery -A` (proj or proj.celery:app); "
+                                            "sets OPSBOT_CELERY_APP")
     sub = parser.add_subparsers(dest="mode")
     sub.add_parser("run", help="connect to Slack (Socket Mode with SLACK_APP_TOKEN, else HTTP)")
     sub.add_parser("console", help="the /tasks commands in this terminal, no Slack needed")
@@ -75,7 +78,8 @@ def require_slack(settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        settings = load_settings()
+        overrides = {"celery_app": args.app} if args.app else {}
+        settings = with_app(load_settings(**overrides), **overrides)
         mode = args.mode or ("run" if settings.slack_configured else "console")
         if mode == "run":
             require_slack(settings)

@@ -143,7 +143,7 @@ def parse(text: str) -> Command:
         return Command(name, target=" ".join(rest))
     if name == "mute":
         if not 1 <= len(rest) <= 2:
-            raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower]")
+            raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower|beat]")
         return Command(name, target=" ".join(rest))
     if name in ("help", "audit", "unmute", "incidents") or not rest:
         return Command(name)
@@ -209,7 +209,7 @@ def audit_view(entries: list[AuditEntry]) -> View:
 
 
 MAX_MUTE = 7 * 86400
-MUTE_SCOPES = ("broker", "celery", "flower")
+MUTE_SCOPES = ("broker", "celery", "flower", "beat")
 
 
 def parse_mute(target: str) -> tuple[float, str]:
@@ -222,7 +222,8 @@ def parse_mute(target: str) -> tuple[float, str]:
         raise UsageError("Mute for between 1 second and 7 days.")
     scope = words[1].lower() if len(words) > 1 else ALL
     if scope not in (*MUTE_SCOPES, ALL):
-        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery or flower (or nothing for all).")
+        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery, flower or beat "
+                         "(or nothing for all).")
     return seconds, scope
 
 

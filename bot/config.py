@@ -14,9 +14,13 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.durations import parse_duration
 from bot.redact import redact_url
 
 DEFAULT_DB_PATH = Path.home() / ".opsbot" / "opsbot.sqlite3"
+
+
+MAX_PAUSE_REMIND = 30 * 86400
 
 
 class ConfigError(Exception):
@@ -88,7 +92,6 @@ class Settings(BaseSettings):
     @field_validator("failure_window", "task_max_runtime", "queue_max_wait")
     @classmethod
     def _duration(cls, value: str) -> str:
-        from bot.durations import parse_duration
 
         if parse_duration(value) <= 0:
             raise ValueError("must be longer than 0s")
@@ -132,13 +135,13 @@ class Settings(BaseSettings):
     @field_validator("pause_remind")
     @classmethod
     def _pause_remind(cls, value: str) -> str:
-        if duration_seconds(value) is None:
+        if not 0 < parse_duration(value) <= MAX_PAUSE_REMIND:
             raise ValueError("must be a duration like 30m, 1h or 1d (at most 30 days)")
         return value.strip().lower()
 
     @property
     def pause_remind_seconds(self) -> float:
-        return float(duration_seconds(self.pause_remind) or 3600)
+        return float(parse_duration(self.pause_remind))
 
     @field_validator("slack_bot_token", "slack_app_token", "slack_signing_secret")
     @classmethod
@@ -257,19 +260,23 @@ class Settings(BaseSettings):
                 values.append(password)
         return values
 
+    # --- issue 14: the Celery app, task events, periodic-task health ---
+    celery_app: str | None = Field(None, max_length=200, validation_alias="OPSBOT_CELERY_APP")
+    enable_events: bool = Field(True, validation_alias="OPSBOT_ENABLE_EVENTS")
+    beat_grace: float | None = Field(None, gt=0, validation_alias="OPSBOT_BEAT_GRACE")
 
-DURATION = re.compile(r"^(?P<count>\d{1,5})(?P<unit>[smhd])$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-MAX_DURATION = 30 * 86400
+    @field_validator("celery_app")
+    @classmethod
+    def _app_spec(cls, value: str | None) -> str | None:
+        # What `celery -A` takes: a module, or module:attribute.
+        if value is not None and not re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?", value):
+            raise ValueError("must name the Celery app like `celery -A` does: proj, or proj.celery:app")
+        return value
 
-
-def duration_seconds(text: str) -> int | None:
-    """'90s', '30m', '1h', '2d' in seconds; None for anything else, zero or over 30 days."""
-    match = DURATION.match(text.strip().lower())
-    if not match:
-        return None
-    seconds = int(match["count"]) * UNIT_SECONDS[match["unit"]]
-    return seconds if 0 < seconds <= MAX_DURATION else None
+    @field_validator("beat_grace", mode="before")
+    @classmethod
+    def _grace_duration(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
 
 
 BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",

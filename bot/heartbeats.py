@@ -36,6 +36,7 @@ class HeartbeatMonitor:
         self.on_task_event = on_task_event or (lambda event: None)
         self.state = State()
         self._connected_at: float | None = None
+        self.connected_since: float | None = None  # wall clock: task events before it were not seen
         self._receiver: EventReceiver | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
@@ -81,6 +82,7 @@ class HeartbeatMonitor:
             if self._connected_at is not None and not self._stopped.is_set():
                 self._notify()  # a connection we had just dropped: the broker may be gone
             self._connected_at = None
+            self.connected_since = None
             self._stopped.wait(RECONNECT_SECONDS)
 
     def _listen(self) -> None:
@@ -89,6 +91,7 @@ class HeartbeatMonitor:
             receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
             self._receiver = receiver
             self._connected_at = time.monotonic()
+            self.connected_since = time.time()
             receiver.capture(limit=None, timeout=None, wakeup=True)
 
     def _on_event(self, event: dict) -> None:

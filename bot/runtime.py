@@ -13,6 +13,9 @@ from typing import Any
 from bot import markup
 from bot.access import Access, Actor
 from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
+from bot.beat.watch import BeatWatch, watch_for
+from bot.celeryapp import app_facts
+from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
 from bot.commands import Commands
@@ -71,12 +74,19 @@ class Runtime:
         self.socket_mode: Any = None  # the Socket Mode handler, closed first on the way out
         self._store_reads = BoundedRead(STORE_READ_SECONDS)
         self.series: SeriesRecorder | None = None
+        # Issue 14: the app's beat schedule, watched in task events; task events switched on.
+        self.facts = app_facts(settings.celery_app) if settings.celery_app else None
+        self.beat: BeatWatch | None = None
+        self.events: EventEnabler | None = None
 
     def take_snapshot(self) -> Snapshot:
         """Every snapshot the bot takes (alert polls, commands): with each queue's oldest waiting task
-        (bot.health.waiting) and the queue pauses admins made (bot.workers). It also feeds the metrics and
+        (bot.health.waiting), the beat schedule's runs (bot.beat) and the queue pauses admins made
+        (bot.workers). It also feeds the metrics and
         the time series (which then need no probe of their own)."""
         snapshot = self.waiting.enrich(self.prober.snapshot())
+        if self.beat is not None:  # what the task events told about the beat schedule
+            snapshot = replace(snapshot, beat=self.beat.report())
         # Pauses are on record only where a long-running mode opened the store; it never holds up an answer.
         pauses = self._store_reads(lambda: load_pauses(self.store)) if self.store is not None else None
         if pauses:
@@ -91,6 +101,8 @@ class Runtime:
     def _on_task_event(self, event: dict) -> None:
         if self.recorder is not None:
             self.recorder.on_event(event)
+        if self.beat is not None:
+            self.beat.on_event(event)
         if self.metrics is not None and self.heartbeats is not None:
             self.metrics.on_task_event(event, self.heartbeats.state.tasks.get(event.get("uuid")))
 
@@ -180,7 +192,12 @@ class Runtime:
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
                                         on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
-                                           on_task_event=self._on_task_event).start()
+                                           on_task_event=self._on_task_event)
+        heartbeats = self.heartbeats
+        self.beat = watch_for(self.facts, self.settings.beat_grace, lambda: heartbeats.connected_since)
+        heartbeats.start()
+        if self.settings.enable_events:
+            self.events = EventEnabler(self.celery_probe.app).start()
 
     def _retryable(self, task_ids: list[str]) -> set[str]:
         return self.retrier.retryable(task_ids) if self.retrier else set()
@@ -274,6 +291,10 @@ class Runtime:
             self.alerts.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
+        if self.events is not None:
+            self.events.stop()
+        if self.beat is not None:
+            self.beat.stop()
         if self.recorder is not None:
             self.recorder.stop()
         if self.series is not None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 
+from bot.beat.model import BeatReport
+
 
 class Level(IntEnum):
     """How bad a state is; ordered so that `max()` gives the worst."""
@@ -156,3 +158,4 @@ class Snapshot:
     notes: tuple[str, ...] = field(default=())  # operator hints, e.g. how to configure admins
     durations: dict[str, float] = field(default_factory=dict)  # seconds each probe took: broker, celery, flower
     pauses: tuple[Pause, ...] = ()  # queues paused by admins (from the store, not the probes)
+    beat: BeatReport | None = None  # the beat schedule's runs, when the app is known (issue 14)

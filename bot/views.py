@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 from bot import assess, buttons
 from bot.alerts import Incident, check_name
+from bot.beat import health
 from bot.buttons import Action, Confirm
 from bot.links import Ref
 from bot.markup import phrase, stored_mention
@@ -87,7 +88,16 @@ def services_section(snapshot: Snapshot) -> Section:
         Item(assess.broker_level(broker), assess.broker_name(broker), assess.broker_text(broker)),
         Item(assess.celery_level(celery), "Celery", assess.celery_text(celery)),
         Item(assess.flower_level(flower), "Flower", assess.flower_text(flower)),
+        *beat_items(snapshot),
     ))
+
+
+def beat_items(snapshot: Snapshot) -> tuple[Item, ...]:
+    """One line for celery beat when its schedule is known (issue 14)."""
+    if snapshot.beat is None or not snapshot.beat.entries:
+        return ()
+    return (Item(health.level(snapshot.beat, snapshot.taken_at), "Celery beat",
+                 health.summary(snapshot.beat, snapshot.taken_at)),)
 
 
 def purge_action(queue: QueueInfo, section: str) -> Action:
@@ -161,7 +171,10 @@ def footer(snapshot: Snapshot, controls: Controls | None = None) -> str:
 
 def status_view(snapshot: Snapshot, section: str = "overview", page: int = 1,
                 controls: Controls | None = None) -> View:
-    builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view}
+    from bot.beat.view import beat_view  # the feature's own package builds on this module
+
+    builders = {"overview": overview, "workers": workers_view, "queues": queues_view, "active": active_view,
+                "beat": beat_view}
     return builders[section](snapshot, page, controls)
 
 
@@ -237,6 +250,7 @@ COMMANDS = (
         ("/tasks reserved", "tasks prefetched by workers, waiting for a free slot"),
         ("/tasks revoked", "task ids the workers remember as revoked"),
         ("/tasks registered [worker]", "task types the workers know, with rate and time limits in force"),
+        ("/tasks beat", "every periodic task of the beat schedule: when, last run, next run, late or on time"),
     )),
     ("Task control (admins)", (
         ("/tasks terminate <task-id>", "stop a running task with SIGTERM"),
@@ -263,7 +277,7 @@ COMMANDS = (
         ("/tasks chart [queues|tasks|workers|<queue>|<task-name>] [1h|6h|24h|7d]",
          "a chart over time: tasks waiting, failures per minute, workers (posted in the channel)"),
         ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
-        ("/tasks mute <30m|2h|1d> [broker|celery|flower]", "silence alerts for planned maintenance (admins)"),
+        ("/tasks mute <30m|2h|1d> [broker|celery|flower|beat]", "silence alerts for planned maintenance (admins)"),
         ("/tasks unmute", "end every mute (admins)"),
         ("/tasks help", "this help"),
     )),

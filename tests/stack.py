@@ -640,6 +640,58 @@ class CeleryWorker(ManagedProcess):
         return self.start(timeout=timeout)
 
 
+# --------------------------------------------------------------------------- celery beat
+
+
+class BeatProcess(ManagedProcess):
+    """`celery -A tests.beatapp beat`: sends the schedule's tasks every `every` seconds (issue 14).
+
+    Its schedule file and pid file live in its own temp dir, so a kill leaves them behind exactly as a
+    crashed beat leaves them in production, and a restart must cope with them.
+    """
+
+    label = "beat"
+
+    def __init__(self, broker_url: str, every: float = 5.0, app: str = "tests.beatapp",
+                 path: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.broker_url = broker_url
+        self.every = every
+        self.app = app
+        self.path = tuple(path)  # where else the app's modules are (a project written by a test)
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", self.app, "beat",
+            "--schedule", str(self.workdir / "beat-schedule"),
+            "--pidfile", str(self.workdir / "beat.pid"),
+            "--loglevel", "INFO",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(STACK_BROKER_URL=self.broker_url, STACK_BEAT_SECONDS=str(self.every))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*self.path, str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        return env
+
+    def _popen_extra(self) -> dict[str, Any]:
+        return {"cwd": REPO_ROOT}
+
+    def _starting_lines(self) -> int:
+        return self.log_path.read_text(errors="replace").count("beat: Starting") if self.log_path.exists() else 0
+
+    def start(self, timeout: float = 30.0) -> Self:
+        before = self._starting_lines()
+        self._spawn()
+        self._wait_ready(lambda: self._starting_lines() > before, timeout, "starting its scheduler")
+        return self
+
+    def restart(self, timeout: float = 30.0) -> Self:
+        if self.is_running():
+            self.stop()
+        return self.start(timeout=timeout)
+
+
 # --------------------------------------------------------------------------- Flower
 
 
