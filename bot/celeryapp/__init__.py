@@ -135,8 +135,9 @@ def with_app(settings: Settings, **overrides: object) -> Settings:
     facts = app_facts(settings.celery_app)
     # Retry reads exact arguments from a Redis result backend only: another backend the app uses is left out
     # (Retry then says why) rather than refused at start.
-    backend = facts.result_backend if facts.result_backend and facts.result_backend.startswith(("redis://", "rediss://")) \
-        else None
+    backend = facts.result_backend
+    if backend and not backend.startswith(("redis://", "rediss://")):
+        backend = None
     from_app = {"broker_url": facts.broker_url, "result_backend": backend, "queues": facts.queues}
     fill = {name: value for name, value in from_app.items() if value and name not in settings.model_fields_set}
     if not fill:
