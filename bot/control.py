@@ -224,8 +224,6 @@ class TaskControl:
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
-        self._audit(actor, action, target, outcome, message)
-
     def reject(self, actor: Actor, action: str, target: str, reason: str) -> None:
         """Record an attempt that did not even parse (a forged or mangled button)."""
         self._audit(actor, action, target or "(empty)", "forged", reason)
@@ -242,7 +240,7 @@ class TaskControl:
                                                         "can control tasks, queues and workers. Nothing was done.")
 
     def record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
-        """Audit an action taken elsewhere (acknowledge, snooze, mute, unmute)."""
+        """Audit an action ruled elsewhere (acknowledge, snooze, mute, unmute; retry; worker control)."""
         self._audit(actor, action, target, outcome, message)
 
     def _attempt(self, actor: Actor, action: str, target: str,
