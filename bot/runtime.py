@@ -38,6 +38,7 @@ from bot.workers.store import load_pauses
 log = logging.getLogger(__name__)
 
 STORE_READ_SECONDS = 1.0  # the status waits this long for the store's lines, well inside Slack's 3-s ack
+SERIES_ALONE_AFTER = 60.0  # seconds since a bot last said it leads, before the console records the series
 STORE_UNAVAILABLE = "Store unavailable: mutes, incidents and history cannot be read right now"
 
 
@@ -188,7 +189,7 @@ class Runtime:
         if lead:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
         self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
-                                     self.take_snapshot, should_record=self._is_leader).start()
+                                     self.take_snapshot, should_record=self._records_series).start()
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
                                         on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
@@ -198,6 +199,15 @@ class Runtime:
         heartbeats.start()
         if self.settings.enable_events:
             self.events = EventEnabler(self.celery_probe.app).start()
+
+    def _records_series(self) -> bool:
+        """One writer of the time series (counters add up): the leader; the console, which never leads, only
+        on a store of its own that no bot has led on for a minute."""
+        if self.leadership is not None:
+            return self._is_leader()
+        store = self._store()
+        leader = None if store.shared else store.leader()
+        return not store.shared and (leader is None or time.time() - leader[1] > SERIES_ALONE_AFTER)
 
     def _retryable(self, task_ids: list[str]) -> set[str]:
         return self.retrier.retryable(task_ids) if self.retrier else set()

@@ -305,6 +305,14 @@ class RabbitNode(ManagedProcess):
     def management_url(self) -> str:
         return f"http://{LOOPBACK}:{self.management_port}"
 
+    def add_vhost(self, name: str) -> str:
+        """A virtual host of its own on this node (guest may use it); its AMQP URL."""
+        api, auth = f"{self.management_url}/api", ("guest", "guest")
+        requests.put(f"{api}/vhosts/{name}", auth=auth, timeout=10).raise_for_status()
+        requests.put(f"{api}/permissions/{name}/guest", auth=auth, timeout=10,
+                     json={"configure": ".*", "write": ".*", "read": ".*"}).raise_for_status()
+        return f"amqp://guest:guest@{LOOPBACK}:{self.port}/{name}"
+
     @property
     def dist_port(self) -> int:
         return self.port + DIST_PORT_OFFSET

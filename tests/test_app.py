@@ -56,16 +56,18 @@ def test_queues_come_from_the_app(rabbit: RabbitNode, run_bot: Callable[..., Bot
 def test_task_events_are_switched_on_in_a_worker_without_e(
         slack: SlackStandIn, socket_bot: Callable[..., BotProcess], rabbit: RabbitNode,
         make_worker: Callable[..., CeleryWorker]) -> None:
-    quiet = make_worker(queues=("other",), events=False)  # no -E, worker_send_task_events off
-    bot = socket_bot(OPSBOT_ENABLE_EVENTS="false")
+    # A virtual host of its own: no Flower of another test watches it (Flower switches events on too).
+    broker = rabbit.add_vhost("no-events")
+    quiet = make_worker(broker_url=broker, queues=("other",), events=False)  # no -E, task events off
+    bot = socket_bot(OPSBOT_ENABLE_EVENTS="false", CELERY_BROKER_URL=broker)
     time.sleep(1.5)
-    (unseen,) = publish_tasks(rabbit.amqp_url, "stackapp.add", 1, queue="other", args=(1, 1))
+    (unseen,) = publish_tasks(broker, "stackapp.add", 1, queue="other", args=(1, 1))
     time.sleep(4)  # it ran (the worker is idle) and sent no event: the history cannot know it
     assert unseen[:8] not in say(slack, "history")
     bot.stop()
 
-    socket_bot()  # OPSBOT_ENABLE_EVENTS defaults to true
-    (seen,) = publish_tasks(rabbit.amqp_url, "stackapp.add", 1, queue="other", args=(2, 2))
+    socket_bot(CELERY_BROKER_URL=broker)  # OPSBOT_ENABLE_EVENTS defaults to true
+    (seen,) = publish_tasks(broker, "stackapp.add", 1, queue="other", args=(2, 2))
     assert wait_until(lambda: seen[:8] in say(slack, "history"), 30), "the worker never sent task events"
     assert quiet.is_running() and not slack.rejections
 
