@@ -68,6 +68,17 @@ class ActiveTask:
 # --- Talking to the stack ---------------------------------------------------------------------
 
 
+def broker_connection(app: Celery) -> kombu.Connection:
+    """A connection for remote control, or BrokerUnreachable at once: someone is waiting, no retries."""
+    conn = app.connection_for_write()
+    try:
+        conn.ensure_connection(max_retries=0)
+    except Exception as exc:
+        conn.release()
+        raise BrokerUnreachable() from exc
+    return conn
+
+
 class Stack:
     """The calls task control makes to the broker, the workers and Flower."""
 
@@ -78,13 +89,7 @@ class Stack:
         self.session = requests.Session()
 
     def _connection(self) -> kombu.Connection:
-        conn = self.app.connection_for_write()
-        try:
-            conn.ensure_connection(max_retries=0)
-        except Exception as exc:
-            conn.release()
-            raise BrokerUnreachable() from exc
-        return conn
+        return broker_connection(self.app)
 
     def find_active(self, task_id: str) -> ActiveTask | None:
         with self._connection() as conn:

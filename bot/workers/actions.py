@@ -19,7 +19,7 @@ from celery import Celery
 
 from bot import buttons
 from bot.config import Settings
-from bot.control import BrokerUnreachable, Outcome, TaskControl
+from bot.control import BrokerUnreachable, Outcome, TaskControl, broker_connection
 from bot.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
 from bot.snapshot import Level, Snapshot, WorkerInfo
 from bot.store import Store
@@ -51,13 +51,7 @@ class WorkerStack:
 
     @contextmanager
     def connection(self) -> Iterator[kombu.Connection]:
-        conn = self.app.connection_for_write()
-        try:
-            conn.ensure_connection(max_retries=0)
-        except Exception as exc:
-            conn.release()
-            raise BrokerUnreachable() from exc
-        with conn:
+        with broker_connection(self.app) as conn:
             yield conn
 
     def ask(self, method: str, destination: list[str] | None = None, *args: Any,
