@@ -190,8 +190,9 @@ def valid_task_id(task_id: object) -> bool:
 
 # --- Reading it -------------------------------------------------------------------------------
 
-EVENTS_OFF = ("No task events have reached opsbot: start workers with -E (or set worker_send_task_events = True) "
-              "so it can record their history. Meanwhile, this is what Flower remembers since its own start.")
+EVENTS_OFF = ("No task events have reached opsbot: start workers with -E (or set worker_send_task_events = True), "
+              "or leave OPSBOT_ENABLE_EVENTS on, so it can record their history. Meanwhile, this is what Flower "
+              "remembers since its own start.")
 
 
 def flower_rows(settings: Any, session: requests.Session, limit: int) -> list[dict[str, Any]]:

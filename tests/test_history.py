@@ -120,11 +120,13 @@ def test_without_task_events_it_says_how_to_turn_them_on(slack: SlackStandIn, so
                                                         make_worker: Callable[..., CeleryWorker]) -> None:
     node = make_rabbit()
     make_worker(broker_url=node.amqp_url, events=False)
-    socket_bot(CELERY_BROKER_URL=node.amqp_url, RABBITMQ_MANAGEMENT_URL=node.management_url)
+    socket_bot(CELERY_BROKER_URL=node.amqp_url, RABBITMQ_MANAGEMENT_URL=node.management_url,
+               OPSBOT_ENABLE_EVENTS="false")  # opsbot would switch them on itself (bot.celeryapp.events)
     ids = publish_tasks(node.amqp_url, "stackapp.add", 2, args=(1, 1))
     finished(node, ids)
     history = say(slack, "history")
     assert "start workers with -E" in history and "worker_send_task_events" in history
+    assert "OPSBOT_ENABLE_EVENTS" in history
 
 
 def test_digest_counts_final_states_and_top_failures(tmp_path: Path) -> None:
