@@ -137,6 +137,11 @@ def opsbot_snapshot_families(snapshot: Snapshot, now: float) -> list[GaugeMetric
                (([w.name], float(w.answered)) for w in (*celery.workers, *celery.lost))),
         _gauge("opsbot_broker_alarms", "RabbitMQ resource alarms in force (publishers are blocked).", [],
                [([], len(snapshot.broker.alarms))] if snapshot.broker.up else []),
+        # The age when measured (not now): with the snapshot's age it is exact; `exact` 0 marks a lower bound.
+        _gauge("opsbot_oldest_waiting_task_age_seconds", "How long the oldest waiting task of a queue had waited.",
+               ["queue_name", "exact"],
+               (([q.name, str(int(q.oldest_exact))], q.oldest_age) for q in snapshot.broker.queues
+                if snapshot.broker.up and q.ready and q.oldest_age is not None)),
     ]
 
 

@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from configparser import ConfigParser
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,18 @@ def test_gauges_from_a_snapshot_per_host_and_queue() -> None:
     assert value(samples, "celery_worker_up", hostname="a") == 1
     assert value(samples, "celery_worker_up", hostname="b") == 0  # heartbeats, but no answer
     assert value(samples, "celery_worker_tasks_active", hostname="a") == 2
+
+
+def test_oldest_waiting_age_per_queue_and_whether_it_is_exact() -> None:
+    taken = snapshot()
+    aged = (replace(taken.broker.queues[0], oldest_sent_at=760.0, oldest_age=240.0, oldest_exact=False),
+            taken.broker.queues[1])
+    samples = families_text(opsbot_snapshot_families(replace(taken, broker=replace(taken.broker, queues=aged)),
+                                                     now=1001.0))
+    assert value(samples, "opsbot_oldest_waiting_task_age_seconds", queue_name="celery", exact="0") == 240.0
+    assert value(samples, "opsbot_oldest_waiting_task_age_seconds", queue_name="other") is None  # nothing waits
+    plain = families_text(opsbot_snapshot_families(taken, now=1001.0))
+    assert value(plain, "opsbot_oldest_waiting_task_age_seconds") is None  # not measured: absent, not zero
 
 
 def test_unknown_is_absent_not_zero() -> None:
@@ -439,7 +452,9 @@ def exported_names() -> set[str]:
     from bot.metrics import StoreFacts
 
     metrics.store_read(StoreFacts({"flower": 1}, 0))
-    metrics.observe_snapshot(snapshot((WorkerInfo("w@h", queues=("celery",)),)))
+    fed = snapshot((WorkerInfo("w@h", queues=("celery",)),))
+    aged = (replace(fed.broker.queues[0], oldest_sent_at=999.0, oldest_age=1.0), *fed.broker.queues[1:])
+    metrics.observe_snapshot(replace(fed, broker=replace(fed.broker, queues=aged)))
     metrics.slack_errors.labels(method="m", error="e").inc()
     return {name for name, _ in parse_registry(metrics)}
 
@@ -457,7 +472,7 @@ def test_alert_rules_and_dashboard_use_only_exported_metrics() -> None:
     # One rule per kind of opsbot alert, and each says what it is about.
     assert {"OpsbotBrokerDown", "OpsbotBrokerManagementDown", "OpsbotQueueWithoutConsumers",
             "OpsbotQueueBacklog", "OpsbotCeleryNotRunning", "OpsbotWorkerNotAnswering",
-            "OpsbotFlowerDown"} <= alerts
+            "OpsbotFlowerDown", "OpsbotQueueWaitTooLong"} <= alerts
     dashboard = json.loads((DOCS / "grafana-dashboard.json").read_text())
     exprs += [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
     used = set().union(*(metric_names_in(e) for e in exprs))
