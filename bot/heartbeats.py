@@ -16,6 +16,8 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 from celery.events.state import State
 
+from bot.live.state import LiveState
+
 log = logging.getLogger(__name__)
 
 # A monitor that just connected has not yet heard from every worker: heartbeats come every 2 s.
@@ -24,17 +26,21 @@ RECONNECT_SECONDS = 1.0
 
 
 WATCH_SECONDS = 0.5  # how often the set of live workers is compared with the last one
+# celery's State keeps tasks only to label the metrics of a task's later events (its name and queue from
+# task-sent): about 3 KB each, so far fewer than its default 10,000. What runs is in bot.live, not here.
+STATE_TASKS = 1000
 
 
 class HeartbeatMonitor:
     def __init__(self, app: Celery, on_change: Callable[[], None] | None = None,
-                 on_task_event: Callable[[dict], None] | None = None) -> None:
+                 on_task_event: Callable[[dict], None] | None = None, live: LiveState | None = None) -> None:
         self.app = app
         # Called when a worker appears or goes quiet, or the event connection drops: poll now.
         self.on_change = on_change or (lambda: None)
         # Every task event (sent, received, started, succeeded, ...), for the task history.
         self.on_task_event = on_task_event or (lambda event: None)
-        self.state = State()
+        self.state = State(max_tasks_in_memory=STATE_TASKS)
+        self.live = live  # what each worker runs, fed the same events (bot.live)
         self._connected_at: float | None = None
         self.connected_since: float | None = None  # wall clock: task events before it were not seen
         self._receiver: EventReceiver | None = None
@@ -83,6 +89,8 @@ class HeartbeatMonitor:
                 self._notify()  # a connection we had just dropped: the broker may be gone
             self._connected_at = None
             self.connected_since = None
+            if self.live is not None:
+                self.live.reset()  # events were missed while away: nothing tracked can be vouched for
             self._stopped.wait(RECONNECT_SECONDS)
 
     def _listen(self) -> None:
@@ -98,9 +106,11 @@ class HeartbeatMonitor:
         self.state.event(event)
         if str(event.get("type", "")).startswith("task-"):
             try:
-                self.on_task_event(event)
+                self.on_task_event(event)  # before the live state drops a finished task: its name labels metrics
             except Exception:
                 log.exception("task event handler failed")
+        if self.live is not None:
+            self.live.apply(event)
 
     def quiet_seconds(self) -> float | None:
         """How long no worker has sent a heartbeat (counted from when we began to listen, if none ever

@@ -35,6 +35,7 @@ from bot.snapshot import (
     CeleryStatus,
     Failure,
     FlowerStatus,
+    LiveAges,
     Problem,
     QueueInfo,
     Snapshot,
@@ -381,7 +382,13 @@ class CeleryProbe:
         except Exception as exc:
             return CeleryStatus(state=CeleryState.UNKNOWN,
                                 problem=problem_from(exc, target_of(self.settings.broker_url)))
-        answered = set(replies["active"])
+        return self.status(expected, replies, silent)
+
+    def status(self, expected: set[str], replies: dict[str, dict], silent: bool,
+               known: tuple[WorkerInfo, ...] = (), ages: LiveAges | None = None) -> CeleryStatus:
+        """The status from the replies, with the workers `known` without asking (bot.live) among them."""
+        asked = set(replies["active"])
+        answered = asked | {w.name for w in known}
         with self._lock:
             self._last_answered = answered
         details = self.heartbeat_details()
@@ -391,12 +398,13 @@ class CeleryProbe:
                      if not d["alive"] and name not in answered and d["heartbeat_age"] < LOST_MEMORY)
         if not answered:
             return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost, heartbeats_silent=silent)
-        workers = [self._worker(name, replies, details.get(name) or {}) for name in sorted(answered)]
+        workers = [self._worker(name, replies, details.get(name) or {}) for name in sorted(asked)]
+        workers = sorted([*workers, *known], key=lambda w: w.name) if known else workers
         heartbeating = self.alive_workers() or set()
         not_answering = [WorkerInfo(name=name, answered=False)
                          for name in sorted((expected & heartbeating) - answered)]
         return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + not_answering), lost=lost,
-                            heartbeats_silent=silent)
+                            heartbeats_silent=silent, live=ages)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
                  discovery: float) -> dict[str, dict]:

@@ -1,0 +1,110 @@
+"""The Celery probe on live state: the known workers from their events, inspect only for the others.
+
+A worker is asked (by name, `limit` = how many were named, so the answer comes as soon as they all
+replied) only when its state is uncertain (bot.live.state); every answer seeds the state. With no
+worker known yet (the bot just started, or no worker sends task events), this is today's probe:
+`inspect` to everyone, waiting for as many replies as heartbeats tell (bot.probes.CeleryProbe).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import kombu
+
+from bot.config import Settings
+from bot.live.state import LiveState, LiveView, facts_from
+from bot.probes import HEARTBEAT_INTERVAL, CeleryProbe, problem_from, target_of
+from bot.snapshot import CeleryState, CeleryStatus, LiveAges
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("active", "reserved", "stats", "active_queues")
+
+
+class LiveCeleryProbe(CeleryProbe):
+    def __init__(self, settings: Settings, live: LiveState,
+                 alive_workers: Callable[[], set[str] | None] | None = None,
+                 heartbeat_details: Callable[[], dict[str, dict]] | None = None,
+                 heartbeat_quiet: Callable[[], float | None] | None = None) -> None:
+        super().__init__(settings, alive_workers, heartbeat_details, heartbeat_quiet)
+        self.live = live
+        self.inspect_calls = 0  # inspect requests sent (each one a message to one or more workers)
+        self._count_lock = threading.Lock()
+
+    def probe(self, deadline: float) -> CeleryStatus:
+        expected = self.expected()
+        view = self.live.view(expected)
+        if not view.workers:
+            return super().probe(deadline)  # nobody known: ask everyone, as ever (and seed from the answers)
+        quiet = self.heartbeat_quiet()
+        silent = quiet is not None and quiet > HEARTBEAT_INTERVAL
+        replies: dict[str, dict] = {command: {} for command in COMMANDS}
+        if view.uncertain:
+            try:
+                with self.app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=0)
+                    replies = self.ask_named(conn, sorted(view.uncertain), deadline)
+            except Exception as exc:
+                return CeleryStatus(state=CeleryState.UNKNOWN,
+                                    problem=problem_from(exc, target_of(self.settings.broker_url)))
+        return self.status(expected, replies, silent, known=view.workers, ages=ages(view))
+
+    def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
+                 discovery: float) -> dict[str, dict]:
+        asked_at = time.monotonic()
+        self._count(len(COMMANDS))
+        replies = super()._ask_all(conn, expected, deadline, discovery)
+        self.seed(replies, asked_at)
+        return replies
+
+    def ask_named(self, conn: kombu.Connection, names: list[str], deadline: float) -> dict[str, dict]:
+        """active, reserved, stats and active_queues from exactly these workers; seeds the live state."""
+        asked_at = time.monotonic()
+        replies: dict[str, dict] = {}
+        destination = names
+        for command in COMMANDS:
+            if not destination:
+                replies[command] = {}
+                continue
+            timeout = max(0.05, deadline - time.monotonic())
+            inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=len(destination),
+                                                 connection=conn)
+            self._count(1)
+            # safe=True: the reprs Celery cut at send time, not full reprs of arguments of any size.
+            answer = inspector.active(safe=True) if command == "active" else getattr(inspector, command)()
+            replies[command] = answer or {}
+            destination = sorted(replies["active"])  # the others, by name, only from those that answered
+        self.seed(replies, asked_at)
+        return replies
+
+    def seed(self, replies: dict[str, dict], asked_at: float) -> None:
+        read_at = time.time()
+        for name, active in replies.get("active", {}).items():
+            stats = replies.get("stats", {}).get(name)
+            reserved = replies.get("reserved", {}).get(name)
+            if not isinstance(active, list) or not isinstance(stats, dict) or not isinstance(reserved, list):
+                continue  # a partial answer (the deadline came between two commands): nothing to vouch for
+            facts = facts_from(stats, replies.get("active_queues", {}).get(name), read_at)
+            self.live.seed(name, [t for t in active if isinstance(t, dict)],
+                           [t for t in reserved if isinstance(t, dict)], facts, asked_at)
+
+    def reconcile(self, names: list[str]) -> None:
+        """Ask these workers (in the background) and seed their state; failures wait for the next round."""
+        try:
+            with self.app.connection_for_write() as conn:
+                conn.ensure_connection(max_retries=0)
+                self.ask_named(conn, names, time.monotonic() + self.settings.probe_timeout)
+        except Exception as exc:
+            log.debug("reconcile failed: %s", type(exc).__name__)
+
+    def _count(self, calls: int) -> None:
+        with self._count_lock:
+            self.inspect_calls += calls
+
+
+def ages(view: LiveView) -> LiveAges:
+    return LiveAges(workers=len(view.workers), heard_age=view.heard_age or 0.0, facts_age=view.facts_age or 0.0)
