@@ -12,17 +12,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import kombu
 
 from bot.config import Settings
 from bot.live.state import LiveState, LiveView, facts_from
-from bot.probes import HEARTBEAT_INTERVAL, CeleryProbe, problem_from, target_of
+from bot.probes import HEARTBEAT_INTERVAL, CeleryProbe, ask_active, problem_from, target_of
 from bot.snapshot import CeleryState, CeleryStatus, LiveAges
 
 log = logging.getLogger(__name__)
 
 COMMANDS = ("active", "reserved", "stats", "active_queues")
+# In the background nobody waits on Slack's 3 s: a slow worker gets longer to answer a reconcile.
+RECONCILE_TIMEOUT = 5.0
+NAMED_MAX = 64  # workers named in one request; more are asked as everyone (see LiveCeleryProbe._inspect)
 
 
 class LiveCeleryProbe(CeleryProbe):
@@ -55,31 +59,44 @@ class LiveCeleryProbe(CeleryProbe):
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
                  discovery: float) -> dict[str, dict]:
+        """Everyone's `active` (bot.probes.ask_active), then the rest from those that answered; seeds the state."""
         asked_at = time.monotonic()
-        self._count(len(COMMANDS))
-        replies = super()._ask_all(conn, expected, deadline, discovery)
+        self._count(1)
+        replies = {"active": ask_active(self.app, conn, expected, deadline, discovery)}
+        self._ask_rest(conn, replies, deadline)
         self.seed(replies, asked_at)
         return replies
 
     def ask_named(self, conn: kombu.Connection, names: list[str], deadline: float) -> dict[str, dict]:
         """active, reserved, stats and active_queues from exactly these workers; seeds the live state."""
         asked_at = time.monotonic()
-        replies: dict[str, dict] = {}
-        destination = names
-        for command in COMMANDS:
-            if not destination:
-                replies[command] = {}
-                continue
-            timeout = max(0.05, deadline - time.monotonic())
-            inspector = self.app.control.inspect(destination=destination, timeout=timeout, limit=len(destination),
-                                                 connection=conn)
-            self._count(1)
-            # safe=True: the reprs Celery cut at send time, not full reprs of arguments of any size.
-            answer = inspector.active(safe=True) if command == "active" else getattr(inspector, command)()
-            replies[command] = answer or {}
-            destination = sorted(replies["active"])  # the others, by name, only from those that answered
+        replies = {"active": self._inspect(conn, "active", names, deadline)}
+        self._ask_rest(conn, replies, deadline)
         self.seed(replies, asked_at)
         return replies
+
+    def _ask_rest(self, conn: kombu.Connection, replies: dict[str, dict], deadline: float) -> None:
+        answered = sorted(replies["active"])  # the others, only from those that answered
+        for command in COMMANDS[1:]:
+            replies[command] = self._inspect(conn, command, answered, deadline) if answered else {}
+
+    def _inspect(self, conn: kombu.Connection, command: str, names: list[str], deadline: float) -> dict[str, Any]:
+        """One inspect command to these workers, returning once they all replied.
+
+        Remote control is a fanout: every worker receives every request and drops those not addressed to it,
+        so a long destination list is paid by the whole fleet (2,000 names are 90 KB, times 2,000 workers).
+        Past NAMED_MAX names, the request goes to everyone with a limit, and only the named ones are kept.
+        """
+        named = len(names) <= NAMED_MAX
+        limit = len(names) if named else max(len(names), len(self.expected()))
+        timeout = max(0.05, deadline - time.monotonic())
+        inspector = self.app.control.inspect(destination=names if named else None, timeout=timeout, limit=limit,
+                                             connection=conn)
+        self._count(1)
+        # safe=True: the reprs Celery cut at send time, not full reprs of arguments of any size.
+        answer = (inspector.active(safe=True) if command == "active" else getattr(inspector, command)()) or {}
+        wanted = set(names)
+        return {name: value for name, value in answer.items() if name in wanted}
 
     def seed(self, replies: dict[str, dict], asked_at: float) -> None:
         read_at = time.time()
@@ -97,7 +114,7 @@ class LiveCeleryProbe(CeleryProbe):
         try:
             with self.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=0)
-                self.ask_named(conn, names, time.monotonic() + self.settings.probe_timeout)
+                self.ask_named(conn, names, time.monotonic() + RECONCILE_TIMEOUT)
         except Exception as exc:
             log.debug("reconcile failed: %s", type(exc).__name__)
 
