@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from bench.fleet import FleetSpec
+from tests.support.fleet import FleetSpec
 
 MAX_BLOCKS = 50
 MAX_SECTION_TEXT = 3000

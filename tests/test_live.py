@@ -21,7 +21,9 @@ from bot.live.reconcile import Reconciler
 from bot.live.state import LiveState
 from bot.probes import Prober
 from bot.snapshot import CeleryStatus, LiveAges, Snapshot, WorkerInfo
-from tests.stack import CeleryWorker, RabbitNode, control_app, free_port, wait_until
+from tests.support.celery_procs import CeleryWorker, control_app
+from tests.support.net import free_port, wait_until
+from tests.support.rabbit import RabbitNode
 
 pytestmark = pytest.mark.integration
 
