@@ -18,7 +18,7 @@ from bot.config import load_settings
 from bot.heartbeats import HeartbeatMonitor
 from bot.live.probe import LiveCeleryProbe
 from bot.live.reconcile import Reconciler
-from bot.live.state import LiveState
+from bot.live.state import LiveState, WorkerFacts
 from bot.probes import Prober
 from bot.snapshot import CeleryStatus, LiveAges, Snapshot, WorkerInfo
 from tests.support.celery_procs import CeleryWorker, control_app
@@ -188,3 +188,56 @@ def test_the_age_of_a_pool_reading_is_named_once_it_matters() -> None:
         "active tasks as of 2 s ago (events of 500 workers)"
     assert assess.live_text(LiveAges(workers=1, heard_age=0.4, facts_age=185)) == \
         "active tasks as of 0 s ago (events of 1 worker), pools as of 3 min 5 s ago"
+
+
+# --- the state's rules, on events as Celery sends them (no stack needed) -------------------------------
+
+
+def _facts(now: float) -> WorkerFacts:
+    return WorkerFacts(pool="prefork", concurrency=4, started=now - 60, queues=("celery",), autoscale=None,
+                       processed=7, read_at=now)
+
+
+def _events(live: LiveState, worker: str, *events: tuple[str, dict]) -> None:
+    for kind, fields in events:
+        live.apply({"type": kind, "hostname": worker, **fields})
+
+
+def test_a_heartbeat_that_counts_otherwise_makes_the_worker_uncertain_until_asked() -> None:
+    now = [1000.0]
+    live = LiveState(clock=lambda: now[0])
+    _events(live, "w1@h", ("worker-online", {"freq": 2.0}),
+            ("task-received", {"uuid": "a", "name": "app.job", "args": "(1,)", "kwargs": "{'password': 'x'}"}),
+            ("task-started", {"uuid": "a", "timestamp": 999.0}),
+            ("worker-heartbeat", {"freq": 2.0, "active": 1}))
+    assert not live.view({"w1@h"}).workers  # no pool reading yet
+    live.seed("w1@h", [{"id": "a", "name": "app.job", "args": "(1,)", "kwargs": "{}", "time_start": 999.0}], [],
+              _facts(now[0]), asked_at=0.0)
+    (shown,) = live.view({"w1@h"}).workers
+    assert [(t.id, t.name) for t in shown.active] == [("a", "app.job")] and shown.concurrency == 4
+    _events(live, "w1@h", ("worker-heartbeat", {"freq": 2.0, "active": 2}))  # a start we never saw
+    view = live.view({"w1@h"})
+    assert not view.workers and view.uncertain == {"w1@h"} and live.to_reconcile(300) == ["w1@h"]
+    _events(live, "w1@h", ("task-succeeded", {"uuid": "a"}))
+    # An answer sent before "a" ended must not bring it back.
+    live.seed("w1@h", [{"id": "a", "name": "app.job", "time_start": 999.0},
+                       {"id": "b", "name": "app.other", "time_start": 999.5}], [{"id": "c", "name": "app.job"}],
+              _facts(now[0]), asked_at=0.0)
+    (shown,) = live.view({"w1@h"}).workers
+    assert [t.id for t in shown.active] == ["b"] and shown.reserved == 1
+    now[0] += 5  # no heartbeat for twice its interval: gone, and not vouched for
+    assert not live.view({"w1@h"}).workers
+
+
+def test_a_started_task_never_seen_received_and_a_restart_are_not_trusted() -> None:
+    live = LiveState()
+    _events(live, "w1@h", ("worker-online", {"freq": 2.0}), ("task-started", {"uuid": "x", "timestamp": 1.0}),
+            ("worker-heartbeat", {"freq": 2.0, "active": 1}))
+    live.forget_facts(["w1@h"])
+    assert live.to_reconcile(300) == ["w1@h"]
+    live.seed("w1@h", [{"id": "x", "name": "app.job", "time_start": 1.0}], [], _facts(time.time()), asked_at=0.0)
+    assert [t.name for t in live.view({"w1@h"}).workers[0].active] == ["app.job"]
+    _events(live, "w1@h", ("worker-online", {"freq": 2.0}))  # restarted: what it ran is gone
+    assert not live.view({"w1@h"}).workers and live.task_name("w1@h", "x") is None
+    _events(live, "w1@h", ("worker-offline", {}))
+    assert live.to_reconcile(300) == []
