@@ -46,6 +46,7 @@ from typing import Any
 from celery import Celery
 
 HEARTBEAT_SECONDS = 2.0  # celery.worker.heartbeat.Heart's default interval
+ONLINE_PER_SECOND = 100  # fake workers of one process coming online per second (see send_heartbeats)
 DEPLOYMENTS = ("orders-worker", "billing-worker", "reports-worker", "emails-worker", "media-worker")
 TASKS = {
     "orders-worker": ("orders.tasks.process_order", "orders.tasks.reserve_stock"),
@@ -258,7 +259,12 @@ def fleet_app(broker_url: str) -> Celery:
 def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.Event,
                     task_events: bool = True) -> None:
     """worker-online (then, with `task_events`, task-received and task-started for the tasks each worker
-    holds), worker-heartbeat every 2 s (phases spread over the 2 s), worker-offline at the end."""
+    holds), worker-heartbeat every 2 s (phases spread over the 2 s), worker-offline at the end.
+
+    Workers come online ONLINE_PER_SECOND a second, not all at once: a fleet of 1,000 workers with 10
+    tasks each would otherwise publish 22,000 task events in one burst, which no real fleet does (its
+    tasks started over time) and which only measures how long the broker and the listeners take to drain it.
+    """
     from celery.worker.state import SOFTWARE_INFO
 
     def fields(worker: FakeWorker) -> dict[str, Any]:
@@ -269,25 +275,28 @@ def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.E
         conn.ensure_connection(max_retries=5)
         groups = ["worker", "task"] if task_events else ["worker"]
         dispatchers = [app.events.Dispatcher(conn, hostname=w.hostname, groups=groups) for w in workers]
-        for dispatcher, worker in zip(dispatchers, workers, strict=True):
-            dispatcher.send("worker-online", **fields(worker))
-            for kind, event in worker.task_events():  # as a worker with -E would have sent them
-                dispatcher.send(kind, **event)
         step = HEARTBEAT_SECONDS / max(1, len(workers))
         started = time.monotonic()
-        beat = 0
+        beat = online = 0
         while not stopped.is_set():
-            # Worker k beats at started + k * step + n * 2 s: send every beat that is due.
-            due = int((time.monotonic() - started) / step)
+            elapsed = time.monotonic() - started
+            while online < len(workers) and online <= elapsed * ONLINE_PER_SECOND:
+                dispatchers[online].send("worker-online", **fields(workers[online]))
+                for kind, event in workers[online].task_events():  # as a worker with -E would have sent them
+                    dispatchers[online].send(kind, **event)
+                online += 1
+            # Worker k beats at started + k * step + n * 2 s, once online: send every beat that is due.
+            due = int(elapsed / step)
             while beat < due:
                 k = beat % len(workers)
-                while workers[k].pending:  # task-revoked after a terminate, before the count that follows it
+                while k < online and workers[k].pending:  # task-revoked after a terminate, before the next count
                     kind, event = workers[k].pending.popleft()
                     dispatchers[k].send(kind, **event)
-                dispatchers[k].send("worker-heartbeat", **fields(workers[k]))
+                if k < online:
+                    dispatchers[k].send("worker-heartbeat", **fields(workers[k]))
                 beat += 1
             stopped.wait(0.05)
-        for dispatcher, worker in zip(dispatchers, workers, strict=True):
+        for dispatcher, worker in zip(dispatchers[:online], workers, strict=False):
             with contextlib.suppress(Exception):
                 dispatcher.send("worker-offline", **fields(worker))
         for dispatcher in dispatchers:
