@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from bot.assess import clock
+from bot.status.assess import clock
 from tests.fixtures_bot import BotProcess
 from tests.slack_standin import Message, SlackStandIn
 from tests.stack import CeleryWorker, RabbitNode, RedisServer, wait_until
