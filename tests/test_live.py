@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bot import assess, views
 from bot.config import load_settings
-from bot.heartbeats import HeartbeatMonitor
 from bot.live.probe import LiveCeleryProbe
 from bot.live.reconcile import Reconciler
 from bot.live.state import LiveState, WorkerFacts
-from bot.probes import Prober
-from bot.snapshot import CeleryStatus, LiveAges, Snapshot, WorkerInfo
+from bot.status import assess, views
+from bot.status.heartbeats import HeartbeatMonitor
+from bot.status.probes import Prober
+from bot.status.snapshot import CeleryStatus, LiveAges, Snapshot, WorkerInfo
 from tests.support.celery_procs import CeleryWorker, control_app
 from tests.support.net import free_port, wait_until
 from tests.support.rabbit import RabbitNode

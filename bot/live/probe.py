@@ -18,8 +18,8 @@ import kombu
 
 from bot.config import Settings
 from bot.live.state import LiveState, LiveView, facts_from
-from bot.probes import HEARTBEAT_INTERVAL, CeleryProbe, ask_active, problem_from, target_of
-from bot.snapshot import CeleryState, CeleryStatus, LiveAges
+from bot.status.probes import HEARTBEAT_INTERVAL, CeleryProbe, ask_active, problem_from, target_of
+from bot.status.snapshot import CeleryState, CeleryStatus, LiveAges
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.probes import autoscale_bounds, pool_name, pool_size, queue_names
-from bot.snapshot import TaskInfo, WorkerInfo
-from bot.summaries import summarize_repr
+from bot.status.probes import autoscale_bounds, pool_name, pool_size, queue_names
+from bot.status.snapshot import TaskInfo, WorkerInfo
+from bot.task_args import summarize_repr
 
 # Tracked tasks per worker, active and reserved together: past it the worker is asked instead (a
 # prefork pool of 256 with a full prefetch is rare; the cap keeps a runaway worker from costing more).
