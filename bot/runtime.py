@@ -27,9 +27,10 @@ from bot.health.waiting import WaitingTime
 from bot.history.record import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.probes.celery_probe import CeleryProbe
+from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import CeleryProbe, Prober
 from bot.status.snapshot import Snapshot
 from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
