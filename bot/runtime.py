@@ -30,9 +30,9 @@ from bot.live.probe import LiveCeleryProbe
 from bot.live.reconcile import Reconciler
 from bot.live.state import LiveState, TaskLabels
 from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import Prober
 from bot.status.snapshot import Snapshot
 from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich

@@ -17,10 +17,10 @@ from bot.config import load_settings
 from bot.live.probe import LiveCeleryProbe
 from bot.live.reconcile import Reconciler
 from bot.live.state import LiveState, WorkerFacts
+from bot.probes.prober import Prober
 from bot.status import assess, views
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import Prober
-from bot.status.snapshot import CeleryStatus, LiveAges, Snapshot, WorkerInfo
+from bot.status.snapshot import CeleryStatus, LiveAges, Snapshot, TaskInfo, WorkerInfo
 from tests.support.celery_procs import CeleryWorker, control_app
 from tests.support.net import free_port, wait_until
 from tests.support.rabbit import RabbitNode
@@ -198,6 +198,10 @@ def _facts(now: float) -> WorkerFacts:
                        processed=7, read_at=now)
 
 
+def _task(task_id: str, name: str, started_at: float | None = None) -> TaskInfo:
+    return TaskInfo(id=task_id, name=name, worker="w1@h", started_at=started_at, args_summary="(1)")
+
+
 def _events(live: LiveState, worker: str, *events: tuple[str, dict]) -> None:
     for kind, fields in events:
         live.apply({"type": kind, "hostname": worker, **fields})
@@ -211,8 +215,7 @@ def test_a_heartbeat_that_counts_otherwise_makes_the_worker_uncertain_until_aske
             ("task-started", {"uuid": "a", "timestamp": 999.0}),
             ("worker-heartbeat", {"freq": 2.0, "active": 1}))
     assert not live.view({"w1@h"}).workers  # no pool reading yet
-    live.seed("w1@h", [{"id": "a", "name": "app.job", "args": "(1,)", "kwargs": "{}", "time_start": 999.0}], [],
-              _facts(now[0]), asked_at=0.0)
+    live.seed("w1@h", (_task("a", "app.job", 999.0),), (), _facts(now[0]), asked_at=0.0)
     (shown,) = live.view({"w1@h"}).workers
     assert [(t.id, t.name) for t in shown.active] == [("a", "app.job")] and shown.concurrency == 4
     _events(live, "w1@h", ("worker-heartbeat", {"freq": 2.0, "active": 2}))  # a start we never saw
@@ -220,8 +223,7 @@ def test_a_heartbeat_that_counts_otherwise_makes_the_worker_uncertain_until_aske
     assert not view.workers and view.uncertain == {"w1@h"} and live.to_reconcile(300) == ["w1@h"]
     _events(live, "w1@h", ("task-succeeded", {"uuid": "a"}))
     # An answer sent before "a" ended must not bring it back.
-    live.seed("w1@h", [{"id": "a", "name": "app.job", "time_start": 999.0},
-                       {"id": "b", "name": "app.other", "time_start": 999.5}], [{"id": "c", "name": "app.job"}],
+    live.seed("w1@h", (_task("a", "app.job", 999.0), _task("b", "app.other", 999.5)), (_task("c", "app.job"),),
               _facts(now[0]), asked_at=0.0)
     (shown,) = live.view({"w1@h"}).workers
     assert [t.id for t in shown.active] == ["b"] and shown.reserved == 1
@@ -235,7 +237,7 @@ def test_a_started_task_never_seen_received_and_a_restart_are_not_trusted() -> N
             ("worker-heartbeat", {"freq": 2.0, "active": 1}))
     live.forget_facts(["w1@h"])
     assert live.to_reconcile(300) == ["w1@h"]
-    live.seed("w1@h", [{"id": "x", "name": "app.job", "time_start": 1.0}], [], _facts(time.time()), asked_at=0.0)
+    live.seed("w1@h", (_task("x", "app.job", 1.0),), (), _facts(time.time()), asked_at=0.0)
     assert [t.name for t in live.view({"w1@h"}).workers[0].active] == ["app.job"]
     _events(live, "w1@h", ("worker-online", {"freq": 2.0}))  # restarted: what it ran is gone
     assert not live.view({"w1@h"}).workers and live.task_name("w1@h", "x") is None

@@ -18,7 +18,8 @@ import kombu
 
 from bot.config import Settings
 from bot.live.state import LiveState, LiveView, facts_from
-from bot.status.probes import HEARTBEAT_INTERVAL, CeleryProbe, ask_active, problem_from, target_of
+from bot.probes.celery_probe import HEARTBEAT_INTERVAL, CeleryProbe, active_tasks, ask_active
+from bot.probes.failures import problem_from, target_of
 from bot.status.snapshot import CeleryState, CeleryStatus, LiveAges
 
 log = logging.getLogger(__name__)
@@ -100,14 +101,12 @@ class LiveCeleryProbe(CeleryProbe):
 
     def seed(self, replies: dict[str, dict], asked_at: float) -> None:
         read_at = time.time()
-        for name, active in replies.get("active", {}).items():
-            stats = replies.get("stats", {}).get(name)
-            reserved = replies.get("reserved", {}).get(name)
-            if not isinstance(active, list) or not isinstance(stats, dict) or not isinstance(reserved, list):
+        active, reserved = active_tasks(replies.get("active", {})), active_tasks(replies.get("reserved", {}))
+        for name, stats in replies.get("stats", {}).items():
+            if name not in active or name not in reserved or not isinstance(stats, dict):
                 continue  # a partial answer (the deadline came between two commands): nothing to vouch for
             facts = facts_from(stats, replies.get("active_queues", {}).get(name), read_at)
-            self.live.seed(name, [t for t in active if isinstance(t, dict)],
-                           [t for t in reserved if isinstance(t, dict)], facts, asked_at)
+            self.live.seed(name, active[name], reserved[name], facts, asked_at)
 
     def reconcile(self, names: list[str]) -> None:
         """Ask these workers (in the background) and seed their state; failures wait for the next round."""

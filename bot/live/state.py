@@ -22,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.status.probes import autoscale_bounds, pool_name, pool_size, queue_names
+from bot.probes.celery_probe import autoscale_bounds, pool_name, pool_size, queue_names
 from bot.status.snapshot import TaskInfo, WorkerInfo
 from bot.task_args import summarize_repr
 
@@ -48,6 +48,12 @@ class LiveTask:
     worker_pid: int | None = None
     scheduled: bool = False  # received with an ETA: held until its time, neither reserved nor active
     seen: float = 0.0  # monotonic time it was last changed by an event
+
+    @classmethod
+    def from_info(cls, info: TaskInfo, running: bool) -> LiveTask:
+        """From an inspect answer (bot.probes.celery_probe.active_tasks: the one reading of a reply)."""
+        return cls(id=info.id, name=sys.intern(info.name), args_summary=info.args_summary, running=running,
+                   started_at=info.started_at if running else None, worker_pid=info.worker_pid)
 
     def info(self, worker: str) -> TaskInfo:
         return TaskInfo(id=self.id, name=self.name or "?", worker=worker, started_at=self.started_at,
@@ -193,7 +199,7 @@ class LiveState:
 
     # --- inspect answers ---------------------------------------------------------------------
 
-    def seed(self, name: str, active: list[dict[str, Any]], reserved: list[dict[str, Any]],
+    def seed(self, name: str, active: tuple[TaskInfo, ...], reserved: tuple[TaskInfo, ...],
              facts: WorkerFacts, asked_at: float) -> None:
         """A worker's inspect answer, asked at `asked_at` (monotonic): its lists replace ours, but a task an
         event started after we asked stays, and a task an event finished is not brought back."""
@@ -202,10 +208,9 @@ class LiveState:
             if worker is None:
                 return  # no heartbeat from it: the probe asks it every time, there is nothing to keep
             tasks = {}
-            for raw, started in [(raw, True) for raw in active] + [(raw, False) for raw in reserved]:
-                task_id = str(raw.get("id", ""))
-                if task_id and task_id not in self._finished and len(tasks) < MAX_TASKS_PER_WORKER:
-                    tasks[task_id] = task_from_inspect(raw, started)
+            for info, running in [(t, True) for t in active] + [(t, False) for t in reserved]:
+                if info.id and info.id not in self._finished and len(tasks) < MAX_TASKS_PER_WORKER:
+                    tasks[info.id] = LiveTask.from_info(info, running)
             tasks.update({t.id: t for t in worker.tasks.values() if t.seen > asked_at and t.id not in tasks})
             worker.tasks = tasks
             worker.facts = facts
@@ -272,11 +277,3 @@ class LiveState:
         with self._lock:
             task = self._workers[worker].tasks.get(task_id) if worker in self._workers else None
             return task.name if task is not None else None
-
-
-def task_from_inspect(raw: dict[str, Any], started: bool) -> LiveTask:
-    pid = raw.get("worker_pid")
-    return LiveTask(id=str(raw.get("id", "")), name=sys.intern(str(raw.get("name") or raw.get("type") or "?")),
-                    args_summary=summarize_repr(raw.get("args"), raw.get("kwargs")), running=started,
-                    started_at=raw.get("time_start") if started else None,
-                    worker_pid=pid if isinstance(pid, int) else None, seen=0.0)
