@@ -173,6 +173,7 @@ class LiveState:
         if worker is None or not isinstance(task_id, str):
             return  # no heartbeat yet: nothing to vouch for this worker's list anyway
         worker.task_events = True
+        worker.heard_at = self.clock()  # any event of a worker shows it alive, as in celery's State
         worker.active_infos = None
         if kind in FINISHING:
             worker.tasks.pop(task_id, None)
@@ -226,9 +227,13 @@ class LiveState:
                     self._workers[name].facts = None
 
     def reset(self) -> None:
-        """The event connection dropped: events were missed, nothing we track can be vouched for."""
+        """The event connection dropped: events were missed, no worker's tasks can be vouched for (the
+        workers themselves are remembered: one gone quiet meanwhile is listed as lost)."""
         with self._lock:
-            self._workers.clear()
+            for worker in self._workers.values():
+                worker.tasks.clear()
+                worker.task_events = worker.agreed = False
+                worker.active_infos = None
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -258,6 +263,23 @@ class LiveState:
                           uptime=now - facts.started if facts.started is not None else None,
                           loadavg=worker.loadavg, heartbeat_age=now - worker.heard_at, queues=facts.queues,
                           autoscale=facts.autoscale)
+
+    def alive_workers(self) -> set[str]:
+        now = self.clock()
+        with self._lock:
+            return {name for name, worker in self._workers.items() if worker.alive(now)}
+
+    def worker_details(self) -> dict[str, dict]:
+        """What the heartbeats tell about each worker: age of the last one, alive or not, load average."""
+        now = self.clock()
+        with self._lock:
+            return {name: {"heartbeat_age": now - w.heard_at, "alive": w.alive(now), "loadavg": w.loadavg}
+                    for name, w in self._workers.items()}
+
+    def last_heard(self) -> float | None:
+        """Epoch seconds of the latest heartbeat or task event from any worker; None if none came."""
+        with self._lock:
+            return max((w.heard_at for w in self._workers.values()), default=None)
 
     def to_reconcile(self, stale_after: float) -> list[str]:
         """Workers alive but not known, and those whose pool reading is older than `stale_after` seconds."""
