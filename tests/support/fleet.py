@@ -88,8 +88,11 @@ class Fleet:
         while missing and time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
                 raise RuntimeError(f"a fleet process exited; logs in {self.log_dir}")
+            # A ping expires after its timeout: a fleet process busy bringing its workers online (task events)
+            # may reach its last nodes later than 1 s, so a big fleet gets longer (5 s at 2,000).
+            wait = min(5.0, max(1.0, len(self.names) / 400))
             with contextlib.suppress(Exception):
-                replies = app.control.ping(timeout=1.0, limit=len(self.names))
+                replies = app.control.ping(timeout=wait, limit=len(self.names))
                 missing -= {name for reply in replies or [] for name in reply}
         return missing
 
