@@ -25,7 +25,7 @@ from bot.status.snapshot import CeleryState, CeleryStatus, LiveAges
 log = logging.getLogger(__name__)
 
 COMMANDS = ("active", "reserved", "stats", "active_queues")
-# In the background nobody waits on Slack's 3 s: a slow worker gets longer to answer a reconcile.
+# In the background nobody waits on Slack's 3 s: each command of a reconcile may take this long.
 RECONCILE_TIMEOUT = 5.0
 NAMED_MAX = 64  # workers named in one request; more are asked as everyone (see LiveCeleryProbe._inspect)
 
@@ -68,18 +68,24 @@ class LiveCeleryProbe(CeleryProbe):
         self.seed(replies, asked_at)
         return replies
 
-    def ask_named(self, conn: kombu.Connection, names: list[str], deadline: float) -> dict[str, dict]:
-        """active, reserved, stats and active_queues from exactly these workers; seeds the live state."""
+    def ask_named(self, conn: kombu.Connection, names: list[str], deadline: float,
+                  each: float | None = None) -> dict[str, dict]:
+        """stats, active, reserved and active_queues from exactly these workers; seeds the live state.
+
+        Within one `deadline`, or with `each` seconds for every command (the background can wait: a big
+        fleet answering slowly still gets its pools read, even if its task lists come too late)."""
         asked_at = time.monotonic()
-        replies = {"active": self._inspect(conn, "active", names, deadline)}
-        self._ask_rest(conn, replies, deadline)
+        replies = {"stats": self._inspect(conn, "stats", names, deadline if each is None else asked_at + each)}
+        self._ask_rest(conn, replies, deadline, each, first="stats")
         self.seed(replies, asked_at)
         return replies
 
-    def _ask_rest(self, conn: kombu.Connection, replies: dict[str, dict], deadline: float) -> None:
-        answered = sorted(replies["active"])  # the others, only from those that answered
-        for command in COMMANDS[1:]:
-            replies[command] = self._inspect(conn, command, answered, deadline) if answered else {}
+    def _ask_rest(self, conn: kombu.Connection, replies: dict[str, dict], deadline: float,
+                  each: float | None = None, first: str = "active") -> None:
+        answered = sorted(replies[first])  # the others, only from those that answered
+        for command in [c for c in COMMANDS if c != first]:
+            until = deadline if each is None else time.monotonic() + each
+            replies[command] = self._inspect(conn, command, answered, until) if answered else {}
 
     def _inspect(self, conn: kombu.Connection, command: str, names: list[str], deadline: float) -> dict[str, Any]:
         """One inspect command to these workers, returning once they all replied.
@@ -103,17 +109,20 @@ class LiveCeleryProbe(CeleryProbe):
         read_at = time.time()
         active, reserved = active_tasks(replies.get("active", {})), active_tasks(replies.get("reserved", {}))
         for name, stats in replies.get("stats", {}).items():
-            if name not in active or name not in reserved or not isinstance(stats, dict):
-                continue  # a partial answer (the deadline came between two commands): nothing to vouch for
+            if not isinstance(stats, dict):
+                continue
             facts = facts_from(stats, replies.get("active_queues", {}).get(name), read_at)
-            self.live.seed(name, active[name], reserved[name], facts, asked_at)
+            if name in active and name in reserved:
+                self.live.seed(name, active[name], reserved[name], facts, asked_at)
+            else:  # the deadline came between two commands: the pool only (its tasks may be vouched by events)
+                self.live.seed_facts(name, facts)
 
     def reconcile(self, names: list[str]) -> None:
         """Ask these workers (in the background) and seed their state; failures wait for the next round."""
         try:
             with self.app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=0)
-                self.ask_named(conn, names, time.monotonic() + RECONCILE_TIMEOUT)
+                self.ask_named(conn, names, time.monotonic(), each=RECONCILE_TIMEOUT)
         except Exception as exc:
             log.debug("reconcile failed: %s", type(exc).__name__)
 

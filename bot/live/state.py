@@ -219,6 +219,12 @@ class LiveState:
             worker.incomplete = len(active) + len(reserved) > MAX_TASKS_PER_WORKER
             worker.active_infos = None
 
+    def seed_facts(self, name: str, facts: WorkerFacts) -> None:
+        """A pool reading without the task lists (they came too late): the tasks stay as the events tell."""
+        with self._lock:
+            if name in self._workers:
+                self._workers[name].facts = facts
+
     def forget_facts(self, names: list[str]) -> None:
         """Worker control changed these workers' pools or queues: read them again before showing them."""
         with self._lock:
