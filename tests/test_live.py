@@ -96,9 +96,10 @@ def test_a_worker_with_events_is_shown_without_asking_it_and_a_finished_task_dis
     first = rig.worker(worker.name)  # not known yet: asked, and its answer seeds the state
     assert first is not None and first.pool == "prefork" and first.concurrency == 2
     long_id = start_sleep(url, 120)
-    short_id = start_sleep(url, 4)
-    assert wait_until(lambda: rig.known(worker.name) and {t.id for t in rig.worker(worker.name).active}
-                      == {long_id, short_id}, WAIT)
+    short_id = start_sleep(url, 120)
+    # Started since the worker was asked: asked once more (the pool child's pid), then known from its events.
+    assert wait_until(lambda: {t.id for t in rig.worker(worker.name).active} == {long_id, short_id}
+                      and rig.known(worker.name), WAIT)
     asked = rig.asked_about(worker.name)
     shown = rig.worker(worker.name)
     assert shown is not None and {t.id for t in shown.active} == {long_id, short_id}
@@ -106,7 +107,8 @@ def test_a_worker_with_events_is_shown_without_asking_it_and_a_finished_task_dis
     assert long_task.name == "stackapp.sleep" and "hunter2" not in long_task.args_summary
     assert long_task.started_at is not None and shown.pool == "prefork" and shown.concurrency == 2
     assert rig.asked_about(worker.name) == asked  # answered from its events: no inspect reached it
-    # The short task ends: its task-succeeded event takes it off the list, still without asking.
+    # The other task ends: its event takes it off the list, still without asking.
+    control_app(url).control.revoke(short_id, terminate=True)
     assert wait_until(lambda: [t.id for t in rig.worker(worker.name).active] == [long_id], WAIT)
     assert rig.asked_about(worker.name) == asked
     snapshot = rig.snapshot()
@@ -125,7 +127,7 @@ def test_a_worker_without_task_events_is_asked_by_name_every_time(
     rig.status()
     start_sleep(url, 120, "celery")
     quiet_id = start_sleep(url, 120, "other")
-    assert wait_until(lambda: rig.known(with_events.name), WAIT)
+    assert wait_until(lambda: rig.status() and rig.known(with_events.name), WAIT)  # asked once, then known
     before = len(rig.asked)
     status = rig.status()
     (shown,) = [w for w in status.workers if w.name == without.name]
@@ -173,7 +175,7 @@ def test_the_status_says_how_old_the_event_state_is(rig: Rig, make_worker: Calla
     wait_alive(rig, worker)
     rig.status()
     task_id = start_sleep(url, 120)
-    assert wait_until(lambda: rig.known(worker.name), WAIT)
+    assert wait_until(lambda: rig.status() and rig.known(worker.name), WAIT)
     assert wait_until(lambda: rig.snapshot().celery.live.heard_age >= 3, WAIT)  # between two heartbeats
     snapshot = rig.snapshot()
     live = snapshot.celery.live

@@ -6,8 +6,9 @@ worker's own count of active tasks: events from one worker arrive in the order i
 that count equals the tasks we track at the moment the heartbeat is applied, our list was right as of
 that heartbeat and every later event of that worker has been applied since. Such a worker is *known*
 and `/tasks` answers for it without asking; any other (no task event seen since it came online or
-since we connected, a count that disagrees, a task started that we never saw received, a pool size
-we never read) is *uncertain* and asked with inspect, by name, and its answer seeds the state.
+since we connected, a count that disagrees, a task started since it was last asked, whose pool process
+only inspect names, a pool size we never read) is *uncertain* and asked with inspect, by name, and its
+answer seeds the state. A finished task leaves the list at its event, without asking.
 
 What inspect alone can tell (pool, its size, the consumed queues, autoscale bounds, the start time)
 is kept per worker with the time it was read, and shown with its age.
@@ -98,7 +99,9 @@ class LiveWorker:
     processed: int | None = None
     task_events: bool = False  # a task event came from it since it came online (or we connected)
     agreed: bool = False  # the last heartbeat's active count matched our list (or an inspect seeded it)
-    incomplete: bool = False  # a task we never saw received, or more tasks than the cap
+    # A task started since the last inspect (its pool process unknown: task-started carries the worker's pid),
+    # or more tasks than the cap: asked by name once, then vouched for by the events again.
+    incomplete: bool = False
     tasks: dict[str, LiveTask] = field(default_factory=dict)
     facts: WorkerFacts | None = None
     active_infos: tuple[TaskInfo, ...] | None = None  # built once per change, for every answer until the next
@@ -193,9 +196,10 @@ class LiveState:
             task.scheduled = bool(event.get("eta"))
         elif kind == "task-started":
             task.running = True
-            task.started_at = event.get("timestamp") or self.clock()  # the `pid` in it is the worker's, not the child's
+            task.started_at = event.get("timestamp") or self.clock()
             task.scheduled = False
-            worker.incomplete = worker.incomplete or task.name is None
+            # Its `pid` is the worker's, not the pool child's that a stuck-task alert names: ask the worker once.
+            worker.incomplete = True
         task.seen = time.monotonic()
 
     # --- inspect answers ---------------------------------------------------------------------
