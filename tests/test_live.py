@@ -201,7 +201,8 @@ def _facts(now: float) -> WorkerFacts:
 
 
 def _task(task_id: str, name: str, started_at: float | None = None) -> TaskInfo:
-    return TaskInfo(id=task_id, name=name, worker="w1@h", started_at=started_at, args_summary="(1)")
+    return TaskInfo(id=task_id, name=name, worker="w1@h", started_at=started_at, args_summary="(1)",
+                    worker_pid=4242 if started_at is not None else None)  # as inspect tells a running task's
 
 
 def _events(live: LiveState, worker: str, *events: tuple[str, dict]) -> None:

@@ -220,7 +220,9 @@ class LiveState:
             worker.tasks = tasks
             worker.facts = facts
             worker.agreed = True
-            worker.incomplete = len(active) + len(reserved) > MAX_TASKS_PER_WORKER
+            # A task an event started after we asked has no pool process yet: ask again for it.
+            worker.incomplete = (len(active) + len(reserved) > MAX_TASKS_PER_WORKER
+                                 or any(t.running and t.worker_pid is None for t in tasks.values()))
             worker.active_infos = None
 
     def seed_facts(self, name: str, facts: WorkerFacts) -> None:
