@@ -29,9 +29,7 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,27 +37,25 @@ from typing import Any
 import sqlalchemy
 
 from bench.common import (
-    Bot,
-    Limit,
     Stack,
     Target,
     Timings,
     load_average,
     log,
     ms,
-    print_limits,
     print_table,
     print_targets,
     running_bot,
     running_stack,
     write_json,
 )
+from tests.support.bot import BotProcess
 from tests.support.net import wait_until
+from tests.support.postgres import fresh_database
 from tests.support.slack import Message, SlackStandIn
 
 NAME = "failover"
 HELP = "leader replica SIGKILLed mid-incident to another replica resolving the alert (2 replicas, PostgreSQL)"
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = "C_ALERTS"
 ABOUT = "Flower"  # what the alert's text must mention
 REPLICA_IDS = ("r1", "r2")
@@ -80,24 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- the database
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new database on the machine's PostgreSQL (dropped afterwards); yields the bot's OPSBOT_DB_URL."""
-    name = f"opsbot_bench_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        log(f"created database {name}")
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.dispose()
 
 
 class LeaderRow:
@@ -134,25 +112,20 @@ class Replicas:
         self.db_url = db_url
         self.cleanup = cleanup
         self.log_level = log_level
-        self.live: dict[str, Bot] = {}
+        self.live: dict[str, BotProcess] = {}
         self.started = 0
 
-    def start(self, replica: str) -> Bot:
+    def start(self, replica: str) -> BotProcess:
         env = {"OPSBOT_DB_URL": self.db_url, "OPSBOT_REPLICA_ID": replica, "OPSBOT_ALERT_CHANNEL": CHANNEL}
-        slack = self.stack.slack
-        before = slack.total_connections
         name = f"bot-failover-{replica}-{self.started}"
         self.started += 1
         log(f"starting replica {replica} ({name})")
         bot = self.cleanup.enter_context(running_bot(self.stack, name, log_level=self.log_level, extra_env=env))
-        # running_bot waits for *a* connection: with a replica up already, make sure this one has its own.
-        if not wait_until(lambda: slack.total_connections > before or not bot.running(), 30):
-            raise RuntimeError(f"replica {replica} never connected over Socket Mode:\n{bot.output_tail()}")
         self.check(replica, bot)
         self.live[replica] = bot
         return bot
 
-    def check(self, replica: str, bot: Bot | None = None) -> None:
+    def check(self, replica: str, bot: BotProcess | None = None) -> None:
         bot = bot or self.live[replica]
         if not bot.running():
             raise RuntimeError(f"replica {replica} exited with {bot.process.returncode}:\n{bot.output_tail()}")
@@ -347,7 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = load_average()
     results = Results()
     total_top_level = 0
-    with running_stack(concurrency=2) as stack, fresh_database() as db_url, contextlib.ExitStack() as cleanup:
+    with running_stack(concurrency=2) as stack, fresh_database("opsbot_bench") as db_url, \
+            contextlib.ExitStack() as cleanup:
+        log(f"created database {db_url.rsplit('/', 1)[1]}")
         leader_row = LeaderRow(db_url)
         cleanup.callback(leader_row.close)
         replicas = Replicas(stack, db_url, cleanup, log_level)
@@ -412,10 +387,10 @@ def report(results: Results, total_top_level: int, extra: dict[str, Any]) -> dic
                       worst, LIMIT)]
     print_targets(targets)
     not_one = sum(1 for r in results.rounds if len(r.top_level_alerts) != 1)
-    limits = [Limit("rounds without exactly one top-level alert", not_one, 0, "rounds", inclusive=True),
-              Limit(f"top-level messages in {CHANNEL} beyond one per round",
+    limits = [Target("rounds without exactly one top-level alert", not_one, 0, "rounds", inclusive=True),
+              Target(f"top-level messages in {CHANNEL} beyond one per round",
                     total_top_level - len(results.rounds), 0, "msgs", inclusive=True)]
-    print_limits(limits, "Checks (nothing posted twice)")
+    print_targets(limits, "Checks (nothing posted twice)")
     return {
         "benchmark": NAME, **extra,
         "killed_to_resolved": results.resolved.as_json(),
