@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -25,33 +26,18 @@ from bot.snapshot import (
     WorkerInfo,
 )
 from bot.views import incident_view
+from tests.support import snapshots
+from tests.support.snapshots import BROKER, FLOWER, queue, running
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls
-BROKER = "127.0.0.1:5672"
-FLOWER = "http://127.0.0.1:5555"
 POLICY = Policy(alert_after=2, resolve_after=2, remind_seconds=600.0, backlog_threshold=100, backlog_seconds=300.0)
 
 
 # --- Snapshots ------------------------------------------------------------------------------------
 
 
-def queue(name: str = "celery", ready: int = 0, consumers: int | None = 1) -> QueueInfo:
-    return QueueInfo(name, ready, consumers, 0)
-
-
-def running(*workers: str) -> CeleryStatus:
-    return CeleryStatus(CeleryState.RUNNING, tuple(WorkerInfo(name, "prefork", 2) for name in workers))
-
-
-def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
-             flower: FlowerStatus | None = None) -> Snapshot:
-    return Snapshot(
-        taken_at=NOW,
-        broker=broker or BrokerStatus("rabbitmq", BROKER, queues=(queue(),)),
-        celery=celery or running("w1@h"),
-        flower=flower or FlowerStatus(FLOWER),
-    )
+snapshot = partial(snapshots.snapshot, taken_at=NOW)
 
 
 def healthy(*workers: str) -> Snapshot:
