@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from bot.heartbeats import WARM_UP_SECONDS
+from bot.status.heartbeats import WARM_UP_SECONDS
 from tests.support.bot import BotProcess, stack_env, start_socket_mode
 from tests.support.celery_procs import CeleryWorker
 from tests.support.flower import FlowerProcess

@@ -1,4 +1,4 @@
-"""The alert engine (bot/alerts.py) fed hand-made snapshots and an explicit clock: what the alert
+"""The alert engine (bot/alerting/engine.py) fed hand-made snapshots and an explicit clock: what the alert
 channel would show (posts, redraws, thread lines) for outages, flapping, reminders, mutes and
 acknowledgements. No Slack, no store, no real time: every transition is plain data.
 """
@@ -11,9 +11,10 @@ from functools import partial
 
 import pytest
 
-from bot import alerts, assess
-from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
-from bot.snapshot import (
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -25,7 +26,7 @@ from bot.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.views import incident_view
+from bot.status.views import incident_view
 from tests.support import snapshots
 from tests.support.snapshots import BROKER, FLOWER, queue, running
 

@@ -11,11 +11,13 @@ from functools import partial
 import pytest
 from rich.console import Console
 
-from bot import assess, blocks, buttons, terminal
-from bot.alerting import SlackSink
-from bot.alerts import Incident, Timeline
+from bot.alerting.engine import Incident, Timeline
+from bot.alerting.service import SlackSink
+from bot.console import render as terminal
 from bot.markup import mention, phrase
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -28,7 +30,7 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from bot.status.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
 from tests.support import snapshots
 from tests.support.slack.rules import message_error
 from tests.support.snapshots import busy

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bot.snapshot import (
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
