@@ -34,8 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy
-
 from bench.common import (
     Stack,
     Target,
@@ -51,7 +49,7 @@ from bench.common import (
 )
 from tests.support.bot import BotProcess
 from tests.support.net import wait_until
-from tests.support.postgres import fresh_database
+from tests.support.postgres import LEADER_FRESH, LeaderRow, fresh_database
 from tests.support.slack import Message, SlackStandIn
 
 NAME = "failover"
@@ -60,7 +58,6 @@ CHANNEL = "C_ALERTS"
 ABOUT = "Flower"  # what the alert's text must mention
 REPLICA_IDS = ("r1", "r2")
 LIMIT = 15.0  # leader killed -> "Resolved" by the other replica
-FRESH = 3.0  # a leader row older than this is stale (tests/test_replicas.py's leader_of)
 WATCH = 0.02
 ALERT_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 90.0
@@ -73,32 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     with contextlib.suppress(argparse.ArgumentError):
         group.add_argument("--rounds", type=int, default=3,
                            help="rounds (default: 3; a failover round takes 20-40 s)")
-
-
-# --------------------------------------------------------------------------- the database
-
-
-class LeaderRow:
-    """Reads the `leader` table's row: (replica, seen_at), or None before the schema or the row exists."""
-
-    def __init__(self, db_url: str) -> None:
-        self.engine = sqlalchemy.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
-
-    def read(self) -> tuple[str, float] | None:
-        try:
-            with self.engine.connect() as conn:
-                row = conn.exec_driver_sql("SELECT replica, seen_at FROM leader WHERE id = 1").first()
-        except sqlalchemy.exc.ProgrammingError:
-            return None  # no schema yet
-        return (str(row[0]), float(row[1])) if row else None
-
-    def current(self) -> str | None:
-        """The replica named by a fresh row (its leader said so within FRESH seconds)."""
-        row = self.read()
-        return row[0] if row and time.time() - row[1] < FRESH else None
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 # --------------------------------------------------------------------------- the replicas
@@ -352,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "alert_settings": "defaults (OPSBOT_POLL_SECONDS, OPSBOT_ALERT_AFTER, OPSBOT_RESOLVE_AFTER unset)",
                    "leader_kill": "SIGKILL to the leader replica's process group",
                    "watch_ms": WATCH * 1000, "alert_timeout_s": ALERT_TIMEOUT,
-                   "failover_timeout_s": FAILOVER_TIMEOUT, "settle_s": SETTLE, "leader_row_fresh_s": FRESH},
+                   "failover_timeout_s": FAILOVER_TIMEOUT, "settle_s": SETTLE, "leader_row_fresh_s": LEADER_FRESH},
         "load_average_at_start": load_at_start,
         "stack": stack_info,
     })
