@@ -17,7 +17,7 @@ from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands import Commands
+from bot.commands.dispatch import Commands
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.control.tasks import Stack, TaskControl

@@ -24,7 +24,8 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot.commands import Commands, audit_view, parse
+from bot.commands.dispatch import Commands, audit_view
+from bot.commands.grammar import parse
 from bot.config import Settings, load_settings
 from bot.console import render as terminal
 from bot.console.loop import Session

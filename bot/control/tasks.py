@@ -25,7 +25,7 @@ from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
 from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
 from bot.status.assess import clock
-from bot.status.snapshot import Level, TaskInfo
+from bot.status.snapshot import Level, TaskInfo, short_id
 from bot.store import AuditEntry, Store, Termination
 
 log = logging.getLogger(__name__)
@@ -188,10 +188,6 @@ def failed(action: str, exc: BaseException) -> Outcome:
                                    f"({detail}). Part of it may have happened: check {where}.", changed=True)
     return Outcome(Level.DOWN, f"The {action} failed part-way ({type(exc).__name__}: {detail}); part of it may "
                                f"have happened: check {where}.", changed=True)
-
-
-def short_id(task_id: str) -> str:
-    return task_id[:8]
 
 
 class TaskControl:
