@@ -26,7 +26,8 @@ from bot.health.retry import Retrier
 from bot.health.waiting import WaitingTime
 from bot.history.record import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
-from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.metrics.collector import Metrics
+from bot.metrics.serve import Every, MetricsServer, WsgiApp, health_app, keep_fresh
 from bot.probes.celery_probe import CeleryProbe
 from bot.probes.prober import Prober
 from bot.redact import redact

@@ -24,7 +24,7 @@ from bot.markup import mention, phrase
 from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
 from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 from bot.status.snapshot import Level, TaskInfo, short_id
 from bot.store import AuditEntry, Store, Termination
 
@@ -192,13 +192,13 @@ def failed(action: str, exc: BaseException) -> Outcome:
 
 class TaskControl:
     def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
-                 announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
+                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.store = store
         self.access = access
         self.announce = announce or (lambda text: None)
-        self.clock = clock_
+        self.clock = clock
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
@@ -271,7 +271,7 @@ class TaskControl:
                 if lingering:
                     return lingering, "lingering"
                 return Outcome(Level.OK, phrase("Already terminated by {} at {}; nothing else was done.",
-                                                mention(previous.user_id), clock(previous.at))), "already"
+                                                mention(previous.user_id), time_of_day(previous.at))), "already"
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \

@@ -250,13 +250,13 @@ def message_view(title: str, text: str, level: Level | None = None,
 def incident_view(incident: Incident, now: float) -> View:
     """The alert message of one incident: what is down, since when, what it means, who is on it."""
     level = Level(incident.level) if incident.open else Level.OK
-    since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
+    since = f"{assess.time_of_day(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
     items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
     if incident.acked_by:
         items.append(Item(None, "Acknowledged", phrase("by {} at {}", stored_mention(incident.acked_by),
-                                                       assess.clock(incident.acked_at or now))))
+                                                       assess.time_of_day(incident.acked_at or now))))
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
-        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.clock(incident.snoozed_until),
+        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.time_of_day(incident.snoozed_until),
                                                   stored_mention(incident.snoozed_by or ""))))
     items += [Item(None, "", line) for line in incident.details]
     if incident.open:
@@ -268,7 +268,7 @@ def incident_view(incident: Incident, now: float) -> View:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
         items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
-                                                f"at {assess.clock(resolved_at)}"))
+                                                f"at {assess.time_of_day(resolved_at)}"))
         actions = ()
     return View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
@@ -302,7 +302,7 @@ def task_actions(incident: Incident) -> tuple[Action, ...]:
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
-    items = tuple(Item(Level(i.level), assess.clock(i.started_at),
+    items = tuple(Item(Level(i.level), assess.time_of_day(i.started_at),
                        phrase("{} ({}){}", i.text, assess.duration(now - i.started_at),
                               phrase(", acknowledged by {}", stored_mention(i.acked_by)) if i.acked_by else ""))
                   for i in sorted(incidents, key=lambda i: i.started_at))
@@ -328,7 +328,7 @@ def retry_links(row: dict) -> str:
 
 def history_item(row: dict, retryable: bool = False) -> Item:
     runtime = f", ran {assess.duration(row['runtime'])}" if row.get("runtime") is not None else ""
-    finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
+    finished = f", finished {assess.time_of_day(row['finished_at'])}" if row.get("finished_at") else ""
     worker = f" on {row['worker']}" if row.get("worker") else ""
     action = buttons.retry("history", row["task_id"], f"{row.get('name') or '?'} ({row['task_id'][:8]})") \
         if retryable and not row.get("retried_as") else None
@@ -358,7 +358,7 @@ def history_view(rows: list[dict], total: int, page: int, state: str | None, nam
 def task_view(row: dict, retryable: bool = False) -> View:
     """The full story of one task."""
     def when(key: str) -> str:
-        return assess.clock(row[key]) if row.get(key) else "—"
+        return assess.time_of_day(row[key]) if row.get(key) else "—"
 
     items = [
         Item(STATE_LEVELS.get(row["state"]), "State", row["state"]),
