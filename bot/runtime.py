@@ -17,7 +17,7 @@ from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands import Commands
+from bot.commands.dispatch import Commands
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.control.tasks import Stack, TaskControl
@@ -26,10 +26,12 @@ from bot.health.retry import Retrier
 from bot.health.waiting import WaitingTime
 from bot.history.record import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
-from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.metrics.collector import Metrics
+from bot.metrics.serve import Every, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.probes.celery_probe import CeleryProbe
+from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import CeleryProbe, Prober
 from bot.status.snapshot import Snapshot
 from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich

@@ -436,7 +436,7 @@ def test_backlog_over_threshold_for_backlog_seconds_fires_a_warning() -> None:
     assert keys(posts(effects)) == ["queue:celery:backlog"]
     incident = posts(effects)[0]
     assert incident.level == Level.WARN
-    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.clock(start)}"
+    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.time_of_day(start)}"
     assert incident.impact == "Tasks waiting in celery are not being processed."
     assert engine.poll(*[busy] * 10) == []
 
@@ -546,4 +546,4 @@ def test_incident_view_of_a_resolved_incident_has_no_buttons_and_says_resolved()
     assert view.level is Level.OK
     items = {item.title: item.text for item in view.sections[0].items}
     duration = assess.duration(resolved.resolved_at - resolved.started_at)
-    assert items["Resolved"] == f"after {duration}, at {assess.clock(resolved.resolved_at)}"
+    assert items["Resolved"] == f"after {duration}, at {assess.time_of_day(resolved.resolved_at)}"

@@ -12,7 +12,8 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
-from bot.commands import UsageError, parse, parse_mute
+from bot.commands.dispatch import parse_mute
+from bot.commands.grammar import UsageError, parse
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
 from bot.health import rules

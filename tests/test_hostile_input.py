@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 
 from bot import markup
 from bot.alerting.service import AlertService, ConsoleSink
-from bot.commands import FORGED, Commands, Reply
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import FORGED
 from bot.config import Settings
 from bot.control.access import Actor
 from bot.history.record import History

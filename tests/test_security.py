@@ -24,17 +24,18 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot.commands import Commands, audit_view, parse
+from bot.commands.dispatch import Commands, audit_view
+from bot.commands.grammar import parse
 from bot.config import Settings, load_settings
 from bot.console import render as terminal
 from bot.console.loop import Session
 from bot.control.access import Actor
 from bot.history.record import History, fold
 from bot.leader import Leadership
+from bot.probes.celery_probe import ask_active
 from bot.redact import redact_details
 from bot.slack import blocks
 from bot.slack.app import make_client, slack_access
-from bot.status.probes import ask_active
 from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.alerting.engine import Incident
-from bot.commands import Commands, audit_view
+from bot.commands.dispatch import Commands, audit_view
 from bot.control.access import Actor
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons

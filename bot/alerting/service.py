@@ -23,7 +23,7 @@ from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
 from bot.config import Settings
 from bot.slack import blocks
-from bot.status.assess import Finding, clock
+from bot.status.assess import Finding, time_of_day
 from bot.status.views import incident_view
 from bot.store import OutboxItem, StateConflict, Store
 
@@ -61,14 +61,14 @@ class SlackSink:
     """Posts through the store's outbox: rows are written with the engine's state, then sent in order."""
 
     def __init__(self, store: Store, client: WebClient, channel: str, replica: str = "",
-                 clock_: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time,
                  attach: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.store = store
         self.attach = attach  # adds the chart of the series concerned (issue 19), drawn afresh on each send
         self.client = client
         self.channel = channel
         self.replica = replica
-        self.clock = clock_
+        self.clock = clock
         self.problem = ""  # a post Slack refused for good, for the status footer
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -151,7 +151,8 @@ class SlackSink:
 
     def _give_up(self, item_id: int, incident_id: str, error: str) -> None:
         log.error("Slack refused a post for incident %s for good (%s): dropped it", incident_id, error)
-        self.problem = f"Slack refused an alert post ({error}) at {clock(self.clock())}: check OPSBOT_ALERT_CHANNEL"
+        self.problem = (f"Slack refused an alert post ({error}) at {time_of_day(self.clock())}: "
+                        "check OPSBOT_ALERT_CHANNEL")
         self.store.outbox_done(item_id)
 
     def release(self) -> None:
@@ -242,11 +243,11 @@ class ConsoleSink:
         for effect in effects:
             incident = effect.incident
             if isinstance(effect, Post):
-                self.print_line(f"ALERT   {clock(now)}  {incident.text} — {incident.impact}")
+                self.print_line(f"ALERT   {time_of_day(now)}  {incident.text} — {incident.impact}")
             elif isinstance(effect, Timeline):
-                self.print_line(f"        {clock(now)}  {incident.text}: {effect.text}")
+                self.print_line(f"        {time_of_day(now)}  {incident.text}: {effect.text}")
             elif isinstance(effect, Refresh) and not incident.open:
-                self.print_line(f"RESOLVED {clock(now)}  {incident.text}")
+                self.print_line(f"RESOLVED {time_of_day(now)}  {incident.text}")
 
 
 # --- The service ------------------------------------------------------------------------------
@@ -259,13 +260,13 @@ def tomorrow_morning(now: float) -> float:
 
 class AlertService:
     def __init__(self, settings: Settings, store: Store, take_snapshot: Callable[[], Any], sink: Sink,
-                 clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
                  extra_findings: Callable[[Any, AlertState, float], list[Finding]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.take_snapshot = take_snapshot
         self.sink = sink
-        self.clock = clock_
+        self.clock = clock
         # With several replicas only the leader polls; any replica may record an acknowledgement.
         self.is_leader = is_leader
         # Findings from outside the snapshot: task-level rules over the history (bot.health).
@@ -369,4 +370,5 @@ class AlertService:
         mutes = {scope: until for scope, until in self._load().mutes.items() if until > now}
         if not mutes:
             return ""
-        return "Alerts muted: " + ", ".join(f"{scope} until {clock(until)}" for scope, until in sorted(mutes.items()))
+        return "Alerts muted: " + ", ".join(f"{scope} until {time_of_day(until)}"
+                                            for scope, until in sorted(mutes.items()))

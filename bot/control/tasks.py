@@ -21,10 +21,11 @@ from celery import Celery
 from bot.config import Settings, http_endpoint
 from bot.control.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
 from bot.markup import mention, phrase
+from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
+from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
-from bot.status.assess import clock
-from bot.status.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
-from bot.status.snapshot import Level
+from bot.status.assess import time_of_day
+from bot.status.snapshot import Level, TaskInfo, short_id
 from bot.store import AuditEntry, Store, Termination
 
 log = logging.getLogger(__name__)
@@ -56,15 +57,6 @@ class Outcome:
     changed: bool = False
 
 
-@dataclass(frozen=True)
-class ActiveTask:
-    id: str
-    name: str
-    worker: str
-    started_at: float | None
-    worker_pid: int | None = None  # the pool child running it (prefork)
-
-
 # --- Talking to the stack ---------------------------------------------------------------------
 
 
@@ -91,15 +83,11 @@ class Stack:
     def _connection(self) -> kombu.Connection:
         return broker_connection(self.app)
 
-    def find_active(self, task_id: str) -> ActiveTask | None:
+    def find_active(self, task_id: str) -> TaskInfo | None:
         with self._connection() as conn:
             replies = ask_active(self.app, conn, self.expected_workers(), time.monotonic() + REPLY_TIMEOUT)
-        for worker, tasks in replies.items():
-            for raw in tasks or []:
-                if raw.get("id") == task_id:
-                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"),
-                                      raw.get("worker_pid"))
-        return None
+        running = (task for tasks in active_tasks(replies).values() for task in tasks)
+        return next((task for task in running if task.id == task_id), None)
 
     def _stats(self, worker: str) -> dict:
         with self._connection() as conn:
@@ -115,14 +103,14 @@ class Stack:
         """Is this pool child still among the worker's processes? (A killed child is replaced.)"""
         return pid in ((self._stats(worker).get("pool") or {}).get("processes") or [])
 
-    def revoke(self, task: ActiveTask, signal: str) -> bool:
+    def revoke(self, task: TaskInfo, signal: str) -> bool:
         """Signal the task on its own worker and wait for that worker to confirm."""
         with self._connection() as conn:
             replies = self.app.control.revoke(task.id, destination=[task.worker], terminate=True, signal=signal,
                                               reply=True, timeout=REPLY_TIMEOUT, limit=1, connection=conn)
         return any("ok" in (reply.get(task.worker) or {}) for reply in replies or [])
 
-    def wait_gone(self, task: ActiveTask, seconds: float) -> bool:
+    def wait_gone(self, task: TaskInfo, seconds: float) -> bool:
         """Wait for the task's process to die.
 
         Celery drops a task from `active` as soon as it sends the signal, whether or not the process
@@ -154,8 +142,7 @@ class Stack:
             raise BrokerUnreachable() from exc
 
     def _purge_redis(self, queue: str) -> int:
-        client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=self.settings.probe_timeout,
-                                      socket_connect_timeout=self.settings.probe_timeout)
+        client = redis_client(self.settings.broker_url, self.settings.probe_timeout)
         try:
             pipe = client.pipeline(transaction=True)  # count and delete atomically
             keys = redis_queue_keys(queue)
@@ -203,19 +190,15 @@ def failed(action: str, exc: BaseException) -> Outcome:
                                f"have happened: check {where}.", changed=True)
 
 
-def short_id(task_id: str) -> str:
-    return task_id[:8]
-
-
 class TaskControl:
     def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
-                 announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
+                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.store = store
         self.access = access
         self.announce = announce or (lambda text: None)
-        self.clock = clock_
+        self.clock = clock
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
@@ -288,7 +271,7 @@ class TaskControl:
                 if lingering:
                     return lingering, "lingering"
                 return Outcome(Level.OK, phrase("Already terminated by {} at {}; nothing else was done.",
-                                                mention(previous.user_id), clock(previous.at))), "already"
+                                                mention(previous.user_id), time_of_day(previous.at))), "already"
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \

@@ -17,7 +17,7 @@ from bot.redact import defang, redact
 from bot.slack import buttons
 from bot.slack.buttons import Action, Confirm
 from bot.status import assess
-from bot.status.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
+from bot.status.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo, short_id
 from bot.workers.pauses import QueuePause, pause_text, queue_pauses
 from bot.workers.rules import worker_extras
 
@@ -110,7 +110,7 @@ def purge_action(queue: QueueInfo, section: str) -> Action:
 
 def task_action(task: TaskInfo, section: str, now: float) -> Action:
     running = f"running {assess.duration(now - task.started_at)}" if task.started_at else "starting"
-    described = f"{task.name} ({task.id[:8]}) on {task.worker}, {running}"
+    described = f"{task.name} ({short_id(task.id)}) on {task.worker}, {running}"
     return buttons.targeted("terminate", section, task.id, "Terminate",
                             Confirm("Terminate this task?", f"{described}. Its worker sends it SIGTERM.",
                                     "Terminate", "Cancel"))
@@ -240,58 +240,6 @@ def queues_view(snapshot: Snapshot, page: int = 1, controls: Controls | None = N
     return paged_view(snapshot, "queues", "Queues", items, page, empty, controls)
 
 
-# The help, by topic (a longer list stays easy to read).
-COMMANDS = (
-    ("Status", (
-        ("/tasks", "overview: broker, workers, Flower, waiting and active tasks"),
-        ("/tasks workers [worker]", "every worker: pool, queues, limits; or one worker's detail and controls"),
-        ("/tasks queues", "every watched queue: tasks waiting, consumers, pauses"),
-        ("/tasks active", "every running task: id, name, worker, how long"),
-        ("/tasks scheduled", "ETA and countdown tasks the workers hold until their time"),
-        ("/tasks reserved", "tasks prefetched by workers, waiting for a free slot"),
-        ("/tasks revoked", "task ids the workers remember as revoked"),
-        ("/tasks registered [worker]", "task types the workers know, with rate and time limits in force"),
-        ("/tasks beat", "every periodic task of the beat schedule: when, last run, next run, late or on time"),
-    )),
-    ("Task control (admins)", (
-        ("/tasks terminate <task-id>", "stop a running task with SIGTERM"),
-        ("/tasks kill <task-id>", "stop a running task with SIGKILL, for tasks that ignore SIGTERM"),
-        ("/tasks purge <queue>", "delete the waiting tasks of one watched queue"),
-        ("/tasks audit", "the latest 20 control attempts"),
-    )),
-    ("Worker control (admins)", (
-        ("/tasks pool <worker> +N|-N", "grow or shrink a worker's pool (prefork, eventlet)"),
-        ("/tasks autoscale <worker> <max> <min>", "change the bounds of a worker started with --autoscale"),
-        ("/tasks pause <queue> [worker]", "stop taking tasks from a queue, on one worker or every worker"),
-        ("/tasks resume <queue> [worker]", "take tasks from a paused queue again"),
-        ("/tasks ratelimit <task-name> <10/m|off>", "set or remove a task type's rate limit on every worker"),
-        ("/tasks timelimit <task-name> <soft> <hard>", "set a task type's time limits on every worker"),
-        ("/tasks shutdown <worker>", "warm shutdown: the worker exits after its active tasks"),
-        ("/tasks restart-pool <worker>", "replace a worker's pool processes (needs worker_pool_restarts)"),
-    )),
-    ("History and alerts", (
-        ("/tasks history [failed|succeeded|revoked] [name]", "the latest finished tasks, newest first"),
-        ("/tasks show <task-id>", "one task's story: state, timeline, arguments, result or exception"),
-        ("/tasks retry <task-id>", "send a failed or revoked task again, exact arguments (admins)"),
-        ("/tasks retry failed <task-name> [since]", "retry every failed task of that name, after a confirmation "
-         "(admins)"),
-        ("/tasks chart [queues|tasks|workers|<queue>|<task-name>] [1h|6h|24h|7d]",
-         "a chart over time: tasks waiting, failures per minute, workers (posted in the channel)"),
-        ("/tasks incidents", "open incidents: what is down, since when, who acknowledged it"),
-        ("/tasks mute <30m|2h|1d> [broker|celery|flower|beat]", "silence alerts for planned maintenance (admins)"),
-        ("/tasks unmute", "end every mute (admins)"),
-        ("/tasks help", "this help"),
-    )),
-)
-
-
-def help_view(problem: str = "") -> View:
-    sections = tuple(Section(topic, tuple(Item(None, command, text) for command, text in commands))
-                     for topic, commands in COMMANDS)
-    summary = f"{problem} Here is what I understand." if problem else "Here is what I understand."
-    return View("opsbot help", summary, Level.WARN if problem else None, sections)
-
-
 def message_view(title: str, text: str, level: Level | None = None,
                  sections: tuple[Section, ...] = ()) -> View:
     return View(title, text, level, sections)
@@ -302,13 +250,13 @@ def message_view(title: str, text: str, level: Level | None = None,
 def incident_view(incident: Incident, now: float) -> View:
     """The alert message of one incident: what is down, since when, what it means, who is on it."""
     level = Level(incident.level) if incident.open else Level.OK
-    since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
+    since = f"{assess.time_of_day(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
     items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
     if incident.acked_by:
         items.append(Item(None, "Acknowledged", phrase("by {} at {}", stored_mention(incident.acked_by),
-                                                       assess.clock(incident.acked_at or now))))
+                                                       assess.time_of_day(incident.acked_at or now))))
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
-        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.clock(incident.snoozed_until),
+        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.time_of_day(incident.snoozed_until),
                                                   stored_mention(incident.snoozed_by or ""))))
     items += [Item(None, "", line) for line in incident.details]
     if incident.open:
@@ -320,7 +268,7 @@ def incident_view(incident: Incident, now: float) -> View:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
         items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
-                                                f"at {assess.clock(resolved_at)}"))
+                                                f"at {assess.time_of_day(resolved_at)}"))
         actions = ()
     return View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
@@ -354,7 +302,7 @@ def task_actions(incident: Incident) -> tuple[Action, ...]:
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
-    items = tuple(Item(Level(i.level), assess.clock(i.started_at),
+    items = tuple(Item(Level(i.level), assess.time_of_day(i.started_at),
                        phrase("{} ({}){}", i.text, assess.duration(now - i.started_at),
                               phrase(", acknowledged by {}", stored_mention(i.acked_by)) if i.acked_by else ""))
                   for i in sorted(incidents, key=lambda i: i.started_at))
@@ -380,7 +328,7 @@ def retry_links(row: dict) -> str:
 
 def history_item(row: dict, retryable: bool = False) -> Item:
     runtime = f", ran {assess.duration(row['runtime'])}" if row.get("runtime") is not None else ""
-    finished = f", finished {assess.clock(row['finished_at'])}" if row.get("finished_at") else ""
+    finished = f", finished {assess.time_of_day(row['finished_at'])}" if row.get("finished_at") else ""
     worker = f" on {row['worker']}" if row.get("worker") else ""
     action = buttons.retry("history", row["task_id"], f"{row.get('name') or '?'} ({row['task_id'][:8]})") \
         if retryable and not row.get("retried_as") else None
@@ -410,7 +358,7 @@ def history_view(rows: list[dict], total: int, page: int, state: str | None, nam
 def task_view(row: dict, retryable: bool = False) -> View:
     """The full story of one task."""
     def when(key: str) -> str:
-        return assess.clock(row[key]) if row.get(key) else "—"
+        return assess.time_of_day(row[key]) if row.get(key) else "—"
 
     items = [
         Item(STATE_LEVELS.get(row["state"]), "State", row["state"]),
