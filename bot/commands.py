@@ -13,13 +13,16 @@ from dataclasses import dataclass, replace
 
 from bot.alerting.engine import ALL
 from bot.alerting.service import AlertService
+from bot.alerting.views import incidents_view
 from bot.charts import service as chart_service
 from bot.charts.sparkline import chart_view
 from bot.control.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
+from bot.control.audit import AuditEntry
 from bot.control.tasks import TASK_ID, Outcome, TaskControl
 from bot.durations import parse_duration
 from bot.health.retry import NO_BACKEND, Retrier
 from bot.history.record import History
+from bot.history.views import history_item
 from bot.markup import phrase
 from bot.redact import defang, redact
 from bot.slack import buttons
@@ -33,12 +36,9 @@ from bot.status.views import (
     Section,
     View,
     help_view,
-    history_item,
-    incidents_view,
     message_view,
     status_view,
 )
-from bot.store import AuditEntry
 from bot.workers import rules as worker_rules
 from bot.workers.actions import WorkerControl
 

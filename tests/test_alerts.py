@@ -12,6 +12,7 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.alerting.views import incident_view
 from bot.status import assess
 from bot.status.snapshot import (
     BrokerStatus,
@@ -25,7 +26,6 @@ from bot.status.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.status.views import incident_view
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls

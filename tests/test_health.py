@@ -12,6 +12,7 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
+from bot.alerting.views import incident_view
 from bot.commands import UsageError, parse, parse_mute
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
@@ -19,6 +20,7 @@ from bot.health import rules
 from bot.health.retry import call_from
 from bot.health.rules import Failed, HealthPolicy, Outcomes
 from bot.health.waiting import task_id_of
+from bot.history.views import history_item, task_view
 from bot.slack import blocks, buttons
 from bot.status.assess import queue_text
 from bot.status.snapshot import (
@@ -32,7 +34,6 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import history_item, incident_view, task_view
 from tests.slack_rules import message_error
 
 NOW = 1_750_000_000.0
@@ -302,32 +303,34 @@ def test_history_shows_retry_links_and_the_button() -> None:
 
 
 def test_the_head_is_the_nth_newest_pending_task_and_retries_link_both_ways(tmp_path: Path) -> None:
+    from bot.db import Database
     from bot.health import queries
     from bot.history.record import fold
-    from bot.store import Store
+    from bot.history.store import HistoryStore
 
-    store = Store(f"sqlite:///{tmp_path}/h.sqlite3")
+    db = Database(f"sqlite:///{tmp_path}/h.sqlite3")
+    store = HistoryStore(db)
     sent = [{"type": "task-sent", "uuid": f"t{i}", "name": "a", "queue": "q", "exchange": "q", "routing_key": "q",
              "timestamp": 100.0 + i} for i in range(6)]
     received = [{"type": "task-received", "uuid": f"t{i}", "timestamp": 110.0} for i in (4,)]
     store.record_task_events(sent + received, fold)
     # t0..t3 and t5 pending; the queue holds 2: t5 and t3, so its head was sent at 103 (t0..t2 were purged).
-    assert queries.nth_newest_pending(store, "q", 2) == (103.0, True)
-    assert queries.nth_newest_pending(store, "q", 9) == (100.0, False)  # only a lower bound
-    assert queries.nth_newest_pending(store, "other", 1) == (None, False)
-    assert store.task("t1")["routing_key"] == "q" and queries.sent_at(store, "t1") == 101.0
+    assert queries.nth_newest_pending(db, "q", 2) == (103.0, True)
+    assert queries.nth_newest_pending(db, "q", 9) == (100.0, False)  # only a lower bound
+    assert queries.nth_newest_pending(db, "other", 1) == (None, False)
+    assert store.task("t1")["routing_key"] == "q" and queries.sent_at(db, "t1") == 101.0
 
     failed = [{"type": "task-failed", "uuid": f"t{i}", "name": "a", "exception": "E('x')", "hostname": "w1",
                "timestamp": NOW - i} for i in range(3)]
     store.record_task_events([*failed, {"type": "task-succeeded", "uuid": "ok", "name": "a", "timestamp": NOW}],
                              fold)
-    outcomes = queries.outcomes(store, NOW, 3600, 600)
+    outcomes = queries.outcomes(db, NOW, 3600, 600)
     assert [f.task_id for f in outcomes.failed] == ["t0", "t1", "t2"] and outcomes.runs == {"a": 4}
-    queries.link_retry(store, "t0", "r0", "a", NOW)
+    queries.link_retry(db, "t0", "r0", "a", NOW)
     store.record_task_events([{"type": "task-sent", "uuid": "r0", "name": "a", "queue": "q", "timestamp": NOW}],
                              fold)  # the retry's own events fold into the row made for it
     assert store.task("t0")["retried_as"] == "r0" and store.task("r0")["retry_of"] == "t0"
-    assert queries.failed_ids(store, "a", 0) == ["t1", "t2"]  # a retried failure is not retried again
-    queries.unlink_retry(store, "t1", "nope")
+    assert queries.failed_ids(db, "a", 0) == ["t1", "t2"]  # a retried failure is not retried again
+    queries.unlink_retry(db, "t1", "nope")
     assert store.task("t0")["retried_as"] == "r0"
-    store.close()
+    db.close()

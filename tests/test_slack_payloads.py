@@ -13,8 +13,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.alerting.engine import Incident
+from bot.alerting.views import incident_view
 from bot.commands import Commands, audit_view
 from bot.control.access import Actor
+from bot.control.audit import AuditEntry
+from bot.history.views import history_view, task_view
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons
 from bot.status.snapshot import (
@@ -28,8 +31,7 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import Controls, Notice, history_view, incident_view, status_view, task_view
-from bot.store import AuditEntry
+from bot.status.views import Controls, Notice, status_view
 from tests.slack_rules import message_error
 
 NOW = 1_800_000_000.0

@@ -20,12 +20,12 @@ from celery import Celery
 
 from bot.config import Settings, http_endpoint
 from bot.control.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
+from bot.control.audit import AuditEntry, AuditLog, Termination
 from bot.markup import mention, phrase
 from bot.redact import redact
 from bot.status.assess import clock
 from bot.status.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
 from bot.status.snapshot import Level
-from bot.store import AuditEntry, Store, Termination
 
 log = logging.getLogger(__name__)
 
@@ -208,11 +208,11 @@ def short_id(task_id: str) -> str:
 
 
 class TaskControl:
-    def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
+    def __init__(self, settings: Settings, stack: Stack, audit_log: AuditLog, access: Access,
                  announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
-        self.store = store
+        self.audit_log = audit_log
         self.access = access
         self.announce = announce or (lambda text: None)
         self.clock = clock_
@@ -220,7 +220,7 @@ class TaskControl:
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
         try:
-            self.store.record(entry)
+            self.audit_log.record(entry)
         except Exception as exc:  # the attempt happened all the same: keep it in the log at least
             log.error("could not store the audit entry (%s): %s %s %s: %s", type(exc).__name__, actor.id,
                       action, entry.target, outcome)
@@ -280,7 +280,7 @@ class TaskControl:
                 "broker_down"
 
     def _terminate_checked(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
-        previous = self.store.termination(task_id)
+        previous = self.audit_log.termination(task_id)
         task = self.stack.find_active(task_id)
         if task is None:
             if previous:
@@ -304,7 +304,7 @@ class TaskControl:
         done = phrase("Terminated {} `{}` on {} ({}), by {}", task.name, short_id(task.id), task.worker, signal,
                       actor.mention)
         try:
-            self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
+            self.audit_log.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
                                                     task.worker_pid))
         except Exception as exc:  # the signal is out: say so, and that it is not on record
             log.exception("could not record the termination of %s", task.id)
@@ -339,7 +339,7 @@ class TaskControl:
 
     def follow_up(self, task_id: str) -> Outcome:
         """A while after SIGTERM: did the process stop?"""
-        termination = self.store.termination(task_id)
+        termination = self.audit_log.termination(task_id)
         if termination is None:
             return Outcome(Level.WARN, f"No termination of `{short_id(task_id)}` is on record.")
         try:
@@ -374,4 +374,4 @@ class TaskControl:
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
         refusal = self.refusal(actor)
-        return refusal if refusal else self.store.latest_audit(limit)
+        return refusal if refusal else self.audit_log.latest(limit)

@@ -22,10 +22,11 @@ from celery import Celery
 from bot.config import Settings
 from bot.control.access import Actor
 from bot.control.tasks import TASK_ID, Outcome, TaskControl, short_id
+from bot.db import Database
 from bot.health import queries
+from bot.history.store import HistoryStore
 from bot.markup import phrase
 from bot.status.snapshot import Level
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def call_from(meta: dict[str, Any] | None, row: dict[str, Any] | None) -> Call |
 
 
 class Retrier:
-    def __init__(self, settings: Settings, store: Callable[[], Store], control: TaskControl,
+    def __init__(self, settings: Settings, store: Callable[[], Database], control: TaskControl,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
@@ -124,7 +125,7 @@ class Retrier:
         if self.app is None:
             return Outcome(Level.WARN, NO_BACKEND), "unknown_args"
         store = self.store()
-        row = store.task(task_id)
+        row = HistoryStore(store).task(task_id)
         if row and row.get("state") not in RETRYABLE_STATES:
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is {row['state']}: only failed and revoked "
                                        "tasks are retried. Nothing was done."), "invalid"
@@ -140,7 +141,7 @@ class Retrier:
             return Outcome(Level.WARN, NOT_EXTENDED.format(short_id(task_id))), "unknown_args"
         return self._send(actor, task_id, call, store)
 
-    def _send(self, actor: Actor, task_id: str, call: Call, store: Store) -> tuple[Outcome, str]:
+    def _send(self, actor: Actor, task_id: str, call: Call, store: Database) -> tuple[Outcome, str]:
         assert self.app is not None
         new_id = str(uuid.uuid4())
         queries.link_retry(store, task_id, new_id, call.name, self.clock())  # before: its events find the row

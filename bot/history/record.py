@@ -16,9 +16,11 @@ from typing import Any
 
 import requests
 
-from bot.config import http_endpoint
+from bot.config import Settings, http_endpoint
+from bot.history.store import HistoryStore
+from bot.history.views import HISTORY_PAGE, history_view, task_view
 from bot.redact import redact_details
-from bot.status.views import HISTORY_PAGE, View, history_view, task_view
+from bot.status.views import View
 from bot.task_args import summarize_repr
 
 log = logging.getLogger(__name__)
@@ -104,7 +106,7 @@ class HistoryRecorder:
     kept and tried again, in order, with the events that came after it.
     """
 
-    def __init__(self, store: Any, days: float, max_rows: int,
+    def __init__(self, store: HistoryStore, days: float, max_rows: int,
                  on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
         self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
@@ -149,7 +151,7 @@ class HistoryRecorder:
 
     def _prune(self) -> None:
         try:
-            self.store.prune_history(time.time() - self.days * 86400, self.max_rows)
+            self.store.prune(time.time() - self.days * 86400, self.max_rows)
         except Exception:
             log.exception("could not prune the task history")
 
@@ -195,7 +197,7 @@ EVENTS_OFF = ("No task events have reached opsbot: start workers with -E (or set
               "remembers since its own start.")
 
 
-def flower_rows(settings: Any, session: requests.Session, limit: int) -> list[dict[str, Any]]:
+def flower_rows(settings: Settings, session: requests.Session, limit: int) -> list[dict[str, Any]]:
     """Finished tasks as Flower's API lists them, shaped like our history rows."""
     base, auth = http_endpoint(settings.flower_url)
     response = session.get(f"{base}/api/tasks", params={"limit": 200}, timeout=settings.probe_timeout, auth=auth)
@@ -214,7 +216,7 @@ def flower_rows(settings: Any, session: requests.Session, limit: int) -> list[di
 class History:
     """The history as users ask for it: pages of finished tasks, one task's story, recent failures."""
 
-    def __init__(self, settings: Any, store: Any, recorder: HistoryRecorder | None) -> None:
+    def __init__(self, settings: Settings, store: HistoryStore, recorder: HistoryRecorder | None) -> None:
         self.settings = settings
         self.store = store
         self.recorder = recorder
@@ -247,7 +249,7 @@ class History:
         return rows
 
 
-def digest_text(store: Any, now: float) -> str:
+def digest_text(store: HistoryStore, now: float) -> str:
     """The daily digest: tasks by final state over the last 24 h, and the names that failed most."""
     by_state, failing = store.failure_counts(now - 86400)
     if not by_state:

@@ -23,11 +23,10 @@ from bot.slack import buttons
 from bot.status.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
 from bot.status.snapshot import Level, Snapshot, WorkerInfo
 from bot.status.views import View, message_view
-from bot.store import Store
 from bot.workers import rules, views
 from bot.workers.pauses import queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult
-from bot.workers.store import clear_pauses, load_pauses, save_pauses
+from bot.workers.store import PauseStore
 
 REPLY_TIMEOUT = 2.0  # for the replies of the workers we address by name: `limit` returns as soon as all did
 # `/tasks workers` is answered in Slack's 3-second ack after a snapshot: its queues and limits get what is left.
@@ -154,12 +153,12 @@ def resolve_worker(name: str, workers: dict[str, WorkerInfo]) -> str:
 
 
 class WorkerControl:
-    def __init__(self, settings: Settings, stack: WorkerStack, control: TaskControl, store: Store,
+    def __init__(self, settings: Settings, stack: WorkerStack, control: TaskControl, pauses: PauseStore,
                  clock_: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.control = control
-        self.store = store
+        self.pauses = pauses
         self.clock = clock_
 
     # --- Reading ---
@@ -177,7 +176,7 @@ class WorkerControl:
         if action == "detail":
             workers = self.stack.workers()
             info, restarts = self.stack.detail(workers[resolve_worker(worker, workers)])
-            pauses = queue_pauses(load_pauses(self.store), tuple(workers.values()))
+            pauses = queue_pauses(self.pauses.load(), tuple(workers.values()))
             return views.worker_view(info, restarts, pauses, self.settings.queues, controls_enabled, now)
         if action == "registered":
             destination = None
@@ -222,7 +221,7 @@ class WorkerControl:
         worker = resolve_worker(request.worker, workers) if request.worker else ""
         queue = request.queue
         if queue:
-            candidates = {*self.settings.queues, *(p.queue for p in load_pauses(self.store)),
+            candidates = {*self.settings.queues, *(p.queue for p in self.pauses.load()),
                           *(q for w in workers.values() for q in w.queues or ())}
             queue = buttons.resolve(queue, candidates) or queue
         return replace(request, worker=worker, queue=queue)
@@ -250,7 +249,7 @@ class WorkerControl:
         return [name], []
 
     def _queue_targets(self, request: Request, workers: dict[str, WorkerInfo]) -> list[str]:
-        queue, pauses = request.queue, load_pauses(self.store)
+        queue, pauses = request.queue, self.pauses.load()
         consuming = sorted(n for n, w in workers.items() if w.queues and queue in w.queues)
         pause = queue_pauses(pauses, tuple(workers.values())).get(queue)
         paused = sorted(set(pause.workers if pause else ()) & set(workers))
@@ -364,9 +363,9 @@ class WorkerControl:
     def _remember(self, request: Request, user_id: str, results: list[WorkerResult], now: float) -> None:
         confirmed = [r.worker for r in results if r.result is Result.DONE]
         if request.action == "pause" and confirmed:
-            save_pauses(self.store, request.queue, confirmed, user_id, now)
+            self.pauses.save(request.queue, confirmed, user_id, now)
         elif request.action == "resume" and confirmed:
-            clear_pauses(self.store, request.queue, confirmed)
+            self.pauses.clear(request.queue, confirmed)
 
 
 
