@@ -11,20 +11,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bot.alerting.engine import ALL
+from bot.alerting.mute import MuteScope, parse_mute
 from bot.alerting.service import AlertService
 from bot.alerting.views import incidents_view
 from bot.charts import service as chart_service
 from bot.charts.sparkline import chart_view
-from bot.control.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
-from bot.control.audit import AuditEntry
+from bot.control.access import HOW_TO_CONFIGURE, MUTE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.control.tasks import TASK_ID, Outcome, TaskControl
+from bot.control.views import audit_view
 from bot.durations import parse_duration
 from bot.health.retry import NO_BACKEND, Retrier
 from bot.history.record import History
 from bot.history.views import history_item
 from bot.markup import phrase
-from bot.redact import defang, redact
 from bot.slack import buttons
 from bot.slack.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
 from bot.status.assess import clock
@@ -39,6 +38,7 @@ from bot.status.views import (
     message_view,
     status_view,
 )
+from bot.usage import UsageError, shown
 from bot.workers import rules as worker_rules
 from bot.workers.actions import WorkerControl
 
@@ -57,7 +57,6 @@ DEFERRED = (*TARGETED, *WORKER_COMMANDS)
 FOR_VIEWERS = ("active", "history", "show", "scheduled", "reserved")
 # Where the answer to an action is drawn: the list the target lives in.
 HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
-OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
 
 
 def without_arguments(snapshot: Snapshot) -> Snapshot:
@@ -65,10 +64,6 @@ def without_arguments(snapshot: Snapshot) -> Snapshot:
     workers = tuple(replace(w, active=tuple(replace(t, args_summary="") for t in w.active))
                     for w in snapshot.celery.workers)
     return replace(snapshot, celery=replace(snapshot.celery, workers=workers))
-
-
-class UsageError(ValueError):
-    """Input we do not understand. The message is shown to the user as is."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +75,7 @@ class Command:
     name_filter: str = ""  # history: part of a task name
     since: float = 0.0  # retry_failed: failed since this moment
     worker: str = ""  # worker control: the worker named (maybe a button's key)
+    args: tuple[str, ...] = ()  # mute: the duration and scope as typed (bot.alerting.mute)
 
 
 @dataclass(frozen=True)
@@ -91,12 +87,6 @@ class Reply:
     # A second look later, redrawn over the same message: did the signalled process really stop?
     follow_up: Callable[[], View] | None = None
     follow_up_after: float = 0.0
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """User input echoed back: short, single-line and without anything secret."""
-    text = defang(redact(" ".join(text.split())))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def is_number(word: str) -> bool:
@@ -144,7 +134,7 @@ def parse(text: str) -> Command:
     if name == "mute":
         if not 1 <= len(rest) <= 2:
             raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower|beat]")
-        return Command(name, target=" ".join(rest))
+        return Command(name, args=tuple(rest))
     if name in ("help", "audit", "unmute", "incidents") or not rest:
         return Command(name)
     if len(rest) == 1:
@@ -196,35 +186,6 @@ def parse_button(action_id: str, value: str) -> Command:
         raise UsageError(FORGED) from None
     return Command(click.name, click.page, click.target, click.section, click.name_filter, click.since,
                    click.worker)
-
-
-def audit_view(entries: list[AuditEntry]) -> View:
-    items = tuple(
-        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock(e.at)} {e.action} {e.target}",
-             f"{e.outcome}, by {e.user_id}: {e.detail}")
-        for e in entries)
-    note = "" if entries else "No task-control attempt yet."
-    return View("Task-control audit", f"The latest {len(entries)} attempts, newest first.", None,
-                (Section("Audit", items, note=note),))
-
-
-MAX_MUTE = 7 * 86400
-MUTE_SCOPES = ("broker", "celery", "flower", "beat")
-
-
-def parse_mute(target: str) -> tuple[float, str]:
-    words = target.split()
-    try:
-        seconds = parse_duration(words[0])
-    except ValueError:
-        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.") from None
-    if not 0 < seconds <= MAX_MUTE:
-        raise UsageError("Mute for between 1 second and 7 days.")
-    scope = words[1].lower() if len(words) > 1 else ALL
-    if scope not in (*MUTE_SCOPES, ALL):
-        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery, flower or beat "
-                         "(or nothing for all).")
-    return seconds, scope
 
 
 class Commands:
@@ -337,17 +298,17 @@ class Commands:
                                 Level.WARN)
         if command.name == "incidents":
             return incidents_view(self.alerts.open_incidents(), self.alerts.clock(), self.alerts.muted_note())
-        refusal = self.control.refusal(actor) if self.control else None
+        refusal = self.control.refusal(actor, MUTE) if self.control else None
         if refusal:
             return message_view("opsbot", refusal.message, refusal.level)
         if command.name == "unmute":
             self.alerts.unmute()
-            self._record(actor, "unmute", ALL, "done", "Alerts unmuted.")
+            self._record(actor, "unmute", MuteScope.ALL, "done", "Alerts unmuted.")
             return message_view("opsbot", phrase("Alerts unmuted by {}.", actor.mention), Level.OK)
-        seconds, scope = parse_mute(command.target)
-        until = self.alerts.mute(scope, seconds)
-        what = "All alerts" if scope == ALL else f"Alerts about {scope}"
-        self._record(actor, "mute", scope, "done", f"{what} muted until {clock(until)}.")
+        mute = parse_mute(command.args)
+        until = self.alerts.mute(mute)
+        what = "All alerts" if mute.scope is MuteScope.ALL else f"Alerts about {mute.scope}"
+        self._record(actor, "mute", mute.scope, "done", f"{what} muted until {clock(until)}.")
         return message_view("opsbot", phrase("{} muted until {} by {}.", what, clock(until), actor.mention), Level.OK)
 
     def _record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:

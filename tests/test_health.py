@@ -12,8 +12,9 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
+from bot.alerting.mute import parse_mute
 from bot.alerting.views import incident_view
-from bot.commands import UsageError, parse, parse_mute
+from bot.commands import UsageError, parse
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
 from bot.health import rules
@@ -66,9 +67,9 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 
 def test_mute_uses_the_same_parser() -> None:
-    assert parse_mute("90s") == (90, "all")
+    assert parse_mute(["90s"]) == (90, "all")
     with pytest.raises(UsageError, match="not a duration"):
-        parse_mute("soon")
+        parse_mute(["soon"])
 
 
 @pytest.mark.parametrize("variable, value", [

@@ -24,12 +24,13 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot.commands import Commands, audit_view, parse
+from bot.commands import Commands, parse
 from bot.config import Settings, load_settings
 from bot.console import render as terminal
 from bot.console.loop import Session
 from bot.control.access import Actor
 from bot.control.audit import AuditEntry, AuditLog
+from bot.control.views import audit_view
 from bot.db import Database
 from bot.history.record import History, fold
 from bot.history.store import HistoryStore

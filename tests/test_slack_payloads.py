@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from bot.alerting.engine import Incident
 from bot.alerting.views import incident_view
-from bot.commands import Commands, audit_view
+from bot.commands import Commands
 from bot.control.access import Actor
 from bot.control.audit import AuditEntry
+from bot.control.views import audit_view
 from bot.history.views import history_view, task_view
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons

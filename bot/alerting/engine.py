@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from bot.alerting.mute import MuteScope
 from bot.beat.health import is_beat_key
 from bot.markup import phrase
 from bot.status import assess
@@ -21,7 +22,6 @@ from bot.status.snapshot import CeleryState, Level, Snapshot
 from bot.workers import pauses
 
 WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost
-ALL = "all"  # the mute scope that silences everything
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Check:
 class Incident:
     id: str
     key: str
-    level: int
+    level: Level
     text: str
     impact: str
     started_at: float  # the first failure
@@ -62,9 +62,11 @@ class Incident:
     retryable: tuple[str, ...] = ()  # those whose exact arguments are known: they get a Retry button
 
     def __post_init__(self) -> None:
-        # Read back from JSON these are lists; as tuples they compare equal to a fresh finding's.
+        # Read back from JSON these are lists and an int; as tuples and a Level they compare equal to a
+        # fresh finding's.
         for name in ("details", "targets", "retryable"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "level", Level(self.level))
 
     @property
     def open(self) -> bool:
@@ -77,7 +79,7 @@ class AlertState:
     incidents: dict[str, Incident] = field(default_factory=dict)  # open ones, by key
     known_workers: dict[str, float] = field(default_factory=dict)  # name -> last seen
     backlog_since: dict[str, float] = field(default_factory=dict)  # queue -> above threshold since
-    mutes: dict[str, float] = field(default_factory=dict)  # scope ("all", "flower", ...) -> until
+    mutes: dict[MuteScope, float] = field(default_factory=dict)  # scope -> until
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +91,7 @@ class AlertState:
             incidents={k: Incident(**v) for k, v in data.get("incidents", {}).items()},
             known_workers=dict(data.get("known_workers", {})),
             backlog_since=dict(data.get("backlog_since", {})),
-            mutes=dict(data.get("mutes", {})),
+            mutes={MuteScope(k): v for k, v in data.get("mutes", {}).items()},
         )
 
 
@@ -202,7 +204,7 @@ def observable(snapshot: Snapshot, key: str) -> bool:
 
 
 def muted(state: AlertState, key: str, now: float) -> bool:
-    return any(until > now and scope in (ALL, service_of(key)) for scope, until in state.mutes.items())
+    return any(until > now and scope in (MuteScope.ALL, service_of(key)) for scope, until in state.mutes.items())
 
 
 # --- The state machine ------------------------------------------------------------------------
@@ -249,11 +251,11 @@ def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding:
         if check.failing < policy.alert_after:
             return []  # pending: one bad poll does not wake anybody
         since = check.since or now
-        incident = Incident(incident_id(key, since), key, int(finding.level), finding.text, impact_text, since, now,
+        incident = Incident(incident_id(key, since), key, finding.level, finding.text, impact_text, since, now,
                             silenced=muted(state, key, now), **_task_fields(finding))
         incidents[key] = incident
         return [] if incident.silenced else [Post(incident)]
-    fresh = replace(current, level=int(finding.level), text=finding.text, impact=impact_text, **_task_fields(finding))
+    fresh = replace(current, level=finding.level, text=finding.text, impact=impact_text, **_task_fields(finding))
     if fresh == current:
         return []
     changed = fresh
@@ -335,7 +337,7 @@ def snooze(state: AlertState, incident_id_: str, until: float, user: str, now: f
     return _with(state, snoozed), [Refresh(snoozed), Timeline(snoozed, phrase("Snoozed by {}.", user))]
 
 
-def mute(state: AlertState, scope: str, until: float) -> AlertState:
+def mute(state: AlertState, scope: MuteScope, until: float) -> AlertState:
     return replace(state, mutes={**state.mutes, scope: until})
 
 

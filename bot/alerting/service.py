@@ -17,6 +17,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Effect, Incident, Policy
+from bot.alerting.mute import Mute
 from bot.alerting.sinks import Sink, SlackSink
 from bot.alerting.state import AlertStateStore
 from bot.config import Settings
@@ -141,9 +142,9 @@ class AlertService:
 
         return bool(self._apply(change))
 
-    def mute(self, scope: str, seconds: float) -> float:
-        until = self.clock() + seconds
-        self._apply(lambda state, now: (alerts.mute(state, scope, until), []))
+    def mute(self, mute: Mute) -> float:
+        until = self.clock() + mute.seconds
+        self._apply(lambda state, now: (alerts.mute(state, mute.scope, until), []))
         return until
 
     def unmute(self) -> None:

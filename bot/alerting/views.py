@@ -13,7 +13,7 @@ from bot.status.views import Item, Section, View
 
 def incident_view(incident: Incident, now: float) -> View:
     """The alert message of one incident: what is down, since when, what it means, who is on it."""
-    level = Level(incident.level) if incident.open else Level.OK
+    level = incident.level if incident.open else Level.OK
     since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
     items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
     if incident.acked_by:
@@ -66,10 +66,10 @@ def task_actions(incident: Incident) -> tuple[Action, ...]:
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
-    items = tuple(Item(Level(i.level), assess.clock(i.started_at),
+    items = tuple(Item(i.level, assess.clock(i.started_at),
                        phrase("{} ({}){}", i.text, assess.duration(now - i.started_at),
                               phrase(", acknowledged by {}", stored_mention(i.acked_by)) if i.acked_by else ""))
                   for i in sorted(incidents, key=lambda i: i.started_at))
     summary = f"{assess.plural(len(items), 'open incident')}." if items else "No open incident."
-    return View("Incidents", summary, max((Level(i.level) for i in incidents), default=Level.OK),
+    return View("Incidents", summary, max((i.level for i in incidents), default=Level.OK),
                 (Section("Open incidents", items, note=muted_note),))

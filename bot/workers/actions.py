@@ -192,18 +192,18 @@ class WorkerControl:
     # --- Acting ---
 
     def act(self, action: str, target: str, worker: str, actor: Any) -> WorkerAnswer:
-        outcome, label, audited_target, view = self._act(action, target, worker, actor)
-        self.control.record(actor, action, audited_target or typed_target(action, target, worker), label,
+        outcome, audited_target, view = self._act(action, target, worker, actor)
+        self.control.record(actor, action, audited_target or typed_target(action, target, worker), outcome.label,
                             outcome.message)
         if view is None:
             return WorkerAnswer(message_view("opsbot", outcome.message, outcome.level), changed=False)
         return WorkerAnswer(view, changed=outcome.changed)
 
     def _act(self, action: str, target: str, worker: str, actor: Any
-             ) -> tuple[Outcome, str, str, View | None]:
+             ) -> tuple[Outcome, str, View | None]:
         refusal = self.control.refusal(actor)
         if refusal:
-            return refusal, "denied", "", None
+            return refusal, "", None
         try:
             request = rules.parse_request(action, target, worker)
             workers = self.stack.workers()
@@ -211,10 +211,10 @@ class WorkerControl:
             targets, skipped = self._targets(request, workers)
             return self._carry_out(request, workers, targets, skipped, actor)
         except BadInput as problem:
-            return Outcome(Level.WARN, str(problem)), "invalid", "", None
+            return Outcome(Level.WARN, str(problem), label="invalid"), "", None
         except BrokerUnreachable:
-            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done."), \
-                "broker_down", "", None
+            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done.",
+                           label="broker_down"), "", None
 
     def _resolved(self, request: Request, workers: dict[str, WorkerInfo]) -> Request:
         """The request with full names: a worker typed short ("w1"), a button's key for a long name."""
@@ -276,7 +276,7 @@ class WorkerControl:
         return paused
 
     def _carry_out(self, request: Request, workers: dict[str, WorkerInfo], targets: list[str],
-                   skipped: list[WorkerResult], actor: Any) -> tuple[Outcome, str, str, View | None]:
+                   skipped: list[WorkerResult], actor: Any) -> tuple[Outcome, str, View | None]:
         before = self.stack.pids(targets) if request.action == "restart-pool" and targets else {}
         active = self.stack.detail(workers[targets[0]])[0].active if request.action == "shutdown" else ()
         answers = self._send(request, targets) if targets else {}
@@ -289,7 +289,7 @@ class WorkerControl:
         changed = any(r.result in (Result.DONE, Result.UNCONFIRMED) for r in results)
         audited = views.audit_target(request, [r.worker for r in results])
         view = views.result_view(headline, level, results, request)
-        return Outcome(level, headline, changed), label, audited, view
+        return Outcome(level, headline, changed, label=label), audited, view
 
     def _send(self, request: Request, targets: list[str]) -> dict[str, WorkerResult]:
         if request.action == "shutdown":
