@@ -229,13 +229,20 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
             continue
         if finding is not None:
             check = Check(check.failing + 1, 0, check.since or now)
-            effects += _on_failure(incidents, key, check, finding, finding.impact, state, now, policy)
+            failing_now = Failing(key, check, finding, muted(state, key, now), now)
+            incident, found = _on_failure(incidents.get(key), failing_now, policy.alert_after)
         else:
             check = Check(0, check.passing + 1, None)
-            effects += _on_success(incidents, key, check, now, policy)
+            incident, found = _on_success(incidents.get(key), check, now, policy.resolve_after)
+        effects += found
+        if incident is None:
+            incidents.pop(key, None)
+        else:
+            incidents[key] = incident
         if check.failing or key in incidents:
             checks[key] = check  # a passing check with nothing open is forgotten
-    effects += _reminders(incidents, now, policy)
+    incidents, reminders = _reminders(incidents, now, policy)
+    effects += reminders
     new_state = replace(state, checks=checks, incidents=incidents,
                         known_workers=remembered_workers(snapshot, state.known_workers, now),
                         backlog_since=backlog_starts(snapshot, state.backlog_since, now, policy),
@@ -244,27 +251,35 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
     return replace(new_state, incidents=_posted(new_state.incidents, effects, now)), effects
 
 
-def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding: Finding, impact_text: str,
-                state: AlertState, now: float, policy: Policy) -> list[Effect]:
-    current = incidents.get(key)
+@dataclass(frozen=True)
+class Failing:
+    """A check that fails at this poll, with what the engine needs to decide on its incident."""
+
+    key: str
+    check: Check  # counting this failure
+    finding: Finding
+    muted: bool  # its scope is muted now
+    now: float
+
+
+def _on_failure(current: Incident | None, failing: Failing, alert_after: int
+                ) -> tuple[Incident | None, list[Effect]]:
+    """The check's incident after this failure (None: still pending), and what to post."""
+    finding, now = failing.finding, failing.now
     if current is None:
-        if check.failing < policy.alert_after:
-            return []  # pending: one bad poll does not wake anybody
-        since = check.since or now
-        incident = Incident(incident_id(key, since), key, finding.level, finding.text, impact_text, since, now,
-                            silenced=muted(state, key, now), **_task_fields(finding))
-        incidents[key] = incident
-        return [] if incident.silenced else [Post(incident)]
-    fresh = replace(current, level=finding.level, text=finding.text, impact=impact_text, **_task_fields(finding))
-    if fresh == current:
-        return []
-    changed = fresh
-    incidents[key] = changed
-    if changed.silenced:
-        return []
+        if failing.check.failing < alert_after:
+            return None, []  # pending: one bad poll does not wake anybody
+        since = failing.check.since or now
+        incident = Incident(incident_id(failing.key, since), failing.key, finding.level, finding.text,
+                            finding.impact, since, now, silenced=failing.muted, **_task_fields(finding))
+        return incident, [] if incident.silenced else [Post(incident)]
+    fresh = replace(current, level=finding.level, text=finding.text, impact=finding.impact,
+                    **_task_fields(finding))
+    if fresh == current or fresh.silenced:
+        return fresh, []
     # Texts that only count time ("last seen 12 s ago") change every poll: redraw, keep the thread quiet.
-    worse = changed.level != current.level
-    return [Refresh(changed)] + ([Timeline(changed, f"Now: {finding.text}")] if worse else [])
+    worse = fresh.level != current.level
+    return fresh, [Refresh(fresh)] + ([Timeline(fresh, f"Now: {finding.text}")] if worse else [])
 
 
 def _task_fields(finding: Finding) -> dict[str, tuple[str, ...]]:
@@ -272,28 +287,31 @@ def _task_fields(finding: Finding) -> dict[str, tuple[str, ...]]:
     return {name: tuple(getattr(finding, name, ())) for name in ("details", "targets", "retryable")}
 
 
-def _on_success(incidents: dict[str, Incident], key: str, check: Check, now: float, policy: Policy) -> list[Effect]:
-    current = incidents.get(key)
-    if current is None or check.passing < policy.resolve_after:
-        return []
+def _on_success(current: Incident | None, check: Check, now: float, resolve_after: int
+                ) -> tuple[Incident | None, list[Effect]]:
+    """The check's incident after this success (None: resolved, or there was none), and what to post."""
+    if current is None or check.passing < resolve_after:
+        return current, []
     resolved = replace(current, resolved_at=now)
-    del incidents[key]
     if current.silenced:
-        return []
-    return [Refresh(resolved), Timeline(resolved, f"Resolved after {assess.duration(now - current.started_at)}.")]
+        return None, []
+    return None, [Refresh(resolved), Timeline(resolved, f"Resolved after {assess.duration(now - current.started_at)}.")]
 
 
-def _reminders(incidents: dict[str, Incident], now: float, policy: Policy) -> list[Effect]:
+def _reminders(incidents: dict[str, Incident], now: float, policy: Policy
+               ) -> tuple[dict[str, Incident], list[Effect]]:
+    """The incidents with their reminder times updated, and the reminders to post."""
     effects: list[Effect] = []
+    updated = dict(incidents)
     for key, incident in incidents.items():
         if incident.silenced or incident.acked_by or (incident.snoozed_until or 0) > now:
             continue
         last = max(incident.last_reminded_at or incident.fired_at, incident.snoozed_until or 0)
         if now - last >= policy.remind_seconds:
-            incidents[key] = replace(incident, last_reminded_at=now)
-            effects.append(Timeline(incidents[key], f"Still not resolved after "
-                                                    f"{assess.duration(now - incident.started_at)}: {incident.text}"))
-    return effects
+            updated[key] = replace(incident, last_reminded_at=now)
+            effects.append(Timeline(updated[key], f"Still not resolved after "
+                                                  f"{assess.duration(now - incident.started_at)}: {incident.text}"))
+    return updated, effects
 
 
 def _unsilence(state: AlertState, now: float) -> list[Effect]:
