@@ -21,8 +21,8 @@ from bot.control.tasks import TASK_ID, Outcome, TaskControl
 from bot.control.views import audit_view
 from bot.durations import parse_duration
 from bot.health.retry import NO_BACKEND, Retrier
-from bot.history.record import History
-from bot.history.views import history_item
+from bot.history.read import History
+from bot.history.views import history_item, page_view, task_view
 from bot.markup import phrase
 from bot.slack import buttons
 from bot.slack.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
@@ -268,13 +268,13 @@ class Commands:
         if self.history is None:
             return message_view("opsbot", "Task history is not available here.", Level.WARN)
         if command.name == "history":
-            return self.history.page(command.target or None, command.name_filter or None, command.page)
+            return page_view(self.history.page(command.target or None, command.name_filter or None, command.page))
         if not TASK_ID.match(command.target):
             return message_view("opsbot", "That is not a valid task id.", Level.WARN)
         found = self.history.task(command.target)
         if found is None:
             return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
-        return found
+        return task_view(found.record, found.retryable)
 
     def _chart(self, command: Command) -> View:
         """The series as sparklines (the console; Slack posts a PNG instead, see bot.charts.slack)."""

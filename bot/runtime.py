@@ -10,7 +10,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from bot import markup
 from bot.alerting.service import AlertService
 from bot.alerting.sinks import ConsoleSink, Sink, SlackSink
 from bot.alerting.state import AlertStore, MemoryAlertState
@@ -28,7 +27,9 @@ from bot.db import BoundedRead, Database
 from bot.health import TaskHealth
 from bot.health.retry import Retrier
 from bot.health.waiting import WaitingTime
-from bot.history.record import History, HistoryRecorder, digest_text
+from bot.history.digest import DailyDigest
+from bot.history.read import History
+from bot.history.record import HistoryRecorder
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership, default_replica_id
 from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
@@ -71,6 +72,7 @@ class Runtime:
         self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected)
         self.store: Database | None = None
         self.alerts: AlertService | None = None
+        self.digest: DailyDigest | None = None
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
@@ -265,9 +267,11 @@ class Runtime:
         if self.settings.alert_channel:
             sink = SlackSink(AlertStore(self._store()), client, self.settings.alert_channel, self.replica,
                              attach=IncidentCharts(client, self.charts()).attach)
-            alerts = self.start_alerts(sink)
+            self.start_alerts(sink)
             if self.settings.digest_at:
-                alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
+                self.digest = DailyDigest(self.settings.digest_at, HistoryStore(self._store()),
+                                          lambda key, payload: sink.enqueue(key, "post", payload),
+                                          self._is_leader).start()
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
@@ -286,13 +290,6 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.slack_connected = handler.client.is_connected
 
-    def _post_digest(self, sink: SlackSink) -> None:
-        """The daily digest, once whatever the replicas: the leader queues it in the outbox."""
-        if self._is_leader():
-            now = time.time()
-            sink.enqueue(f"digest-{time.strftime('%Y-%m-%d', time.localtime(now))}", "post",
-                         {"text": markup.for_slack(digest_text(HistoryStore(self._store()), now), 3000)})
-
     def close(self) -> None:
         """Stop taking work (Socket Mode first), then save what is in flight: the history's queue,
         the outbox claims (freed for the other replicas at once), the leadership."""
@@ -303,6 +300,8 @@ class Runtime:
             part.stop()
         if self.alerts is not None:
             self.alerts.stop()
+        if self.digest is not None:
+            self.digest.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
         if self.events is not None:

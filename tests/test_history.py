@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from bot.db import Database
-from bot.history.record import digest_text, fold
+from bot.history.digest import digest_text
+from bot.history.record import fold
 from bot.history.store import HistoryStore
 from tests.fixtures_bot import BotProcess
 from tests.slack_standin import SlackStandIn

@@ -39,7 +39,7 @@ from bot.commands import FORGED, Commands, Reply
 from bot.config import Settings
 from bot.control.access import Actor
 from bot.db import Database
-from bot.history.record import History
+from bot.history.read import History
 from bot.history.store import HistoryStore
 from bot.slack import blocks, buttons
 from bot.slack.buttons import SECTIONS, SNOOZES

@@ -32,7 +32,8 @@ from bot.control.access import Actor
 from bot.control.audit import AuditEntry, AuditLog
 from bot.control.views import audit_view
 from bot.db import Database
-from bot.history.record import History, fold
+from bot.history.read import History
+from bot.history.record import fold
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership
 from bot.redact import redact_details

@@ -119,11 +119,6 @@ class AlertService:
             self.sink.start()
         self.scheduler.start()
 
-    def daily(self, at: str, job: Callable[[], Any]) -> None:
-        """Run `job` every day at `at` ("09:00", the bot's local time)."""
-        hour, minute = (int(part) for part in at.split(":"))
-        self.scheduler.add_job(job, "cron", hour=hour, minute=minute, id="daily-digest", replace_existing=True)
-
     def stop(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

@@ -24,7 +24,7 @@ from bot.control.access import Actor
 from bot.control.tasks import TASK_ID, Outcome, TaskControl, short_id
 from bot.db import Database
 from bot.health import queries
-from bot.history.store import HistoryStore
+from bot.history.store import HistoryStore, TaskRecord
 from bot.markup import phrase
 from bot.status.snapshot import Level
 
@@ -67,16 +67,14 @@ def make_results_app(settings: Settings) -> Celery | None:
     return app
 
 
-def call_from(meta: dict[str, Any] | None, row: dict[str, Any] | None) -> Call | None:
+def call_from(meta: dict[str, Any] | None, row: TaskRecord | None) -> Call | None:
     """The exact call, from an extended result and the recorded routing; None when the result lacks it."""
     if not meta or not meta.get("name") or not isinstance(meta.get("args"), list | tuple) \
             or not isinstance(meta.get("kwargs"), dict):
         return None
-    row = row or {}
-    queue = row.get("queue") or meta.get("queue")
-    routing_key = row.get("routing_key") or meta.get("queue")
-    return Call(str(meta["name"]), list(meta["args"]), dict(meta["kwargs"]), queue, row.get("exchange") or None,
-                routing_key)
+    sent = row or TaskRecord("", "")  # no task-sent event on record: the routing it was delivered with
+    return Call(str(meta["name"]), list(meta["args"]), dict(meta["kwargs"]), sent.queue or meta.get("queue"),
+                sent.exchange or None, sent.routing_key or meta.get("queue"))
 
 
 class Retrier:
@@ -126,12 +124,12 @@ class Retrier:
             return Outcome(Level.WARN, NO_BACKEND, label="unknown_args")
         store = self.store()
         row = HistoryStore(store).task(task_id)
-        if row and row.get("state") not in RETRYABLE_STATES:
-            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is {row['state']}: only failed and revoked "
+        if row and row.state not in RETRYABLE_STATES:
+            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is {row.state}: only failed and revoked "
                                        "tasks are retried. Nothing was done.", label="invalid")
-        if row and row.get("retried_as"):
+        if row and row.retried_as:
             return Outcome(Level.OK, f"Task `{short_id(task_id)}` was already retried as "
-                                     f"`{short_id(row['retried_as'])}`; nothing else was done.", label="already")
+                                     f"`{short_id(row.retried_as)}`; nothing else was done.", label="already")
         try:
             call = call_from(self._meta(task_id), row)
         except Exception as exc:

@@ -2,13 +2,45 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
 
 from bot.db import Database
 from bot.tables import HISTORY_COLUMNS, task_history_table
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task's row in the history (or as Flower remembers it): what the views and retries read."""
+
+    task_id: str
+    state: str
+    name: str | None = None
+    worker: str | None = None
+    args: str | None = None
+    result: str | None = None
+    exception: str | None = None
+    traceback: str | None = None
+    retries: int = 0
+    runtime: float | None = None
+    received_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    updated_at: float | None = None
+    queue: str | None = None
+    exchange: str | None = None
+    routing_key: str | None = None
+    sent_at: float | None = None
+    retry_of: str | None = None
+    retried_as: str | None = None
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> TaskRecord:
+        """From a table row (or any mapping with these names; others are left out)."""
+        return cls(**{f.name: row[f.name] for f in fields(cls) if f.name in row})
 
 
 class HistoryStore:
@@ -58,7 +90,7 @@ class HistoryStore:
         return removed
 
     def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int
-                       ) -> tuple[list[dict[str, Any]], int]:
+                       ) -> tuple[list[TaskRecord], int]:
         """Finished tasks, newest first, optionally of one final state and with a name containing `name`."""
         table = task_history_table
         where = [table.c.finished_at.is_not(None)]
@@ -70,12 +102,12 @@ class HistoryStore:
             total = conn.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
             rows = conn.execute(select(table).where(*where).order_by(table.c.finished_at.desc())
                                 .offset(offset).limit(limit))
-            return [dict(r._mapping) for r in rows], int(total)
+            return [TaskRecord.of(r._mapping) for r in rows], int(total)
 
-    def task(self, task_id: str) -> dict[str, Any] | None:
+    def task(self, task_id: str) -> TaskRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(task_history_table).where(task_history_table.c.task_id == task_id)).first()
-        return dict(row._mapping) if row else None
+        return TaskRecord.of(row._mapping) if row else None
 
     def failure_counts(self, since: float, limit: int = 5) -> tuple[dict[str, int], list[tuple[str, int]]]:
         """Tasks finished since `since` by final state, and the task names that failed most."""
