@@ -18,7 +18,7 @@ from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands import Commands
+from bot.commands.dispatch import Commands
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.control.audit import AuditLog
@@ -33,9 +33,10 @@ from bot.history.record import HistoryRecorder
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership, default_replica_id
 from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.probes.celery_probe import CeleryProbe
+from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import CeleryProbe, Prober
 from bot.status.snapshot import Snapshot
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
 from bot.workers.store import PauseStore

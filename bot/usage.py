@@ -3,6 +3,7 @@ and the one way user input is echoed back (short, single-line, nothing secret)."
 
 from __future__ import annotations
 
+from bot.markup import cut
 from bot.redact import defang, redact
 
 
@@ -13,4 +14,4 @@ class UsageError(ValueError):
 def shown(text: str, limit: int = 40) -> str:
     """User input echoed back: short, single-line and without anything secret."""
     text = defang(redact(" ".join(text.split())))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(text, limit)

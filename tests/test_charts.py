@@ -15,8 +15,8 @@ from bot.charts.series import Key, SeriesRecorder, SeriesStore, TaskCounter, min
 from bot.charts.service import ChartData, Charts, ChartUsage, Request, incident_subject, parse
 from bot.charts.slack import ChartPoster, IncidentCharts
 from bot.charts.sparkline import BARS, chart_view, sparkline
-from bot.commands import UsageError
-from bot.commands import parse as parse_command
+from bot.commands.grammar import UsageError
+from bot.commands.grammar import parse as parse_command
 from bot.db import Database
 from bot.markup import mention
 from bot.status.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, QueueInfo, Snapshot, WorkerInfo

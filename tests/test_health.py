@@ -14,7 +14,7 @@ from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
 from bot.alerting.mute import parse_mute
 from bot.alerting.views import incident_view
-from bot.commands import UsageError, parse
+from bot.commands.grammar import UsageError, parse
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
 from bot.health import rules

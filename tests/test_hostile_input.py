@@ -35,7 +35,8 @@ from bot import markup
 from bot.alerting.service import AlertService
 from bot.alerting.sinks import ConsoleSink
 from bot.alerting.state import AlertStore
-from bot.commands import FORGED, Commands, Reply
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import FORGED
 from bot.config import Settings
 from bot.control.access import Actor
 from bot.db import Database

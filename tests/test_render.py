@@ -13,6 +13,7 @@ from rich.console import Console
 from bot.alerting.engine import Incident, Timeline
 from bot.alerting.sinks import SlackSink
 from bot.alerting.views import incident_view
+from bot.commands.help import help_view
 from bot.console import render as terminal
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons
@@ -30,7 +31,7 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import Controls, Item, Notice, Section, View, help_view, status_view
+from bot.status.views import Controls, Item, Notice, Section, View, status_view
 from tests.slack_rules import message_error
 
 NOW = 1_800_000_000.0

@@ -24,7 +24,8 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot.commands import Commands, parse
+from bot.commands.dispatch import Commands
+from bot.commands.grammar import parse
 from bot.config import Settings, load_settings
 from bot.console import render as terminal
 from bot.console.loop import Session
@@ -36,10 +37,10 @@ from bot.history.read import History
 from bot.history.record import fold
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership
+from bot.probes.celery_probe import ask_active
 from bot.redact import redact_details
 from bot.slack import blocks
 from bot.slack.app import make_client, slack_access
-from bot.status.probes import ask_active
 from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,

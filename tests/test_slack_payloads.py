@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.alerting.engine import Incident
 from bot.alerting.views import incident_view
-from bot.commands import Commands
+from bot.commands.dispatch import Commands
 from bot.control.access import Actor
 from bot.control.audit import AuditEntry
 from bot.control.views import audit_view

@@ -22,10 +22,11 @@ from bot.config import Settings, http_endpoint
 from bot.control.access import AUDIT, CONTROL, HOW_TO_CONFIGURE, Access, AccessUnknown, Actor, not_allowed
 from bot.control.audit import AuditEntry, AuditLog, Termination
 from bot.markup import mention, phrase
+from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
+from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
 from bot.status.assess import clock
-from bot.status.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
-from bot.status.snapshot import Level
+from bot.status.snapshot import Level, TaskInfo, short_id
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,6 @@ class Outcome:
     label: str = ""  # the audit's word for it ("done", "denied", "already", ...; bot.control.views)
 
 
-@dataclass(frozen=True)
-class ActiveTask:
-    id: str
-    name: str
-    worker: str
-    started_at: float | None
-    worker_pid: int | None = None  # the pool child running it (prefork)
-
-
 # --- Talking to the stack ---------------------------------------------------------------------
 
 
@@ -92,15 +84,11 @@ class Stack:
     def _connection(self) -> kombu.Connection:
         return broker_connection(self.app)
 
-    def find_active(self, task_id: str) -> ActiveTask | None:
+    def find_active(self, task_id: str) -> TaskInfo | None:
         with self._connection() as conn:
             replies = ask_active(self.app, conn, self.expected_workers(), time.monotonic() + REPLY_TIMEOUT)
-        for worker, tasks in replies.items():
-            for raw in tasks or []:
-                if raw.get("id") == task_id:
-                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"),
-                                      raw.get("worker_pid"))
-        return None
+        running = (task for tasks in active_tasks(replies).values() for task in tasks)
+        return next((task for task in running if task.id == task_id), None)
 
     def _stats(self, worker: str) -> dict:
         with self._connection() as conn:
@@ -116,14 +104,14 @@ class Stack:
         """Is this pool child still among the worker's processes? (A killed child is replaced.)"""
         return pid in ((self._stats(worker).get("pool") or {}).get("processes") or [])
 
-    def revoke(self, task: ActiveTask, signal: str) -> bool:
+    def revoke(self, task: TaskInfo, signal: str) -> bool:
         """Signal the task on its own worker and wait for that worker to confirm."""
         with self._connection() as conn:
             replies = self.app.control.revoke(task.id, destination=[task.worker], terminate=True, signal=signal,
                                               reply=True, timeout=REPLY_TIMEOUT, limit=1, connection=conn)
         return any("ok" in (reply.get(task.worker) or {}) for reply in replies or [])
 
-    def wait_gone(self, task: ActiveTask, seconds: float) -> bool:
+    def wait_gone(self, task: TaskInfo, seconds: float) -> bool:
         """Wait for the task's process to die.
 
         Celery drops a task from `active` as soon as it sends the signal, whether or not the process
@@ -155,8 +143,7 @@ class Stack:
             raise BrokerUnreachable() from exc
 
     def _purge_redis(self, queue: str) -> int:
-        client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=self.settings.probe_timeout,
-                                      socket_connect_timeout=self.settings.probe_timeout)
+        client = redis_client(self.settings.broker_url, self.settings.probe_timeout)
         try:
             pipe = client.pipeline(transaction=True)  # count and delete atomically
             keys = redis_queue_keys(queue)
@@ -202,10 +189,6 @@ def failed(action: str, exc: BaseException) -> Outcome:
                                    f"({detail}). Part of it may have happened: check {where}.", changed=True)
     return Outcome(Level.DOWN, f"The {action} failed part-way ({type(exc).__name__}: {detail}); part of it may "
                                f"have happened: check {where}.", changed=True)
-
-
-def short_id(task_id: str) -> str:
-    return task_id[:8]
 
 
 class TaskControl:

@@ -21,12 +21,12 @@ from celery import Celery
 
 from bot.config import Settings
 from bot.control.access import Actor
-from bot.control.tasks import TASK_ID, Outcome, TaskControl, short_id
+from bot.control.tasks import TASK_ID, Outcome, TaskControl
 from bot.db import Database
 from bot.health import queries
 from bot.history.store import HistoryStore, TaskRecord
 from bot.markup import phrase
-from bot.status.snapshot import Level
+from bot.status.snapshot import Level, short_id
 
 log = logging.getLogger(__name__)
 

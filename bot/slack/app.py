@@ -25,7 +25,8 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import markup
 from bot.charts.slack import ChartPoster
-from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import DEFERRED, Command, UsageError, parse
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.slack import blocks, buttons

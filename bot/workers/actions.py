@@ -19,8 +19,8 @@ from celery import Celery
 
 from bot.config import Settings
 from bot.control.tasks import BrokerUnreachable, Outcome, TaskControl, broker_connection
+from bot.probes.celery_probe import DISCOVERY_TIMEOUT, active_tasks, autoscale_bounds, pool_name, pool_size, queue_names
 from bot.slack import buttons
-from bot.status.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
 from bot.status.snapshot import Level, Snapshot, WorkerInfo
 from bot.status.views import View, message_view
 from bot.workers import rules, views
@@ -79,7 +79,7 @@ class WorkerStack:
         reserved = self.ask("reserved", only).get(worker.name) or []
         registered = self.ask("registered", only, *rules.LIMIT_ITEMS).get(worker.name) or []
         conf = self.ask("conf", only).get(worker.name) or {}
-        detailed = replace(worker, active=tuple(task_from(t, worker.name) for t in active if isinstance(t, dict)),
+        detailed = replace(worker, active=active_tasks({worker.name: active})[worker.name],
                            reserved=len(reserved), limits=tuple(rules.task_limits(line) for line in registered))
         return detailed, bool(conf.get("worker_pool_restarts"))
 
