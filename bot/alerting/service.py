@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -23,6 +22,7 @@ from bot.alerting.state import AlertStateStore
 from bot.config import Settings
 from bot.db import StateConflict
 from bot.status.assess import Finding, clock
+from bot.status.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,9 @@ def tomorrow_morning(now: float) -> float:
 
 
 class AlertService:
-    def __init__(self, settings: Settings, store: AlertStateStore, take_snapshot: Callable[[], Any], sink: Sink,
+    def __init__(self, settings: Settings, store: AlertStateStore, take_snapshot: Callable[[], Snapshot], sink: Sink,
                  clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
-                 extra_findings: Callable[[Any, AlertState, float], list[Finding]] | None = None) -> None:
+                 extra_findings: Callable[[Snapshot, AlertState, float], list[Finding]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.take_snapshot = take_snapshot
