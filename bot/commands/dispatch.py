@@ -7,17 +7,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bot.alerting.engine import ALL
+from bot.alerting.mute import MuteScope, parse_mute
 from bot.alerting.service import AlertService
+from bot.alerting.views import incidents_view
 from bot.charts import service as chart_service
 from bot.charts.sparkline import chart_view
 from bot.commands.grammar import FORGED, Command, Kind, UsageError, parse, parse_button, shown
 from bot.commands.help import help_view
-from bot.control.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
+from bot.control.access import HOW_TO_CONFIGURE, MUTE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.control.tasks import TASK_ID, Outcome, TaskControl
-from bot.durations import parse_duration
+from bot.control.views import audit_view
 from bot.health.retry import NO_BACKEND, Retrier
-from bot.history.record import History
+from bot.history.read import History
+from bot.history.views import history_item, page_view, task_view
 from bot.markup import phrase
 from bot.slack import buttons
 from bot.slack.buttons import PRIVATE_SECTIONS, TARGETED, Forged
@@ -29,12 +31,9 @@ from bot.status.views import (
     Notice,
     Section,
     View,
-    history_item,
-    incidents_view,
     message_view,
     status_view,
 )
-from bot.store import AuditEntry
 from bot.workers import rules as worker_rules
 from bot.workers.actions import WorkerControl
 
@@ -42,7 +41,6 @@ from bot.workers.actions import WorkerControl
 FOR_VIEWERS = ("active", "history", "show", "scheduled", "reserved")
 # The status section an action's answer redraws when typed: the list its target lives in.
 REDRAWN_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
-OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
 
 
 def without_arguments(snapshot: Snapshot) -> Snapshot:
@@ -63,33 +61,6 @@ class Reply:
     follow_up_after: float = 0.0
 
 
-def audit_view(entries: list[AuditEntry]) -> View:
-    items = tuple(
-        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{time_of_day(e.at)} {e.action} {e.target}",
-             f"{e.outcome}, by {e.user_id}: {e.detail}")
-        for e in entries)
-    note = "" if entries else "No task-control attempt yet."
-    return View("Task-control audit", f"The latest {len(entries)} attempts, newest first.", None,
-                (Section("Audit", items, note=note),))
-
-
-MAX_MUTE = 7 * 86400
-MUTE_SCOPES = ("broker", "celery", "flower", "beat")
-
-
-def parse_mute(target: str) -> tuple[float, str]:
-    words = target.split()
-    try:
-        seconds = parse_duration(words[0])
-    except ValueError:
-        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.") from None
-    if not 0 < seconds <= MAX_MUTE:
-        raise UsageError("Mute for between 1 second and 7 days.")
-    scope = words[1].lower() if len(words) > 1 else ALL
-    if scope not in (*MUTE_SCOPES, ALL):
-        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery, flower or beat "
-                         "(or nothing for all).")
-    return seconds, scope
 
 
 class Commands:
@@ -180,13 +151,13 @@ class Commands:
         if self.history is None:
             return message_view("opsbot", "Task history is not available here.", Level.WARN)
         if command.name == "history":
-            return self.history.page(command.target or None, command.name_filter or None, command.page)
+            return page_view(self.history.page(command.target or None, command.name_filter or None, command.page))
         if not TASK_ID.match(command.target):
             return message_view("opsbot", "That is not a valid task id.", Level.WARN)
         found = self.history.task(command.target)
         if found is None:
             return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
-        return found
+        return task_view(found.record, found.retryable)
 
     def _chart(self, command: Command, actor: Actor) -> View:
         """The series as sparklines (the console; Slack posts a PNG instead, see bot.charts.slack)."""
@@ -210,17 +181,17 @@ class Commands:
                                 Level.WARN)
         if command.name == "incidents":
             return incidents_view(self.alerts.open_incidents(), self.alerts.clock(), self.alerts.muted_note())
-        refusal = self.control.refusal(actor) if self.control else None
+        refusal = self.control.refusal(actor, MUTE) if self.control else None
         if refusal:
             return message_view("opsbot", refusal.message, refusal.level)
         if command.name == "unmute":
             self.alerts.unmute()
-            self._record(actor, "unmute", ALL, "done", "Alerts unmuted.")
+            self._record(actor, "unmute", MuteScope.ALL, "done", "Alerts unmuted.")
             return message_view("opsbot", phrase("Alerts unmuted by {}.", actor.mention), Level.OK)
-        seconds, scope = parse_mute(command.target)
-        until = self.alerts.mute(scope, seconds)
-        what = "All alerts" if scope == ALL else f"Alerts about {scope}"
-        self._record(actor, "mute", scope, "done", f"{what} muted until {time_of_day(until)}.")
+        mute = parse_mute(command.args)
+        until = self.alerts.mute(mute)
+        what = "All alerts" if mute.scope is MuteScope.ALL else f"Alerts about {mute.scope}"
+        self._record(actor, "mute", mute.scope, "done", f"{what} muted until {time_of_day(until)}.")
         said = phrase("{} muted until {} by {}.", what, time_of_day(until), actor.mention)
         return message_view("opsbot", said, Level.OK)
 

@@ -13,10 +13,9 @@ from enum import Enum
 
 from bot.charts import service as chart_service
 from bot.durations import parse_duration
-from bot.markup import cut
-from bot.redact import defang, redact
 from bot.slack import buttons
 from bot.slack.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, SECTIONS, TARGETED, Forged
+from bot.usage import UsageError, shown
 from bot.workers import rules as worker_rules
 
 ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
@@ -67,10 +66,6 @@ def kind_of(name: str) -> Kind:
     return Kind.CHART if name == "chart" else Kind.STATUS
 
 
-class UsageError(ValueError):
-    """Input we do not understand. The message is shown to the user as is."""
-
-
 @dataclass(frozen=True)
 class Command:
     name: str  # a section of the status ("overview", "workers", ...), "help", or an action
@@ -80,16 +75,11 @@ class Command:
     name_filter: str = ""  # history: part of a task name
     since: float = 0.0  # retry_failed: failed since this moment
     worker: str = ""  # worker control: the worker named (maybe a button's key)
+    args: tuple[str, ...] = ()  # mute: the duration and scope as typed (bot.alerting.mute)
 
     @property
     def kind(self) -> Kind:
         return kind_of(self.name)
-
-
-def shown(text: str, limit: int = 40) -> str:
-    """User input echoed back: short, single-line and without anything secret."""
-    text = defang(redact(" ".join(text.split())))
-    return cut(text, limit)
 
 
 def is_number(word: str) -> bool:
@@ -137,7 +127,7 @@ def parse(text: str) -> Command:
     if name == "mute":
         if not 1 <= len(rest) <= 2:
             raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower|beat]")
-        return Command(name, target=" ".join(rest))
+        return Command(name, args=tuple(rest))
     if name in ("help", "audit", "unmute", "incidents") or not rest:
         return Command(name)
     if len(rest) == 1:

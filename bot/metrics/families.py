@@ -6,13 +6,12 @@ import re
 from collections import Counter as Tally
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from celery.utils import nodesplit
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select
 
-from bot.alerting.engine import AlertState, check_name
+from bot.alerting.engine import check_name
+from bot.alerting.state import AlertStore
 from bot.status.snapshot import CeleryState, Snapshot
 
 # Celery event type -> celery-exporter's counter (exposed with the `_total` suffix).
@@ -134,11 +133,7 @@ class StoreFacts:
     outbox_depth: int = 0
 
 
-def read_store_facts(store: Any) -> StoreFacts:
+def read_store_facts(store: AlertStore) -> StoreFacts:
     """Open incidents and the outbox depth; raises when the store cannot be read."""
-    from bot.store import outbox_table
-
-    state = AlertState.from_json(store.load_alert_state()[0])
-    with store.engine.connect() as conn:
-        depth = int(conn.execute(select(func.count()).select_from(outbox_table)).scalar_one())
-    return StoreFacts(dict(Tally(check_name(key) for key in state.incidents)), depth)
+    state = store.load()[0]
+    return StoreFacts(dict(Tally(check_name(key) for key in state.incidents)), store.depth())

@@ -10,6 +10,7 @@ from typing import Any
 
 from prometheus_client import make_wsgi_app
 
+from bot.alerting.state import AlertStore
 from bot.metrics.collector import Metrics
 from bot.metrics.families import read_store_facts
 from bot.status.snapshot import Snapshot
@@ -48,7 +49,7 @@ class Every:
         self._stopped.set()
 
 
-def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: Any) -> list[Every]:
+def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: AlertStore) -> list[Every]:
     """A snapshot whenever the latest is a poll interval old (alerting usually takes them), and the store read."""
 
     def poll() -> None:
