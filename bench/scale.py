@@ -42,9 +42,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    SLACK_ACK_LIMIT,
-    Bot,
-    Limit,
     Stack,
     Target,
     Timings,
@@ -53,7 +50,6 @@ from bench.common import (
     load_average,
     log,
     mib,
-    print_limits,
     print_rows,
     print_table,
     print_targets,
@@ -63,10 +59,12 @@ from bench.common import (
 )
 from bench.scale_answers import MAX_BLOCKS, MAX_SECTION_TEXT, Answer, complete, examine
 from bench.status import measure_flower
+from tests.support.bot import BotProcess
 from tests.support.fleet import Fleet, FleetSpec
 from tests.support.flower import FlowerProcess
 from tests.support.rabbit import RabbitNode
 from tests.support.slack import SlackStandIn
+from tests.support.slack.rules import ACK_SECONDS
 
 NAME = "scale"
 HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 500, 2,000 workers, and Flower"
@@ -156,7 +154,7 @@ class CommandResult:
             "violations": sorted({v for a in answers for v in a.violations}),
             "probe_ms_p50": probe[len(probe) // 2] if probe else None,
             "probe_ms_max": probe[-1] if probe else None,
-            "all_within_3s": self.timings.failed == 0 and stats.max < SLACK_ACK_LIMIT,
+            "all_within_3s": self.timings.failed == 0 and stats.max < ACK_SECONDS,
             "seen": sorted({(a.workers, a.active, a.reserved, a.silent) for a in answers
                             if not complete(a, spec)}, key=str)[:10],
         }
@@ -216,7 +214,7 @@ def timed_rounds(stack: Stack, pid: int, k: int) -> tuple[dict[str, CommandResul
     return results, trend
 
 
-def measure_size(stack: Stack, bot: Bot, spec: FleetSpec, args: argparse.Namespace) -> SizeResult:
+def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, args: argparse.Namespace) -> SizeResult:
     pid = bot.process.pid
     rss: dict[str, int | None] = {"before_fleet": rss_bytes(pid)}
     log(f"N={spec.workers}: starting the fleet ({spec.workers} x {spec.tasks} active, {spec.processes} processes)")
@@ -308,7 +306,7 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
     print_resources(results, extra)
     targets, limits = targets_of(results, summaries)
     print_targets(targets)
-    print_limits(limits, "Slack limits, completeness, memory and idle CPU (reported, not asserted)")
+    print_targets(limits, "Slack limits, completeness, memory and idle CPU (reported, not asserted)")
     return {
         "benchmark": NAME, **extra,
         "sizes": [{
@@ -358,7 +356,7 @@ def print_resources(results: list[SizeResult], extra: dict[str, Any]) -> None:
 
 
 def targets_of(results: list[SizeResult], summaries: dict[int, dict[str, dict[str, Any]]]
-               ) -> tuple[list[Target], list[Limit]]:
+               ) -> tuple[list[Target], list[Target]]:
     targets, limits = [], []
     for r in results:
         n = r.spec.workers
@@ -368,21 +366,21 @@ def targets_of(results: list[SizeResult], summaries: dict[int, dict[str, dict[st
         if n in P99_TARGETS:
             targets.append(Target(f"N={n} /tasks p99", overview.p99, P99_TARGETS[n]))
         if r.kib_per_worker is not None:
-            limits.append(Limit(f"N={n} bot memory per worker", r.kib_per_worker, KIB_PER_WORKER, "KiB",
+            limits.append(Target(f"N={n} bot memory per worker", r.kib_per_worker, KIB_PER_WORKER, "KiB",
                                 inclusive=True))
         if n == 500 and r.cpu_share["bot_quiet"] is not None:
-            limits.append(Limit("N=500 bot CPU while quiet", r.cpu_share["bot_quiet"], IDLE_CPU_AT_500, "of a core",
+            limits.append(Target("N=500 bot CPU while quiet", r.cpu_share["bot_quiet"], IDLE_CPU_AT_500, "of a core",
                                 inclusive=True))
         for name, _ in COMMANDS:
             res, s = r.commands[name], summaries[n][name]
             worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
-            targets.append(Target(f"N={n} {name}: every ack within Slack's 3 s (max)", worst, SLACK_ACK_LIMIT))
-            limits.append(Limit(f"N={n} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks", inclusive=True))
-            limits.append(Limit(f"N={n} {name}: longest section text", s["longest_section_text"],
+            targets.append(Target(f"N={n} {name}: every ack within Slack's 3 s (max)", worst, ACK_SECONDS))
+            limits.append(Target(f"N={n} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks", inclusive=True))
+            limits.append(Target(f"N={n} {name}: longest section text", s["longest_section_text"],
                                 MAX_SECTION_TEXT, "chars", inclusive=True))
-            limits.append(Limit(f"N={n} {name}: answers with a section cut at 3000",
+            limits.append(Target(f"N={n} {name}: answers with a section cut at 3000",
                                 s["answers_with_cut_sections"], 0, "", inclusive=True))
-            limits.append(Limit(f"N={n} {name}: incomplete answers", s["answers"] - s["complete"]
+            limits.append(Target(f"N={n} {name}: incomplete answers", s["answers"] - s["complete"]
                                 + res.timings.failed, 0, "", inclusive=True))
     return targets, limits
 

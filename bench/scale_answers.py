@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.support.fleet import FleetSpec
+from tests.support.slack.rules import MAX_BLOCKS as SLACK_MAX_BLOCKS
+from tests.support.slack.rules import MAX_SECTION_TEXT
 
-MAX_BLOCKS = 50
-MAX_SECTION_TEXT = 3000
+MAX_BLOCKS = SLACK_MAX_BLOCKS["message"]
 MAX_HEADER = 150
 MAX_BUTTON_LABEL = 75
 MAX_BUTTON_VALUE = 2000

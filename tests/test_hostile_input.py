@@ -32,32 +32,34 @@ from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from bot import markup
-from bot.alerting.service import AlertService, ConsoleSink
-from bot.commands import FORGED, Commands, Reply
+from bot.alerting.service import AlertService
+from bot.alerting.sinks import ConsoleSink
+from bot.alerting.state import AlertStore
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import FORGED
 from bot.config import Settings
 from bot.control.access import Actor
-from bot.history.record import History
+from bot.db import Database
+from bot.history.read import History
+from bot.history.store import HistoryStore
 from bot.slack import blocks, buttons
 from bot.slack.buttons import SECTIONS, SNOOZES
 from bot.status.snapshot import (
     BrokerStatus,
-    CeleryState,
-    CeleryStatus,
     Failure,
     FlowerStatus,
     Problem,
     QueueInfo,
     Snapshot,
-    TaskInfo,
-    WorkerInfo,
 )
-from bot.store import Store
+from tests.support import snapshots
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker, publish_tasks
 from tests.support.net import free_port, wait_until
 from tests.support.rabbit import RabbitNode, queue_counts
 from tests.support.slack import SlackStandIn, block_action_payload, slash_command_payload
 from tests.support.slack.rules import message_error
+from tests.support.snapshots import busy
 
 ADMIN, USER, STRANGER = "U_ADMIN", "U_USER", "U_NOBODY"
 ACTOR = Actor(ADMIN, markup.mention(ADMIN))
@@ -219,19 +221,9 @@ def is_forged(reply: Reply | None) -> bool:
 
 def snapshot(flower: FlowerStatus | None = None) -> Snapshot:
     """Enough of everything for every view to page and show buttons: 2 workers, 30 running tasks, 3 queues."""
-    workers = tuple(
-        WorkerInfo(f"w{n}@host", "prefork", 15, tuple(
-            TaskInfo(f"{n:08d}-0000-0000-0000-{t:012d}", "app.tasks.export", f"w{n}@host", NOW - 60 * t, "(42,)")
-            for t in range(15)), reserved=1)
-        for n in range(2))
-    return Snapshot(
-        taken_at=NOW,
-        broker=BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=(
-            QueueInfo("celery", 0, 2, 30), QueueInfo("other", 4, 0, 0), QueueInfo("spare", 3, 0, 0))),
-        celery=CeleryStatus(CeleryState.RUNNING, workers),
-        flower=flower or FlowerStatus("http://127.0.0.1:5555"),
-        elapsed=0.042,
-    )
+    queues = (QueueInfo("celery", 0, 2, 30), QueueInfo("other", 4, 0, 0), QueueInfo("spare", 3, 0, 0))
+    return snapshots.snapshot(BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=queues),
+                              busy(2, 15, lambda n, t: NOW - 60 * t, "(42,)"), flower, taken_at=NOW, elapsed=0.042)
 
 
 SNAPSHOT = snapshot()
@@ -251,8 +243,8 @@ def local_settings(db: Path) -> Settings:
 def history_commands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commands]:
     """A real History on an empty store; Flower (its fallback) is a closed port, refused at once."""
     settings_ = local_settings(tmp_path_factory.mktemp("history") / "opsbot.sqlite3")
-    store = Store(settings_.db_url)
-    yield Commands(take_snapshot=lambda: SNAPSHOT, control=None, history=History(settings_, store, None))
+    store = Database(settings_.db_url)
+    yield Commands(take_snapshot=lambda: SNAPSHOT, control=None, history=History(settings_, HistoryStore(store), None))
     store.close()
 
 
@@ -414,10 +406,10 @@ def test_malformed_values_of_known_buttons_are_forged(click: tuple[str, str]) ->
 def alert_commands(tmp_path: Path) -> Iterator[tuple[Commands, AlertService]]:
     """A real AlertService (never started: no scheduler) with one open incident: Flower refused twice."""
     settings_ = local_settings(tmp_path / "alerts.sqlite3")
-    store = Store(settings_.db_url)
+    store = Database(settings_.db_url)
     flower_down = snapshot(FlowerStatus("http://127.0.0.1:5555", Problem(Failure.REFUSED, "http://127.0.0.1:5555")))
     lines: list[str] = []
-    service = AlertService(settings_, store, lambda: flower_down, ConsoleSink(lines.append))
+    service = AlertService(settings_, AlertStore(store), lambda: flower_down, ConsoleSink(lines.append))
     for _ in range(settings_.alert_after + 1):
         service.poll()
     assert service.open_incidents(), f"no incident opened: {lines}"

@@ -6,12 +6,15 @@ tested against the real stack in test_probes.py.)
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 from rich.console import Console
 
 from bot.alerting.engine import Incident, Timeline
-from bot.alerting.service import SlackSink
+from bot.alerting.sinks import SlackSink
+from bot.alerting.views import incident_view
+from bot.commands.help import help_view
 from bot.console import render as terminal
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons
@@ -29,28 +32,19 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from bot.status.views import Controls, Item, Notice, Section, View, status_view
+from tests.support import snapshots
 from tests.support.slack.rules import message_error
+from tests.support.snapshots import busy
 
 NOW = 1_800_000_000.0
 
 
-def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
-             flower: FlowerStatus | None = None) -> Snapshot:
-    return Snapshot(
-        taken_at=NOW,
-        broker=broker or BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=(QueueInfo("celery", 0, 1, 0),)),
-        celery=celery or CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 2),)),
-        flower=flower or FlowerStatus("http://127.0.0.1:5555"),
-    )
+snapshot = partial(snapshots.snapshot, taken_at=NOW)
 
 
 def fleet(workers: int, tasks_each: int) -> CeleryStatus:
-    return CeleryStatus(CeleryState.RUNNING, tuple(
-        WorkerInfo(f"w{n}@host", "prefork", tasks_each, tuple(
-            TaskInfo(f"{n:08d}-0000-0000-0000-{t:012d}", "app.tasks.export", f"w{n}@host", NOW - t - n,
-                     "(42, user='x')") for t in range(tasks_each)), reserved=1)
-        for n in range(workers)))
+    return busy(workers, tasks_each, lambda n, t: NOW - t - n, "(42, user='x')")
 
 
 def slack_text(view_blocks: list[dict]) -> str:
@@ -327,5 +321,5 @@ def test_thread_lines_escape_data_and_keep_the_bots_mentions() -> None:
     sink = SlackSink(store=None, client=None, channel="C_ALERTS")  # type: ignore[arg-type]
     rows = sink.outbox_rows([Timeline(incident, phrase("Acknowledged by {}.", mention("U0ANA"))),
                              Timeline(incident, f"Still not resolved: {incident.text}")], NOW)
-    assert [payload["text"] for _, _, payload in rows] == ["Acknowledged by <@U0ANA>.",
+    assert [row.payload["text"] for row in rows] == ["Acknowledged by <@U0ANA>.",
                                                            "Still not resolved: Flower &lt;!channel&gt; down"]

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bot.config import Settings
+from bot.db import Database
 from bot.health import queries
 from bot.probes.broker import redis_client, redis_queue_keys
 from bot.status.snapshot import QueueInfo, Snapshot
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT = 0.3
@@ -65,7 +65,7 @@ def task_id_of(raw: bytes | str) -> str | None:
 class WaitingTime:
     """Adds the oldest waiting task to each queue of a snapshot."""
 
-    def __init__(self, settings: Settings, store: Callable[[], Store]) -> None:
+    def __init__(self, settings: Settings, store: Callable[[], Database]) -> None:
         self.settings = settings
         self.store = store
 
