@@ -32,6 +32,7 @@ class Policy:
     backlog_threshold: int = 100
     backlog_seconds: float = 600.0
     pause_remind_seconds: float = 3600.0  # a queue an admin paused is posted once paused this long
+    stack: str = ""  # several stacks (bot.stacks): the stack's name, in each incident's id and text
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Incident:
     details: tuple[str, ...] = ()  # lines under the alert (task-level findings, bot.health)
     targets: tuple[str, ...] = ()  # the task ids its buttons act on
     retryable: tuple[str, ...] = ()  # those whose exact arguments are known: they get a Retry button
+    stack: str = ""  # several stacks: the stack it is about (its buttons name it too)
 
     def __post_init__(self) -> None:
         # Read back from JSON these are lists; as tuples they compare equal to a fresh finding's.
@@ -208,8 +210,13 @@ def muted(state: AlertState, key: str, now: float) -> bool:
 # --- The state machine ------------------------------------------------------------------------
 
 
-def incident_id(key: str, started_at: float) -> str:
-    return f"{key}@{int(started_at * 1000)}"
+def incident_id(key: str, started_at: float, stack: str = "") -> str:
+    return f"{stack + '/' if stack else ''}{key}@{int(started_at * 1000)}"
+
+
+def named(policy: Policy, text: str) -> str:
+    """An incident's text; with several stacks, the stack's name comes first."""
+    return f"{policy.stack}: {text}" if policy.stack else text
 
 
 def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
@@ -249,11 +256,13 @@ def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding:
         if check.failing < policy.alert_after:
             return []  # pending: one bad poll does not wake anybody
         since = check.since or now
-        incident = Incident(incident_id(key, since), key, int(finding.level), finding.text, impact_text, since, now,
-                            silenced=muted(state, key, now), **_task_fields(finding))
+        incident = Incident(incident_id(key, since, policy.stack), key, int(finding.level), named(policy, finding.text),
+                            impact_text, since, now, silenced=muted(state, key, now), stack=policy.stack,
+                            **_task_fields(finding))
         incidents[key] = incident
         return [] if incident.silenced else [Post(incident)]
-    fresh = replace(current, level=int(finding.level), text=finding.text, impact=impact_text, **_task_fields(finding))
+    fresh = replace(current, level=int(finding.level), text=named(policy, finding.text), impact=impact_text,
+                    **_task_fields(finding))
     if fresh == current:
         return []
     changed = fresh

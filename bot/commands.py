@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from bot import buttons
 from bot.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
@@ -80,6 +81,7 @@ class Command:
     name_filter: str = ""  # history: part of a task name
     since: float = 0.0  # retry_failed: failed since this moment
     worker: str = ""  # worker control: the worker named (maybe a button's key)
+    stack: str = ""  # several stacks (bot.stacks): the stack named first, `/tasks prod active`
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,22 @@ def parse_mute(target: str) -> tuple[float, str]:
     return seconds, scope
 
 
+class CommandSet(Protocol):
+    """What the edges (Slack, the console) call: one stack's `Commands`, or several stacks' (bot.stacks)."""
+
+    def parse(self, text: str) -> Command: ...
+
+    def run(self, command: Command, actor: Actor) -> Reply: ...
+
+    def run_text(self, text: str, actor: Actor) -> Reply: ...
+
+    def run_button(self, action_id: str, value: str, actor: Actor) -> Reply: ...
+
+    def run_alert_button(self, action_id: str, value: str, actor: Actor) -> Reply | None: ...
+
+    def home(self) -> View: ...
+
+
 class Commands:
     """Answers commands; needs a way to take a snapshot and, for actions, task control and alerting."""
 
@@ -260,15 +278,23 @@ class Commands:
             return message_view("opsbot", f"Could not check your permissions ({problem}).", Level.WARN)
         return message_view("opsbot", NOT_A_VIEWER, Level.WARN)
 
+    @staticmethod
+    def parse(text: str) -> Command:
+        """What the edges call: one stack's language is the module's `parse`; bot.stacks adds a stack's name."""
+        return parse(text)
+
     def status(self, section: str, page: int = 1) -> View:
-        snapshot = self.take_snapshot()
+        view = self.view_of(self.take_snapshot(), section, page)
+        extra = [note for note in self.notes() if note]
+        return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
+
+    def view_of(self, snapshot: Snapshot, section: str, page: int = 1) -> View:
+        """A section of the status drawn from a snapshot already taken (bot.stacks probes stacks together)."""
         if section != "active" and self.control and self.control.access.viewers_configured:
             snapshot = without_arguments(snapshot)  # seen by anyone: no task details
         if section == "workers" and self.workers is not None:
             snapshot = self.workers.with_limits(snapshot)  # the rate and time limits in force
-        view = status_view(snapshot, section, page, self.controls())
-        extra = [note for note in self.notes() if note]
-        return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
+        return status_view(snapshot, section, page, self.controls())
 
     def run(self, command: Command, actor: Actor) -> Reply:
         if command.name == "help":

@@ -278,6 +278,9 @@ class Settings(BaseSettings):
     def _grace_duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
 
+    # --- issue 14: several stacks in one bot (bot.stacks.config reads the file) ---
+    stacks_file: Path | None = Field(None, validation_alias="OPSBOT_STACKS_FILE")
+
 
 BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",
                 "redis": "redis", "rediss": "redis"}

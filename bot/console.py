@@ -18,7 +18,7 @@ from rich.console import Console
 
 from bot import terminal
 from bot.access import Actor
-from bot.commands import Commands, UsageError
+from bot.commands import CommandSet, UsageError
 from bot.snapshot import Level
 from bot.views import Action, View, help_view, message_view
 
@@ -44,7 +44,7 @@ Ask = Callable[[str], str]  # shows a prompt, returns the line typed; EOFError a
 class Session:
     """One operator at one terminal: the last choices offered, and where answers come from."""
 
-    def __init__(self, commands: Commands, operator: Actor, console: Console, ask: Ask) -> None:
+    def __init__(self, commands: CommandSet, operator: Actor, console: Console, ask: Ask) -> None:
         self.commands = commands
         self.operator = operator
         self.console = console
@@ -86,7 +86,7 @@ class Session:
             self.console.print(terminal.render(view))
 
 
-def run(commands: Commands, operator: Actor, console: Console | None = None,
+def run(commands: CommandSet, operator: Actor, console: Console | None = None,
         lines: Iterable[str] | None = None) -> int:
     console = console or Console()
     console.print(terminal.render(help_view()))

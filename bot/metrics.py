@@ -156,12 +156,13 @@ class StoreFacts:
 
 def read_store_facts(store: Any) -> StoreFacts:
     """Open incidents and the outbox depth; raises when the store cannot be read."""
+    from bot.stacks.alerting import alert_states  # several stacks: each has its engine state
     from bot.store import outbox_table
 
-    state = AlertState.from_json(store.load_alert_state()[0])
+    states = [AlertState.from_json(data) for data in alert_states(store.load_alert_state()[0])]
     with store.engine.connect() as conn:
         depth = int(conn.execute(select(func.count()).select_from(outbox_table)).scalar_one())
-    return StoreFacts(dict(Tally(check_name(key) for key in state.incidents)), depth)
+    return StoreFacts(dict(Tally(check_name(key) for state in states for key in state.incidents)), depth)
 
 
 # --- Slack API errors -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands import Commands
+from bot.commands import Commands, CommandSet
 from bot.config import ConfigError, Settings
 from bot.control import Stack, TaskControl
 from bot.health import TaskHealth
@@ -79,6 +79,10 @@ class Runtime:
         self.facts = app_facts(settings.celery_app) if settings.celery_app else None
         self.beat: BeatWatch | None = None
         self.events: EventEnabler | None = None
+        # Several stacks (bot.stacks): this runtime's stack, named in its history; the time series (and
+        # so the charts) are kept for a single stack only.
+        self.stack = ""
+        self.record_series = True
 
     def take_snapshot(self) -> Snapshot:
         """Every snapshot the bot takes (alert polls, commands): with each queue's oldest waiting task
@@ -123,7 +127,7 @@ class Runtime:
         if port is None:
             return
         store = self._store()  # opened here, once: migrations must not run from two threads at a time
-        self.metrics = Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
+        self.metrics = self._make_metrics()
         if not self._metrics_on_slack_port():
             try:
                 server = MetricsServer(self.health_app(), self.settings.metrics_host, port).start()
@@ -133,6 +137,9 @@ class Runtime:
             self._metrics_parts.append(server)
             log.info("serving /metrics, /healthz and /readyz on port %d", port)
         self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, store)
+
+    def _make_metrics(self) -> Metrics:
+        return Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
 
     def health_app(self) -> WsgiApp:
         assert self.metrics is not None
@@ -188,10 +195,11 @@ class Runtime:
         mode (`opsbot run`) takes part in the election for alerting."""
         if lead:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
-                                     self.take_snapshot, should_record=self._records_series).start()
+        if self.record_series:
+            self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
+                                         self.take_snapshot, should_record=self._records_series).start()
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        on_recorded=self.series.on_task_event).start()
+                                        on_recorded=self.series.on_task_event if self.series else None).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event)
         heartbeats = self.heartbeats
@@ -231,7 +239,7 @@ class Runtime:
         self.alerts.start()
         return self.alerts
 
-    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
+    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> CommandSet:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, self._store(), access, announce)
@@ -239,10 +247,10 @@ class Runtime:
         history = History(self.settings, self._store(), self.recorder)
         history.retryable = self._retryable
         workers = WorkerControl(self.settings, self.worker_stack, control, self._store())
-        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts(),
-                        workers)
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier,
+                        self.charts() if self.record_series else None, workers)
 
-    def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
+    def console_commands(self, print_line: Callable[[str], None]) -> tuple[CommandSet, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
         operator = console_actor()
         self.start_console_alerts(ConsoleSink(print_line))
@@ -260,7 +268,7 @@ class Runtime:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
             sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica,
-                             attach=IncidentCharts(client, self.charts()).attach)
+                             attach=IncidentCharts(client, self.charts()).attach if self.record_series else None)
             alerts = self.start_alerts(sink)
             if self.settings.digest_at:
                 alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
@@ -268,7 +276,8 @@ class Runtime:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
-        app = slack_app.build_app(self.settings, commands, client, ChartPoster(client, self.charts()))
+        app = slack_app.build_app(self.settings, commands, client,
+                                  ChartPoster(client, self.charts()) if self.record_series else None)
         if self.settings.log_level != "DEBUG":
             app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:

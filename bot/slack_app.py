@@ -26,7 +26,7 @@ from slack_sdk.webhook import WebhookResponse
 from bot import blocks, buttons, markup
 from bot.access import Access, Actor
 from bot.charts.slack import ChartPoster
-from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
+from bot.commands import DEFERRED, Command, CommandSet, Reply, UsageError
 from bot.config import ConfigError, Settings
 from bot.snapshot import Level
 from bot.views import Notice, View, message_view
@@ -142,7 +142,7 @@ def publish_home(client: WebClient, user_id: str, view: View) -> None:
             {"type": "section", "text": {"type": "mrkdwn", "text": text}}]})
 
 
-def home_view(reply: Reply, commands: Commands) -> View:
+def home_view(reply: Reply, commands: CommandSet) -> View:
     if reply.replace_original and reply.view.notice is None:
         return reply.view  # paging: the page asked for
     # After an action, the dashboard again, with the outcome on top.
@@ -167,7 +167,7 @@ def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
     timer.start()
 
 
-def build_app(settings: Settings, commands: Commands, client: WebClient, charts: ChartPoster | None = None) -> App:
+def build_app(settings: Settings, commands: CommandSet, client: WebClient, charts: ChartPoster | None = None) -> App:
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     http_mode = settings.slack_app_token is None
     if http_mode and not signing_secret:
@@ -180,10 +180,10 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
         text = str(command.get("text") or "")
         who = actor(command.get("user_id"))
         try:
-            parsed: Command | None = parse(text)
+            parsed: Command | None = commands.parse(text)
         except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
-        if parsed is not None and parsed.name == "chart" and charts is not None:
+        if parsed is not None and parsed.name == "chart" and charts is not None and not parsed.stack:
             # A file cannot ride on an ephemeral answer: it goes into the channel, and we say so privately.
             ack()
             channel = str(command.get("channel_id") or "")

@@ -1,0 +1,142 @@
+"""Several stacks in one bot: a `Runtime` per stack for what is the stack's own, one for what they share.
+
+Each stack keeps its own probes, heartbeats and task events, beat watch, task and worker control, and its
+own alert engine (its state under its name in the shared row, `bot.stacks.alerting`). Shared by all: the
+store, the leadership, Slack (one client, one outbox), the metrics endpoint (a `stack` label) and the
+console. The host `StacksRuntime` holds the shared parts and never probes a stack of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from bot.access import Access, Actor
+from bot.alerting import AlertService, MemoryAlertState, Sink
+from bot.commands import Commands
+from bot.config import Settings
+from bot.health import TaskHealth
+from bot.metrics import Metrics
+from bot.runtime import Runtime
+from bot.snapshot import Snapshot
+from bot.stacks.alerting import StackAlertState
+from bot.stacks.commands import StackCommands
+from bot.stacks.config import StackConfig
+from bot.stacks.metrics import StackedMetrics
+from bot.stacks.runner import Member, StackSnapshot, StacksProber
+
+log = logging.getLogger(__name__)
+
+
+class StacksRuntime(Runtime):
+    def __init__(self, settings: Settings, stacks: tuple[StackConfig, ...]) -> None:
+        super().__init__(settings)
+        self.record_series = False  # the time series have no stack yet: charts are for a single stack
+        self.members = {stack.name: Runtime(stack.settings) for stack in stacks}
+        for name, member in self.members.items():
+            member.stack = name
+            member.record_series = False
+        self.stacks_prober = StacksProber(
+            tuple(Member(name, member.settings, member.take_snapshot) for name, member in self.members.items()),
+            settings.probe_timeout)
+
+    # --- What the host does for all ---
+
+    def snapshots(self) -> tuple[StackSnapshot, ...]:
+        return self.stacks_prober.snapshots()
+
+    def take_snapshot(self) -> Snapshot:
+        """Every stack at once (each feeds its own metrics); the first one's, for callers that want one."""
+        return self.snapshots()[0].snapshot
+
+    def _share(self, member: Runtime) -> None:
+        member.store = self._store()
+        member.leadership = self.leadership
+        member.replica = self.replica
+
+    def start_background(self, lead: bool = True) -> None:
+        """The election once, for all stacks; each stack follows its own workers and task events."""
+        from bot.leader import Leadership
+
+        if lead:
+            self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
+        for member in self.members.values():
+            self._share(member)
+            member.start_background(lead=False)
+            member.leadership = self.leadership
+
+    def _on_leadership(self, leading: bool) -> None:
+        if leading:
+            for member in self.members.values():
+                if member.alerts is not None:
+                    member.alerts.poll_soon()
+
+    def _make_metrics(self) -> Metrics:
+        for member in self.members.values():
+            member.metrics = Metrics(member.settings.poll_seconds, is_leader=self._is_leader)
+        return StackedMetrics(self.settings.poll_seconds, {n: m.metrics for n, m in self.members.items()
+                                                           if m.metrics is not None}, is_leader=self._is_leader)
+
+    # --- Alerts: an engine per stack, one sink ---
+
+    def _stack_alerts(self, name: str, member: Runtime, state: Any, sink: Sink, shared: bool) -> AlertService:
+        extra = TaskHealth(member.settings, member._store, member._retryable).findings if shared else None
+        service = AlertService(member.settings, state, member.take_snapshot, sink,
+                               is_leader=self._is_leader if shared else (lambda: True), extra_findings=extra)
+        service.policy = replace(service.policy, stack=name)  # each incident's id and text name the stack
+        member.alerts = service
+        service.start()
+        return service
+
+    def start_alerts(self, sink: Sink) -> AlertService:
+        services = [self._stack_alerts(name, member, StackAlertState(self._store(), name), sink, shared=True)
+                    for name, member in self.members.items()]
+        return services[0]  # the digest is scheduled on one of them: it is posted once
+
+    def start_console_alerts(self, sink: Sink) -> AlertService:
+        services = [self._stack_alerts(name, member, MemoryAlertState(), sink, shared=False)
+                    for name, member in self.members.items()]
+        return services[0]
+
+    # --- Commands ---
+
+    def commands(self, access: Access, announce: Any = None) -> StackCommands:  # type: ignore[override]
+        members: dict[str, Commands] = {}
+        for name, member in self.members.items():
+            if member.store is None:  # `opsbot console` without the background: the store is still shared
+                self._share(member)
+            members[name] = member.commands(access, announce)
+        return StackCommands(members, self.stacks_prober, self._notes)
+
+    def console_commands(self, print_line: Any) -> tuple[StackCommands, Actor]:  # type: ignore[override]
+        from bot.alerting import ConsoleSink
+        from bot.runtime import console_actor
+
+        operator = console_actor()
+        self.start_console_alerts(ConsoleSink(print_line))
+        return self.commands(Access(admins=(operator.id,))), operator
+
+    def _store_notes(self) -> list[str]:
+        notes = [f"{name}: {member.alerts.muted_note()}" for name, member in self.members.items()
+                 if member.alerts is not None and member.alerts.muted_note()]
+        store = self._store()
+        if store.shared:
+            leader = store.leader()
+            notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
+        return notes
+
+    def _slack_problems(self) -> list[str]:
+        sinks = {id(m.alerts.sink): m.alerts.sink for m in self.members.values() if m.alerts is not None}
+        return [p for sink in sinks.values() if (p := getattr(sink, "problem", ""))]
+
+    def close(self) -> None:
+        """Each stack's parts first (their history still reaches the shared store), then the shared ones."""
+        for member in self.members.values():
+            if member.alerts is not None:
+                member.alerts.stop()
+                member.alerts = None
+            member.store, member.leadership = None, None  # the host closes them, once
+            member.close()
+        self.stacks_prober.close()
+        super().close()
