@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from bot import blocks, buttons
-from bot.access import Access, Actor
+from bot.access import Actor
 from bot.alerts import AlertState, Policy, step
 from bot.commands import Commands
 from bot.config import ConfigError, load_settings
@@ -241,7 +241,7 @@ def test_a_stack_that_never_answers_does_not_hold_back_the_others() -> None:
 
 def test_an_incident_names_its_stack_in_its_id_its_text_and_its_buttons() -> None:
     policy = Policy(alert_after=1, stack="staging")
-    state, effects = step(AlertState(), snapshot(DOWN), NOW, policy)
+    state, _ = step(AlertState(), snapshot(DOWN), NOW, policy)
     (incident,) = state.incidents.values()
     assert incident.id.startswith("staging/broker@") and incident.text.startswith("staging: RabbitMQ")
     view = incident_view(incident, NOW)
