@@ -1,0 +1,107 @@
+"""Two stacks in one `opsbot run` (two virtual hosts of the test node, each with its worker and Flower),
+driven through the Slack stand-in: both lines in `/tasks`, `/tasks <stack>` targets one, Terminate on one
+leaves the other alone, a stack that goes down alerts under its name while the other stays green; and a
+hung stack never holds back the other's answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import requests
+
+from bot.config import load_settings
+from bot.stacks.config import load_stacks
+from bot.stacks.runtime import StacksRuntime
+from tests.fixtures_bot import BotProcess, start_socket_mode
+from tests.slack_standin import SlackStandIn
+from tests.stack import CeleryWorker, FlowerProcess, HungServer, RabbitNode, free_port, publish_tasks, wait_until
+from tests.test_slack import buttons_in, click_answer, slash, text_of
+
+pytestmark = pytest.mark.integration
+
+
+def stacks_file(tmp_path: Path, stacks: dict[str, tuple[str, str, str]]) -> Path:
+    """[name] broker_url, management_url, flower_url for each stack."""
+    lines = []
+    for name, (broker, management, flower) in stacks.items():
+        lines += [f"[{name}]", f'broker_url = "{broker}"', f'management_url = "{management}"',
+                  f'flower_url = "{flower}"', 'queues = ["celery"]', ""]
+    path = tmp_path / "stacks.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot: Callable[..., BotProcess],
+                               make_worker: Callable[..., CeleryWorker], make_flower: Callable[..., FlowerProcess],
+                               tmp_path: Path) -> None:
+    suffix = os.getpid()
+    prod_url, staging_url = rabbit.add_vhost(f"prod{suffix}"), rabbit.add_vhost(f"staging{suffix}")
+    make_worker(broker_url=prod_url, hostname="wprod@%h")
+    make_worker(broker_url=staging_url, hostname="wstaging@%h")
+    flowers = {url: make_flower(broker_url=url).url for url in (prod_url, staging_url)}
+    path = stacks_file(tmp_path, {"prod": (prod_url, rabbit.management_url, flowers[prod_url]),
+                                  "staging": (staging_url, rabbit.management_url, flowers[staging_url])})
+    bot = start_socket_mode(slack, run_bot, {"OPSBOT_STACKS_FILE": str(path), "OPSBOT_ADMINS": "U_ADMIN",
+                                             "OPSBOT_ALERT_CHANNEL": "C_ALERTS", "OPSBOT_POLL_SECONDS": "2",
+                                             "OPSBOT_DB_URL": f"sqlite:///{tmp_path / 'opsbot.sqlite3'}"})
+    assert wait_until(lambda: "All 2 stacks go" in text_of(slash(slack, "")), 30)
+    overview = text_of(slash(slack, ""))
+    assert "prod" in overview and "staging" in overview and "All systems go" in overview
+
+    # /tasks <stack> active: each stack's own tasks only.
+    (prod_task,) = publish_tasks(prod_url, "stackapp.sleep", 1, args=(120,))
+    (staging_task,) = publish_tasks(staging_url, "stackapp.sleep", 1, args=(120,))
+    assert wait_until(lambda: staging_task in text_of(slash(slack, "staging active")), 20)
+    staging_active = slash(slack, "staging active")
+    assert prod_task not in text_of(staging_active) and "Active tasks · staging" in text_of(staging_active)
+    assert wait_until(lambda: prod_task in text_of(slash(slack, "prod active")), 20)
+
+    # A forged stack is refused; Terminate on staging stops staging's task and leaves prod's running.
+    refused = click_answer(slack, {"action_id": "terminate", "value": f"nosuch>active|{prod_task}"})
+    assert "names no stack I watch; nothing was done" in text_of(refused)
+    terminate = next(b for b in buttons_in(staging_active) if b["action_id"] == "terminate")
+    assert terminate["value"] == f"staging>active|{staging_task}"
+    done = text_of(click_answer(slack, terminate))
+    assert "Terminated" in done and "staging" in done
+    assert wait_until(lambda: staging_task not in text_of(slash(slack, "staging active")), 20)
+    assert prod_task in text_of(slash(slack, "prod active"))
+
+    # The Home tab names both stacks.
+    slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
+    home = json.dumps(slack.wait_for_call("views.publish", timeout=15).params["view"])
+    assert "prod" in home and "staging" in home
+
+    # Staging goes down (its virtual host is gone): its alert names it, prod stays green.
+    requests.delete(f"{rabbit.management_url}/api/vhosts/staging{suffix}", auth=("guest", "guest"),
+                    timeout=10).raise_for_status()
+    alert = slack.wait_for_message(lambda m: m.channel == "C_ALERTS" and not m.thread_ts, timeout=60)
+    assert alert.text.startswith("Alert: staging: RabbitMQ") or "staging: RabbitMQ" in alert.text, alert.text
+    assert all("prod" not in m.text for m in slack.messages if m.channel == "C_ALERTS")
+    lines = slash(slack, "")
+    first = next(b for b in lines["blocks"] if b["type"] == "section" and "prod" in json.dumps(b))
+    assert "All systems go" in json.dumps(first)
+    assert "staging · Services" in json.dumps(lines["blocks"], ensure_ascii=False)  # its details follow
+    assert slack.rejections == [], slack.rejections[0]
+    assert "guest:guest" not in bot.output() and "flower-secret" not in bot.output()
+
+
+def test_a_hung_stack_never_delays_the_other(rabbit: RabbitNode, hung_server: HungServer, tmp_path: Path) -> None:
+    path = stacks_file(tmp_path, {
+        "prod": (rabbit.amqp_url, rabbit.management_url, f"http://127.0.0.1:{free_port()}"),
+        "hung": (hung_server.url("amqp", "guest:guest") + "//", hung_server.url(), hung_server.url()),
+    })
+    settings = load_settings(OPSBOT_STACKS_FILE=str(path), OPSBOT_DB_URL=f"sqlite:///{tmp_path / 'o.sqlite3'}",
+                             OPSBOT_PROBE_TIMEOUT="1")
+    runtime = StacksRuntime(settings, load_stacks(settings))
+    try:
+        prod, hung = runtime.snapshots()
+    finally:
+        runtime.close()
+    assert prod.snapshot.broker.up and [q.name for q in prod.snapshot.broker.queues] == ["celery"]
+    assert hung.snapshot.broker.problem is not None and hung.snapshot.broker.problem.kind.value == "timeout"
+    assert hung_server.connection_count >= 1  # it was asked, and never answered
