@@ -55,8 +55,10 @@ from bench.common import (
     running_stack,
     write_json,
 )
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, RabbitNode, wait_until
+from tests.support.celery_procs import CeleryWorker
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 NAME = "alerts"
 HELP = "real fault (worker, broker, Flower killed) to the alert in Slack, default alert settings"

@@ -1,7 +1,7 @@
 """Shared helpers for the benchmarks: statistics, reporting, and the services a benchmark runs against.
 
-Services come from the test suite (tests/stack.py, tests/slack_standin.py) and the bot is started
-exactly as tests/fixtures_bot.py does it, so a benchmark measures what the tests exercise.
+Services come from the test suite (tests/support/) and the bot is started
+exactly as the tests start it (tests/support/bot.py), so a benchmark measures what the tests exercise.
 """
 
 from __future__ import annotations
@@ -27,9 +27,13 @@ from typing import Any
 
 import requests
 
-from tests.fixtures_bot import OPSBOT, clean_env, stack_env
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, log_tail, wait_until
+from tests.support.bot import OPSBOT, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.procs import log_tail
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -269,7 +273,7 @@ def _kill_bots() -> None:
 
 
 def bot_env(stack: Stack, flower_url: str | None, log_level: str, db_name: str) -> dict[str, str]:
-    """tests/fixtures_bot.py's socket_bot settings (stack_env + the stand-in's tokens and URL)."""
+    """The socket_bot fixture's settings (stack_env + the stand-in's tokens and URL)."""
     env = stack_env(stack.rabbit, stack.flower, stack.tmp)
     env.update(
         SLACK_BOT_TOKEN=stack.slack.bot_token,

@@ -54,8 +54,8 @@ from bench.common import (
     running_stack,
     write_json,
 )
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import wait_until
+from tests.support.net import wait_until
+from tests.support.slack import Message, SlackStandIn
 
 NAME = "failover"
 HELP = "leader replica SIGKILLed mid-incident to another replica resolving the alert (2 replicas, PostgreSQL)"

@@ -1,6 +1,6 @@
 """Benchmark `scale`: `/tasks`, `/tasks active` and `/tasks workers` against 10, 100 and 500 workers.
 
-The workers are a synthetic fleet (bench/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
+The workers are a synthetic fleet (tests/support/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
 answer Celery's remote control as distinct workers, with M active tasks each (default M = 10, so
 5,000 active tasks at N = 500; 2 reserved each; prefork pool of M processes) and worker heartbeats
 every 2 s, as real workers send them. Flower runs on the same node (it sees the same heartbeats) and
@@ -63,9 +63,10 @@ from bench.common import (
     running_bot,
     write_json,
 )
-from bench.fleet import Fleet, FleetSpec
-from tests.slack_standin import SlackStandIn
-from tests.stack import FlowerProcess, RabbitNode
+from tests.support.fleet import Fleet, FleetSpec
+from tests.support.flower import FlowerProcess
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 NAME = "scale"
 HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 100, 500 workers"

@@ -34,7 +34,10 @@ from bench.common import (
     time_slash_commands,
     write_json,
 )
-from tests.stack import FlowerProcess, HungServer, control_app, publish_tasks, queue_counts, wait_until
+from tests.support.celery_procs import control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, wait_until
+from tests.support.rabbit import queue_counts
 
 NAME = "status"
 HELP = "/tasks answer time vs Flower's API, healthy and with a hung Flower"

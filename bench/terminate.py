@@ -41,12 +41,13 @@ from bench.common import (
     running_stack,
     write_json,
 )
-from tests.slack_standin import ResponseRecord
-from tests.stack import control_app, publish_tasks, wait_until
+from tests.support.celery_procs import control_app, publish_tasks
+from tests.support.net import wait_until
+from tests.support.slack import ResponseRecord
 
 NAME = "terminate"
 HELP = "Terminate click to the task's process gone from the worker, and to the bot's answer"
-ADMIN = "U_ADMIN"  # the stand-in's default admin (tests/slack_standin.py DEFAULT_USERS)
+ADMIN = "U_ADMIN"  # the stand-in's default admin (DEFAULT_USERS in tests/support/slack/)
 GONE_LIMIT = 0.5  # click to task gone from the worker, on a local stack
 TASK_NAME = "stackapp.sleep"
 TASK_SECONDS = 60.0

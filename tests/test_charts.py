@@ -20,9 +20,9 @@ from bot.commands import parse as parse_command
 from bot.markup import mention
 from bot.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, QueueInfo, Snapshot, WorkerInfo
 from bot.store import Store
-from tests.pictures import decode, horizontal_rows, pixels_of
-from tests.slack_rules import message_error
-from tests.slack_standin import SlackStandIn
+from tests.support.pictures import decode, horizontal_rows, pixels_of
+from tests.support.slack import SlackStandIn
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0  # a fixed clock, on a minute boundary
 BLUE, PURPLE, VERMILLION, GREEN = (draw.OKABE_ITO[c] for c in ("blue", "purple", "vermillion", "green"))

@@ -32,7 +32,7 @@ from bot.snapshot import (
     WorkerInfo,
 )
 from bot.views import history_item, incident_view, task_view
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_750_000_000.0
 POLICY = HealthPolicy(failure_threshold=3, failure_window=600)

@@ -51,10 +51,12 @@ from bot.snapshot import (
     WorkerInfo,
 )
 from bot.store import Store
-from tests.fixtures_bot import BotProcess
-from tests.slack_rules import message_error
-from tests.slack_standin import SlackStandIn, block_action_payload, slash_command_payload
-from tests.stack import CeleryWorker, RabbitNode, free_port, publish_tasks, queue_counts, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.net import free_port, wait_until
+from tests.support.rabbit import RabbitNode, queue_counts
+from tests.support.slack import SlackStandIn, block_action_payload, slash_command_payload
+from tests.support.slack.rules import message_error
 
 ADMIN, USER, STRANGER = "U_ADMIN", "U_USER", "U_NOBODY"
 ACTOR = Actor(ADMIN, markup.mention(ADMIN))

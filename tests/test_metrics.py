@@ -35,18 +35,12 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, stack_env
-from tests.slack_standin import SlackStandIn
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    control_app,
-    free_port,
-    port_accepts,
-    publish_tasks,
-    wait_until,
-)
+from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, port_accepts, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

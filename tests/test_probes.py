@@ -14,16 +14,11 @@ from bot import assess
 from bot.config import Settings, load_settings
 from bot.probes import CeleryProbe, Prober
 from bot.snapshot import CeleryState, Failure, Level, Snapshot
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    HungServer,
-    RabbitNode,
-    RedisServer,
-    free_port,
-    publish_tasks,
-    wait_until,
-)
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, free_port, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +174,7 @@ def test_redis_broker_counts_priority_queues_and_fails_when_killed(
     url = redis_server.url
     publish_tasks(url, "stackapp.add", 2, queue="other", args=(1, 1))
     # Celery's Redis transport keeps priorities 3, 6 and 9 in their own lists: "other\x06\x166", ...
-    from tests.stack import control_app
+    from tests.support.celery_procs import control_app
     control_app(url).send_task("stackapp.add", args=(1, 1), queue="other", priority=6)
     make_worker(broker_url=url, queues=("celery",))
     settings = settings_for(url)

@@ -28,7 +28,7 @@ from bot.snapshot import (
     WorkerInfo,
 )
 from bot.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0
 

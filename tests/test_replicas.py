@@ -17,10 +17,13 @@ from alembic.script import ScriptDirectory
 import bot
 from bot.leader import Leadership
 from bot.store import Store, leader_table
-from tests.fixtures_bot import BotProcess
-from tests.pgfault import PG_ADMIN, TcpProxy
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, control_app, publish_tasks, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import TcpProxy, wait_until
+from tests.support.postgres import PG_ADMIN
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 pytestmark = pytest.mark.integration
 

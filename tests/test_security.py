@@ -47,20 +47,12 @@ from bot.snapshot import (
 from bot.store import AuditEntry, Store
 from bot.summaries import summarize_repr
 from bot.views import Action, Confirm, status_view
-from tests.fixtures_bot import SIGNING_SECRET, BotProcess, stack_env
-from tests.slack_standin import SlackStandIn, sign, slash_command_form
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    control_app,
-    free_port,
-    port_accepts,
-    publish_tasks,
-    purge_queue,
-    queue_counts,
-    wait_until,
-)
+from tests.support.bot import SIGNING_SECRET, BotProcess, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, port_accepts, wait_until
+from tests.support.rabbit import RabbitNode, purge_queue, queue_counts
+from tests.support.slack import SlackStandIn, sign, slash_command_form
 
 ADMIN = "U_ADMIN"
 NOW = 1_800_000_000.0

@@ -1,5 +1,5 @@
 """Property tests over every renderer: whatever the stack or its users hold, Slack accepts the payload
-(checked by the stand-in's own validator, tests/slack_rules.py), and no text that came from data is a
+(checked by the stand-in's own validator, tests/support/slack/rules.py), and no text that came from data is a
 live mention or link. The only `<...>` in a payload are the bot's own mentions.
 """
 
@@ -30,7 +30,7 @@ from bot.snapshot import (
 )
 from bot.store import AuditEntry
 from bot.views import Controls, Notice, history_view, incident_view, status_view, task_view
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0
 OURS = "U0OPS1"  # the one user whose mention the bot writes in these payloads

@@ -25,7 +25,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from tests.slack_standin import (
+from tests.support.slack import (
     Rejected,
     SlackStandIn,
     block_action_form,
@@ -401,7 +401,7 @@ def a_section(value: str = "ok", **extra: Any) -> dict[str, Any]:
     return {"type": "section", "text": text("mrkdwn", value), **extra}
 
 
-# Each case breaks exactly one documented rule (tests/slack_rules.py cites the page of each).
+# Each case breaks exactly one documented rule (tests/support/slack/rules.py cites the page of each).
 VIOLATIONS: dict[str, list[dict[str, Any]]] = {
     "51 blocks in a message": [a_section() for _ in range(51)],
     "section text over 3000": [a_section("x" * 3001)],

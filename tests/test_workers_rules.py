@@ -27,7 +27,7 @@ from bot.views import help_view, status_view
 from bot.workers import rules, views
 from bot.workers.pauses import overdue, pause_text, queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_700_000_000.0
 

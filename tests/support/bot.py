@@ -1,5 +1,5 @@
-"""Fixtures that run the bot exactly as in production: the `opsbot` console script in its own process,
-talking to the Slack stand-in (Socket Mode or HTTP) and to the real task stack.
+"""The bot exactly as in production: the `opsbot` console script in its own process, talking to the
+Slack stand-in (Socket Mode or HTTP) and to the real task stack.
 """
 
 from __future__ import annotations
@@ -7,18 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.slack_standin import SlackStandIn
-from tests.stack import FlowerProcess, RabbitNode, free_port, port_accepts, wait_until
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 OPSBOT = str(Path(sys.executable).parent / "opsbot")
-REPO = Path(__file__).resolve().parent.parent
 SIGNING_SECRET = "test-signing-secret-0123456789"
 
 
@@ -69,39 +66,6 @@ class BotProcess:
         self._log.close()
 
 
-@pytest.fixture
-def slack() -> Iterator[SlackStandIn]:
-    with SlackStandIn() as standin:
-        yield standin
-
-
-@pytest.fixture
-def run_bot(tmp_path: Path) -> Iterator[Callable[..., BotProcess]]:
-    """Start `opsbot` (or `program`, another install of it) with the given arguments and environment;
-    stopped after the test."""
-    started: list[BotProcess] = []
-
-    def start(args: list[str], env: dict[str, str], program: str = OPSBOT) -> BotProcess:
-        bot = BotProcess(args, env, tmp_path / f"bot-{len(started)}.log", program)
-        started.append(bot)
-        return bot
-
-    yield start
-    for bot in started:
-        bot.stop()
-
-
-@pytest.fixture
-def socket_bot(slack: SlackStandIn, rabbit: RabbitNode, flower: FlowerProcess, worker: Any,
-               run_bot: Callable[..., BotProcess], tmp_path: Path) -> Callable[..., BotProcess]:
-    """A factory: `opsbot run` in Socket Mode against the session stack, connected before it returns."""
-
-    def start(**overrides: str) -> BotProcess:
-        return start_socket_mode(slack, run_bot, stack_env(rabbit, flower, tmp_path) | overrides)
-
-    return start
-
-
 def start_socket_mode(slack: SlackStandIn, run_bot: Callable[..., BotProcess], env: dict[str, str],
                       program: str = OPSBOT) -> BotProcess:
     """`opsbot run` in Socket Mode with the stand-in's tokens added to `env`; connected before it returns."""
@@ -114,18 +78,3 @@ def start_socket_mode(slack: SlackStandIn, run_bot: Callable[..., BotProcess], e
     if bot.process.poll() is not None:
         raise AssertionError(f"the bot exited with {bot.process.returncode}:\n{bot.output()[-3000:]}")
     return bot
-
-
-@pytest.fixture
-def http_bot(slack: SlackStandIn, rabbit: RabbitNode, flower: FlowerProcess, worker: Any,
-             run_bot: Callable[..., BotProcess], tmp_path: Path) -> tuple[BotProcess, str]:
-    """`opsbot run` in HTTP mode; returns the process and its events URL."""
-    port = free_port()
-    env = stack_env(rabbit, flower, tmp_path)
-    env.update(SLACK_BOT_TOKEN=slack.bot_token, SLACK_SIGNING_SECRET=SIGNING_SECRET,
-               SLACK_API_URL=slack.base_url, OPSBOT_HTTP_PORT=str(port))
-    bot = run_bot(["run"], env)
-    if not wait_until(lambda: port_accepts(port) or bot.process.poll() is not None, 30):
-        raise AssertionError(f"the bot never listened on {port}:\n{bot.output()[-3000:]}")
-    time.sleep(0.2)
-    return bot, f"http://127.0.0.1:{port}/slack/events"

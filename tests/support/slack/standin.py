@@ -14,7 +14,7 @@ pointed at this server through ``SLACK_API_URL``.  The wire formats follow Slack
   ``delete_original``, ``response_type``).
 * Block Kit: every payload with blocks (chat.postMessage, chat.update, chat.postEphemeral,
   views.publish, response_url posts, and the acks of slash commands and interactions) is checked
-  against Slack's documented rules (``tests/slack_rules.py``) and refused as Slack refuses it:
+  against Slack's documented rules (``rules.py`` beside this module) and refused as Slack refuses it:
   ``{"ok": false, "error": "invalid_blocks", "errors": [...]}``. Refusals are kept in ``rejections``;
   an ack Slack would refuse makes ``wait_ack`` raise ``Rejected`` (the user would see an error).
 
@@ -39,7 +39,7 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 T = TypeVar("T")
 

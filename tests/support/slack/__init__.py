@@ -1,0 +1,29 @@
+"""The Slack stand-in (Web API, response_url, Socket Mode) and Slack's Block Kit rules it enforces."""
+
+from tests.support.slack.standin import (
+    ApiCall,
+    Message,
+    Rejected,
+    ResponseRecord,
+    SlackStandIn,
+    block_action_form,
+    block_action_payload,
+    event_body,
+    sign,
+    slash_command_form,
+    slash_command_payload,
+)
+
+__all__ = [
+    "ApiCall",
+    "Message",
+    "Rejected",
+    "ResponseRecord",
+    "SlackStandIn",
+    "block_action_form",
+    "block_action_payload",
+    "event_body",
+    "sign",
+    "slash_command_form",
+    "slash_command_payload",
+]
