@@ -39,8 +39,8 @@ from bot.stacks.metrics import StackedMetrics
 from bot.stacks.runner import Member, StacksProber
 from bot.store import StateConflict, Store
 from bot.views import incident_view
-from tests.fixtures_bot import OPSBOT, clean_env
-from tests.slack_rules import message_error
+from tests.support.bot import OPSBOT, clean_env
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0
 SECRET = "hunter2secret"

@@ -17,9 +17,12 @@ import requests
 from bot.config import load_settings
 from bot.stacks.config import load_stacks
 from bot.stacks.runtime import StacksRuntime
-from tests.fixtures_bot import BotProcess, start_socket_mode
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, HungServer, RabbitNode, free_port, publish_tasks, wait_until
+from tests.support.bot import BotProcess, start_socket_mode
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, free_port, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 from tests.test_slack import buttons_in, click_answer, slash, text_of
 
 pytestmark = pytest.mark.integration
