@@ -218,7 +218,7 @@ class TaskControl:
         self.clock = clock_
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
-        entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
+        entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message, self.settings.stack)
         try:
             self.store.record(entry)
         except Exception as exc:  # the attempt happened all the same: keep it in the log at least
@@ -374,4 +374,4 @@ class TaskControl:
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
         refusal = self.refusal(actor)
-        return refusal if refusal else self.store.latest_audit(limit)
+        return refusal if refusal else self.store.latest_audit(limit, self.settings.stack)

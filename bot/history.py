@@ -105,8 +105,9 @@ class HistoryRecorder:
     """
 
     def __init__(self, store: Any, days: float, max_rows: int,
-                 on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_recorded: Callable[[dict[str, Any]], None] | None = None, stack: str = "") -> None:
         self.store = store
+        self.stack = stack  # several stacks: the stack whose events these are, on each row
         self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
         self.days = days
         self.max_rows = max_rows
@@ -165,7 +166,7 @@ class HistoryRecorder:
                 return True
             try:
                 for start in range(0, len(self._unwritten), MAX_BATCH):
-                    self.store.record_task_events(self._unwritten[start:start + MAX_BATCH], fold)
+                    self.store.record_task_events(self._unwritten[start:start + MAX_BATCH], fold, self.stack)
             except Exception as exc:
                 self._failures += 1
                 delay = min(MAX_RETRY_DELAY, FLUSH_SECONDS * 2 ** min(self._failures, 6))
@@ -227,7 +228,7 @@ class History:
 
     def page(self, state: str | None, name: str | None, page: int) -> View:
         offset = (page - 1) * HISTORY_PAGE
-        rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE)
+        rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE, self.settings.stack)
         if total or (self.recorder is not None and self.recorder.last_event_at is not None):
             return history_view(rows, total, page, state, name, retryable=self._retryable(rows))
         try:
@@ -243,7 +244,7 @@ class History:
         return task_view(row, row["task_id"] in self._retryable([row])) if row else None
 
     def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
-        rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit)
+        rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit, self.settings.stack)
         return rows
 
 

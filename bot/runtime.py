@@ -79,9 +79,7 @@ class Runtime:
         self.facts = app_facts(settings.celery_app) if settings.celery_app else None
         self.beat: BeatWatch | None = None
         self.events: EventEnabler | None = None
-        # Several stacks (bot.stacks): this runtime's stack, named in its history; the time series (and
-        # so the charts) are kept for a single stack only.
-        self.stack = ""
+        # Several stacks (bot.stacks): the time series (and so the charts) are kept for a single stack only.
         self.record_series = True
 
     def take_snapshot(self) -> Snapshot:
@@ -199,7 +197,8 @@ class Runtime:
             self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
                                          self.take_snapshot, should_record=self._records_series).start()
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        on_recorded=self.series.on_task_event if self.series else None).start()
+                                        on_recorded=self.series.on_task_event if self.series else None,
+                                        stack=self.settings.stack).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event)
         heartbeats = self.heartbeats

@@ -55,6 +55,7 @@ audit_table = Table(
     Column("target", String(255), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    Column("stack", String(30), nullable=False, server_default=""),  # several stacks: whose (issue 14)
 )
 
 terminations_table = Table(
@@ -126,6 +127,7 @@ task_history_table = Table(
     Column("sent_at", Float, nullable=True),
     Column("retry_of", String(255), nullable=True),
     Column("retried_as", String(255), nullable=True),
+    Column("stack", String(30), nullable=False, server_default="", index=True),  # several stacks (issue 14)
 )
 HISTORY_COLUMNS = [c.name for c in task_history_table.columns]
 
@@ -148,6 +150,7 @@ class AuditEntry:
     target: str
     outcome: str
     detail: str = ""
+    stack: str = ""  # several stacks (bot.stacks): the stack acted on
 
 
 @dataclass(frozen=True)
@@ -247,12 +250,14 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(insert(audit_table).values(
                 at=entry.at, user_id=entry.user_id, action=entry.action, target=entry.target[:255],
-                outcome=entry.outcome, detail=entry.detail))
+                outcome=entry.outcome, detail=entry.detail, stack=entry.stack))
 
-    def latest_audit(self, limit: int = 20) -> list[AuditEntry]:
+    def latest_audit(self, limit: int = 20, stack: str = "") -> list[AuditEntry]:
         query = select(audit_table).order_by(audit_table.c.at.desc(), audit_table.c.id.desc()).limit(limit)
+        if stack:
+            query = query.where(audit_table.c.stack == stack)
         with self.engine.connect() as conn:
-            return [AuditEntry(r.at, r.user_id, r.action, r.target, r.outcome, r.detail)
+            return [AuditEntry(r.at, r.user_id, r.action, r.target, r.outcome, r.detail, r.stack)
                     for r in conn.execute(query)]
 
     def termination(self, task_id: str) -> Termination | None:
@@ -367,7 +372,8 @@ class Store:
     # --- task history ---
 
     def record_task_events(self, events: list[dict[str, Any]],
-                           fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]) -> None:
+                           fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]],
+                           stack: str = "") -> None:
         """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database).
 
         Several replicas record the same events: the rows merged into are locked, and a row another
@@ -380,7 +386,7 @@ class Store:
         def folded(row: dict[str, Any] | None, task_events: list[dict[str, Any]]) -> dict[str, Any]:
             for task_event in task_events:
                 row = fold(row, task_event)
-            return {k: v for k, v in (row or {}).items() if k in HISTORY_COLUMNS}
+            return {k: v for k, v in {**(row or {}), "stack": stack}.items() if k in HISTORY_COLUMNS}
 
         with self.engine.begin() as conn:
             found = conn.execute(select(table).where(table.c.task_id.in_(list(by_task))).with_for_update())
@@ -410,11 +416,13 @@ class Store:
                 removed += conn.execute(delete(table).where(table.c.updated_at < cutoff)).rowcount
         return removed
 
-    def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int
+    def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int, stack: str = ""
                        ) -> tuple[list[dict[str, Any]], int]:
         """Finished tasks, newest first, optionally of one final state and with a name containing `name`."""
         table = task_history_table
         where = [table.c.finished_at.is_not(None)]
+        if stack:  # several stacks: one stack's
+            where.append(table.c.stack == stack)
         if state:
             where.append(table.c.state == state)
         if name:

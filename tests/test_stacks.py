@@ -278,3 +278,29 @@ def test_metrics_carry_a_stack_label_and_each_family_once() -> None:
     assert 'opsbot_probe_up{service="broker",stack="staging"} 0.0' in text
     assert text.count("# TYPE opsbot_probe_up ") == 1 and text.count("# TYPE opsbot_leader ") == 1
     assert 'celery_worker_up{hostname="h",stack="prod"} 1.0' in text
+
+
+def test_rows_written_before_the_stacks_migration_are_the_single_stacks(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from bot.store import MIGRATIONS, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "workers")  # the schema before several stacks
+        conn.execute(text("INSERT INTO audit (at, user_id, action, target, outcome, detail) "
+                          "VALUES (1, 'U1', 'purge', 'celery', 'done', '')"))
+        conn.execute(text("INSERT INTO task_history (task_id, state, retries, updated_at, finished_at) "
+                          f"VALUES ('{TASK}', 'FAILURE', 0, 1, 1)"))
+    engine.dispose()
+    store = Store(url)  # upgrades to the head
+    assert [e.stack for e in store.latest_audit()] == [""]
+    assert store.finished_tasks("FAILURE", None, 0, 5)[0][0]["stack"] == ""
+    assert store.finished_tasks("FAILURE", None, 0, 5, stack="prod") == ([], 0)
+    store.close()

@@ -74,6 +74,13 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
     assert wait_until(lambda: staging_task not in text_of(slash(slack, "staging active")), 20)
     assert prod_task in text_of(slash(slack, "prod active"))
 
+    # History and audit are each stack's own.
+    assert wait_until(lambda: staging_task[:8] in text_of(slash(slack, "staging history")), 20)
+    assert staging_task[:8] not in text_of(slash(slack, "prod history"))
+    assert staging_task in text_of(slash(slack, "staging audit"))
+    prod_audit = text_of(slash(slack, "prod audit"))
+    assert staging_task not in prod_audit and "names no stack" in prod_audit  # the forged click, refused
+
     # The Home tab names both stacks.
     slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
     home = json.dumps(slack.wait_for_call("views.publish", timeout=15).params["view"])

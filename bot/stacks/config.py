@@ -134,7 +134,8 @@ def load_stacks(base: Settings) -> tuple[StackConfig, ...]:
     stacks = []
     for name, table in data.items():
         check_name(path, name)
-        stacks.append(StackConfig(name, stack_settings(base, path, name, stack_values(path, name, table))))
+        settings = stack_settings(base, path, name, stack_values(path, name, table)).for_stack(name)
+        stacks.append(StackConfig(name, settings))
     return tuple(stacks)
 
 

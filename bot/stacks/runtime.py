@@ -34,8 +34,7 @@ class StacksRuntime(Runtime):
         super().__init__(settings)
         self.record_series = False  # the time series have no stack yet: charts are for a single stack
         self.members = {stack.name: Runtime(stack.settings) for stack in stacks}
-        for name, member in self.members.items():
-            member.stack = name
+        for member in self.members.values():
             member.record_series = False
         self.stacks_prober = StacksProber(
             tuple(Member(name, member.settings, member.take_snapshot) for name, member in self.members.items()),
