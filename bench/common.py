@@ -38,7 +38,7 @@ from tests.support.slack import SlackStandIn
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SLACK_ACK_LIMIT = 3.0  # Slack shows the user an error past this
-HEARTBEAT_WARM_UP = 2.5  # bot.heartbeats.WARM_UP_SECONDS: the monitor's view is partial before this
+HEARTBEAT_WARM_UP = 2.5  # bot.status.heartbeats.WARM_UP_SECONDS: the monitor's view is partial before this
 
 # --------------------------------------------------------------------------- statistics
 

@@ -16,13 +16,13 @@ finally stop the fleet (each fake worker sends worker-offline).
 
 Variants: --scale-no-heartbeats (no fake worker sends events) and --scale-without-heartbeat COUNT
 (that many do not, as `celery worker --without-heartbeat`): the bot's probe waits for as many replies
-as it sees heartbeats (bot.probes.CeleryProbe.expected), so these show what it does when that count
+as it sees heartbeats (bot.status.probes.CeleryProbe.expected), so these show what it does when that count
 is zero or short. --scale-admins: OPSBOT_ADMINS set, so every active task row carries a button.
 
 Every answer is checked against Slack's limits (at most 50 blocks, 3000 characters per section text,
 150 per header, 75 per button label, 25 elements per actions block) and for completeness: the Celery
 line must say "Running: N workers, N*M active, N*R reserved" with nobody "not answering". A section
-text of exactly 3000 characters ending in "…" was cut by bot.blocks: within the limit, but lines lost.
+text of exactly 3000 characters ending in "…" was cut by bot.slack.blocks: within the limit, but lines lost.
 Memory is the bot process's VmRSS, read before each fleet starts, after the warm-up and after the
 timed commands (and after every command, for the trend).
 """

@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from bot import assess, terminal
 from bot.celeryapp import with_app
 from bot.config import ConfigError, Settings, load_settings
+from bot.console import render as terminal
 from bot.logs import use_json_lines
 from bot.redact import install_log_redaction, redact
 from bot.stacks.config import StackConfig, all_secrets, load_stacks
-from bot.views import status_view
+from bot.status import assess
+from bot.status.views import status_view
 
 if TYPE_CHECKING:
     from bot.runtime import Runtime
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime.start_metrics()  # console and status never bind the port
         runtime.start_background(lead=mode == "run")
         if mode == "console":
-            from bot import console
+            from bot.console import loop as console
 
             screen = Console()
             # Alert lines quote queue and worker names: data, never rich markup.

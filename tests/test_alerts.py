@@ -1,4 +1,4 @@
-"""The alert engine (bot/alerts.py) fed hand-made snapshots and an explicit clock: what the alert
+"""The alert engine (bot/alerting/engine.py) fed hand-made snapshots and an explicit clock: what the alert
 channel would show (posts, redraws, thread lines) for outages, flapping, reminders, mutes and
 acknowledgements. No Slack, no store, no real time: every transition is plain data.
 """
@@ -10,9 +10,10 @@ from dataclasses import replace
 
 import pytest
 
-from bot import alerts, assess
-from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
-from bot.snapshot import (
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -24,7 +25,7 @@ from bot.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.views import incident_view
+from bot.status.views import incident_view
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from bot.assess import clock
+from bot.status.assess import clock
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker
 from tests.support.net import wait_until

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import digest_text, fold
+from bot.history.record import digest_text, fold
 from bot.store import Store
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks

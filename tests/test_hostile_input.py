@@ -31,14 +31,15 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from bot import blocks, buttons, markup
-from bot.access import Actor
-from bot.alerting import AlertService, ConsoleSink
-from bot.buttons import SECTIONS, SNOOZES
+from bot import markup
+from bot.alerting.service import AlertService, ConsoleSink
 from bot.commands import FORGED, Commands, Reply
 from bot.config import Settings
-from bot.history import History
-from bot.snapshot import (
+from bot.control.access import Actor
+from bot.history.record import History
+from bot.slack import blocks, buttons
+from bot.slack.buttons import SECTIONS, SNOOZES
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,

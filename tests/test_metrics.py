@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.metrics import Metrics, celery_families, exception_class, host_of, opsbot_snapshot_families
-from bot.snapshot import (
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -517,17 +517,17 @@ def test_systemd_unit_starts_the_bot(slack: SlackStandIn, rabbit: RabbitNode, fl
 
 @pytest.fixture
 def links() -> Iterator[Callable[..., None]]:
-    from bot import blocks
     from bot.links import NO_LINKS, Links
+    from bot.slack import blocks
 
     yield lambda **kwargs: blocks.use_links(Links(**kwargs))
     blocks.use_links(NO_LINKS)
 
 
 def test_links_are_bot_markup_with_encoded_values(links: Callable[..., None]) -> None:
-    from bot import blocks
-    from bot.alerts import Incident
-    from bot.views import incident_view, status_view
+    from bot.alerting.engine import Incident
+    from bot.slack import blocks
+    from bot.status.views import incident_view, status_view
 
     hostile_id = "x>|<!channel>&y"
     task = TaskInfo(hostile_id, "app.job", "w1@box", 990.0)

@@ -10,11 +10,13 @@ import json
 import pytest
 from rich.console import Console
 
-from bot import assess, blocks, buttons, terminal
-from bot.alerting import SlackSink
-from bot.alerts import Incident, Timeline
+from bot.alerting.engine import Incident, Timeline
+from bot.alerting.service import SlackSink
+from bot.console import render as terminal
 from bot.markup import mention, phrase
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -27,7 +29,7 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from bot.status.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
 from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0

@@ -13,13 +13,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from bot import blocks, buttons
-from bot.access import Actor
-from bot.alerts import AlertState, Policy, step
+from bot.alerting.engine import AlertState, Policy, step
 from bot.commands import Commands
 from bot.config import ConfigError, load_settings
+from bot.control.access import Actor
 from bot.metrics import Metrics, read_store_facts
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.stacks.alerting import StackAlertState
+from bot.stacks.commands import StackCommands
+from bot.stacks.config import load_stacks
+from bot.stacks.metrics import StackedMetrics
+from bot.stacks.runner import Member, StacksProber
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -32,13 +37,8 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.stacks.alerting import StackAlertState
-from bot.stacks.commands import StackCommands
-from bot.stacks.config import load_stacks
-from bot.stacks.metrics import StackedMetrics
-from bot.stacks.runner import Member, StacksProber
+from bot.status.views import incident_view
 from bot.store import StateConflict, Store
-from bot.views import incident_view
 from tests.support.bot import OPSBOT, clean_env
 from tests.support.slack.rules import message_error
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from bot import buttons
-from bot.access import Actor
-from bot.buttons import TARGETED
 from bot.commands import ALIASES, Command, Commands, Reply, UsageError, parse, shown
-from bot.snapshot import Level
+from bot.control.access import Actor
+from bot.slack import buttons
+from bot.slack.buttons import TARGETED
 from bot.stacks.runner import StackSnapshot, StacksProber
 from bot.stacks.view import named, stacks_view
-from bot.views import Item, Section, View, help_view, history_item, message_view
+from bot.status.snapshot import Level
+from bot.status.views import Item, Section, View, help_view, history_item, message_view
 
 ACROSS = ("overview", "help", "incidents")  # what `/tasks <subcommand>` answers for every stack at once
 NO_STACK = "That button names no stack I watch; nothing was done."

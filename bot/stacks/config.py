@@ -59,8 +59,8 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def reserved_words() -> frozenset[str]:
     """A stack named like a subcommand would make `/tasks active` ambiguous."""
-    from bot.buttons import SECTIONS
     from bot.commands import ALIASES
+    from bot.slack.buttons import SECTIONS
 
     return frozenset((*ALIASES, *SECTIONS))
 

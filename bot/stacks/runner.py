@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from bot.config import Settings, strip_credentials
 from bot.redact import redact_url
-from bot.snapshot import BrokerStatus, CeleryState, CeleryStatus, Failure, FlowerStatus, Problem, Snapshot
+from bot.status.snapshot import BrokerStatus, CeleryState, CeleryStatus, Failure, FlowerStatus, Problem, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class StackSnapshot:
 
 
 def target_of(url: str) -> str:
-    from bot.probes import target_of as probe_target  # the probes' own rule: host:port, nothing secret
+    from bot.status.probes import target_of as probe_target  # the probes' own rule: host:port, nothing secret
 
     return probe_target(url)
 

@@ -12,19 +12,19 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from bot.access import Access, Actor
-from bot.alerting import AlertService, MemoryAlertState, Sink
+from bot.alerting.service import AlertService, MemoryAlertState, Sink
 from bot.commands import Commands
 from bot.config import Settings
+from bot.control.access import Access, Actor
 from bot.health import TaskHealth
 from bot.metrics import Metrics
 from bot.runtime import Runtime
-from bot.snapshot import Snapshot
 from bot.stacks.alerting import StackAlertState
 from bot.stacks.commands import StackCommands
 from bot.stacks.config import StackConfig
 from bot.stacks.metrics import StackedMetrics
 from bot.stacks.runner import Member, StackSnapshot, StacksProber
+from bot.status.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class StacksRuntime(Runtime):
         return StackCommands(members, self.stacks_prober, self._notes)
 
     def console_commands(self, print_line: Any) -> tuple[StackCommands, Actor]:  # type: ignore[override]
-        from bot.alerting import ConsoleSink
+        from bot.alerting.service import ConsoleSink
         from bot.runtime import console_actor
 
         operator = console_actor()

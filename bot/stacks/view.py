@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from bot import assess, buttons
-from bot.snapshot import Level
+from bot.slack import buttons
 from bot.stacks.runner import StackSnapshot
-from bot.views import Item, Section, View
+from bot.status import assess
+from bot.status.snapshot import Level
+from bot.status.views import Item, Section, View
 
 DETAILED = 3  # stacks whose details follow the lines; more would not fit Slack's 50 blocks
 
