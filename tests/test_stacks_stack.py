@@ -115,3 +115,26 @@ def test_a_hung_stack_never_delays_the_other(rabbit: RabbitNode, hung_server: Hu
     assert prod.snapshot.broker.up and [q.name for q in prod.snapshot.broker.queues] == ["celery"]
     assert hung.snapshot.broker.problem is not None and hung.snapshot.broker.problem.kind.value == "timeout"
     assert hung_server.connection_count >= 1  # it was asked, and never answered
+
+
+def test_the_console_shows_every_stack_and_targets_one(rabbit: RabbitNode, hung_server: HungServer,
+                                                       tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.support.bot import OPSBOT, clean_env
+
+    path = stacks_file(tmp_path, {
+        "prod": (rabbit.amqp_url, rabbit.management_url, f"http://127.0.0.1:{free_port()}"),
+        "hung": (hung_server.url("amqp", "guest:guest") + "//", hung_server.url(), hung_server.url()),
+    })
+    env = clean_env({"OPSBOT_STACKS_FILE": str(path), "OPSBOT_DB_URL": f"sqlite:///{tmp_path / 'c.sqlite3'}",
+                     "OPSBOT_PROBE_TIMEOUT": "1", "COLUMNS": "200"})
+    result = subprocess.run([OPSBOT, "console"], input="/tasks\nprod queues\nqueues\nquit\n", env=env,
+                            capture_output=True, text=True, timeout=120)
+    out = result.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Probed 2 stacks in" in out  # the hung one did not hold the answer back
+    assert "hung  RabbitMQ: Not running: timed out" in out and "hung · Services" in out
+    assert "prod · Queues" in out and "Queues · prod" in out
+    assert "Name the stack: /tasks <stack> queues (stacks: prod, hung)" in out
+    assert "guest:guest" not in out + result.stderr
