@@ -81,6 +81,10 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
     prod_audit = text_of(slash(slack, "prod audit"))
     assert staging_task not in prod_audit and "names no stack" in prod_audit  # the forged click, refused
 
+    # A mute is one stack's: the overview's footer says whose.
+    assert "muted until" in text_of(slash(slack, "prod mute 30m flower", user_id="U_ADMIN"))
+    assert "prod: Alerts muted: flower until" in text_of(slash(slack, ""))
+
     # The Home tab names both stacks.
     slack.send_event({"type": "app_home_opened", "user": "U_ADMIN", "tab": "home", "channel": "D1"})
     home = json.dumps(slack.wait_for_call("views.publish", timeout=15).params["view"])
@@ -96,6 +100,8 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
     first = next(b for b in lines["blocks"] if b["type"] == "section" and "prod" in json.dumps(b))
     assert "All systems go" in json.dumps(first)
     assert "staging · Services" in json.dumps(lines["blocks"], ensure_ascii=False)  # its details follow
+    incidents = json.dumps(slash(slack, "incidents")["blocks"], ensure_ascii=False)
+    assert "staging · " in incidents and "staging: RabbitMQ" in incidents
     assert slack.rejections == [], slack.rejections[0]
     assert "guest:guest" not in bot.output() and "flower-secret" not in bot.output()
 

@@ -21,6 +21,12 @@ from bot.status.views import Item, Section, View, help_view, history_item, messa
 
 ACROSS = ("overview", "help", "incidents")  # what `/tasks <subcommand>` answers for every stack at once
 NO_STACK = "That button names no stack I watch; nothing was done."
+RECENT_FAILURES = 5  # on the Home tab, newest first, whatever their stack
+
+
+def failure_item(stack: str, row: dict) -> Item:
+    item = history_item(row)
+    return replace(item, title=f"{stack} · {item.title}")
 
 
 class StackCommands:
@@ -117,9 +123,9 @@ class StackCommands:
     def home(self) -> View:
         """The App Home: every stack's line (and the details of those not green), then the latest failures."""
         view = self.overview()
-        history = next(iter(self.members.values())).history
-        if history is None:
-            return view
-        failures = tuple(history_item(row) for row in history.recent_failures())
+        rows = [(name, row) for name, member in self.members.items() if member.history is not None
+                for row in member.history.recent_failures()]
+        rows.sort(key=lambda pair: pair[1].get("finished_at") or 0, reverse=True)
+        failures = tuple(failure_item(name, row) for name, row in rows[:RECENT_FAILURES])
         note = "" if failures else "No failure on record."
         return replace(view, sections=(*view.sections, Section("Recent failures", failures, note=note)))
