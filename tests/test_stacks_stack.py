@@ -144,3 +144,8 @@ def test_the_console_shows_every_stack_and_targets_one(rabbit: RabbitNode, hung_
     assert "prod · Queues" in out and "Queues · prod" in out
     assert "Name the stack: /tasks <stack> queues (stacks: prod, hung)" in out
     assert "guest:guest" not in out + result.stderr
+    status = subprocess.run([OPSBOT, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 2  # red: the worst stack's
+    stacks = json.loads(status.stdout)
+    assert list(stacks) == ["prod", "hung"] and stacks["hung"]["broker"]["problem"]["kind"] == "timeout"
+    assert "guest:guest" not in status.stdout

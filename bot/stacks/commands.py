@@ -108,7 +108,9 @@ class StackCommands:
     def run_button(self, action_id: str, value: str, actor: Actor) -> Reply:
         stack, inner = buttons.unstamp(value)
         if not stack and action_id in ("page_refresh", buttons.SHARE) and inner == "overview:1":
-            return Reply(self.overview())  # the buttons of the stacks' own overview
+            # The buttons of the stacks' own overview; sharing shows the channel what the viewer sees.
+            refusal = next(iter(self.members.values())).viewer_refusal(actor) if action_id == buttons.SHARE else None
+            return Reply(refusal, replace_original=False) if refusal else Reply(self.overview())
         if stack not in self.members:
             return self._refuse(action_id, value, actor)
         return self._in_stack(stack, lambda member: member.run_button(action_id, inner, actor))
