@@ -8,11 +8,11 @@ the families of the same name merged into one, so a scrape stays valid expositio
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client.metrics_core import Metric
 
 from bot.metrics import Metrics
+from bot.status.snapshot import Snapshot
 
 HOSTS_OWN = frozenset({"opsbot_leader", "opsbot_store_up"})  # said once, by the host
 
@@ -38,7 +38,7 @@ class StackedMetrics(Metrics):
         for collector in (*self.task_counters.values(), self.task_runtime, self.probe_duration, self.probe_results):
             self.registry.unregister(collector)
 
-    def latest_snapshot(self) -> Any:
+    def latest_snapshot(self) -> Snapshot | None:
         """The stalest stack's snapshot: a background poll is due as soon as one stack's is old."""
         latest = [m.latest_snapshot() for m in self.stacks.values()]
         if not latest or any(s is None for s in latest):

@@ -9,8 +9,8 @@ console. The host `StacksRuntime` holds the shared parts and never probes a stac
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 from bot.alerting.service import AlertService, MemoryAlertState, Sink
 from bot.commands import Commands
@@ -79,9 +79,10 @@ class StacksRuntime(Runtime):
 
     # --- Alerts: an engine per stack, one sink ---
 
-    def _stack_alerts(self, name: str, member: Runtime, state: Any, sink: Sink, shared: bool) -> AlertService:
+    def _stack_alerts(self, name: str, member: Runtime, state: StackAlertState | MemoryAlertState, sink: Sink,
+                      shared: bool) -> AlertService:
         extra = TaskHealth(member.settings, member._store, member._retryable).findings if shared else None
-        service = AlertService(member.settings, state, member.take_snapshot, sink,
+        service = AlertService(member.settings, state, member.take_snapshot, sink,  # type: ignore[arg-type]
                                is_leader=self._is_leader if shared else (lambda: True), extra_findings=extra)
         service.policy = replace(service.policy, stack=name)  # each incident's id and text name the stack
         member.alerts = service
@@ -100,7 +101,7 @@ class StacksRuntime(Runtime):
 
     # --- Commands ---
 
-    def commands(self, access: Access, announce: Any = None) -> StackCommands:  # type: ignore[override]
+    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> StackCommands:
         members: dict[str, Commands] = {}
         for name, member in self.members.items():
             if member.store is None:  # `opsbot console` without the background: the store is still shared
@@ -108,7 +109,7 @@ class StacksRuntime(Runtime):
             members[name] = member.commands(access, announce)
         return StackCommands(members, self.stacks_prober, self._notes)
 
-    def console_commands(self, print_line: Any) -> tuple[StackCommands, Actor]:  # type: ignore[override]
+    def console_commands(self, print_line: Callable[[str], None]) -> tuple[StackCommands, Actor]:
         from bot.alerting.service import ConsoleSink
         from bot.runtime import console_actor
 
