@@ -51,6 +51,7 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
                                   "staging": (staging_url, rabbit.management_url, flowers[staging_url])})
     bot = start_socket_mode(slack, run_bot, {"OPSBOT_STACKS_FILE": str(path), "OPSBOT_ADMINS": "U_ADMIN",
                                              "OPSBOT_ALERT_CHANNEL": "C_ALERTS", "OPSBOT_POLL_SECONDS": "2",
+                                             "OPSBOT_AUDIT_CHANNEL": "C_AUDIT",
                                              "OPSBOT_DB_URL": f"sqlite:///{tmp_path / 'opsbot.sqlite3'}"})
     assert wait_until(lambda: "All 2 stacks go" in text_of(slash(slack, "")), 30)
     overview = text_of(slash(slack, ""))
@@ -78,6 +79,8 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
     assert wait_until(lambda: staging_task[:8] in text_of(slash(slack, "staging history")), 20)
     assert staging_task[:8] not in text_of(slash(slack, "prod history"))
     assert staging_task in text_of(slash(slack, "staging audit"))
+    assert wait_until(lambda: any(m.text.startswith(f"<@U_ADMIN> terminate {staging_task} on staging: done")
+                                  for m in slack.messages if m.channel == "C_AUDIT"), 10)
     prod_audit = text_of(slash(slack, "prod audit"))
     assert staging_task not in prod_audit and "names no stack" in prod_audit  # the forged click, refused
 

@@ -225,7 +225,8 @@ class TaskControl:
             log.error("could not store the audit entry (%s): %s %s %s: %s", type(exc).__name__, actor.id,
                       action, entry.target, outcome)
         try:
-            self.announce(phrase("{} {} {}: {}. {}", actor.mention, action, entry.target, outcome, message))
+            where = f" on {entry.stack}" if entry.stack else ""  # several stacks: which one (bot.stacks)
+            self.announce(phrase("{} {} {}{}: {}. {}", actor.mention, action, entry.target, where, outcome, message))
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
