@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot import markup
 from bot.alerting.service import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
@@ -34,6 +34,11 @@ from bot.status.snapshot import Snapshot
 from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
 from bot.workers.store import load_pauses
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from bot.charts.slack import ChartPoster
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +84,7 @@ class Runtime:
         self.facts = app_facts(settings.celery_app) if settings.celery_app else None
         self.beat: BeatWatch | None = None
         self.events: EventEnabler | None = None
-        # Several stacks (bot.stacks): the time series (and so the charts) are kept for a single stack only.
+        # Several stacks (bot.stacks): the host runtime of the stacks records no series of its own.
         self.record_series = True
 
     def take_snapshot(self) -> Snapshot:
@@ -160,9 +165,33 @@ class Runtime:
         if leading and self.alerts is not None:
             self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
 
+    def _series_store(self) -> SeriesStore:
+        if self.settings.stack:  # several stacks: each one's series apart (bot.stacks)
+            from bot.stacks.series import StackSeriesStore
+
+            return StackSeriesStore(self._store().engine, self.settings.stack)
+        return SeriesStore(self._store().engine)
+
     def charts(self) -> Charts:
-        return Charts(SeriesStore(self._store().engine), self.settings.queues, self.settings.backlog_threshold,
-                      self.settings.series_days, time.time)
+        shape = (self.settings.queues, self.settings.backlog_threshold, self.settings.series_days, time.time)
+        if self.settings.stack:
+            from bot.stacks.series import StackCharts, StackSeriesStore
+
+            return StackCharts(StackSeriesStore(self._store().engine, self.settings.stack), self.settings.stack,
+                               *shape)
+        return Charts(self._series_store(), *shape)
+
+    def chart_posters(self, client: WebClient) -> dict[str, ChartPoster]:
+        """Who draws `/tasks chart` in Slack, by stack ("" for the single stack)."""
+        from bot.charts.slack import ChartPoster
+
+        return {"": ChartPoster(client, self.charts())}
+
+    def incident_charts(self, client: WebClient) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        """What adds an alert's chart to its message."""
+        from bot.charts.slack import IncidentCharts
+
+        return IncidentCharts(client, self.charts()).attach
 
     def _is_leader(self) -> bool:
         return self.leadership is not None and self.leadership.is_leader()
@@ -193,8 +222,8 @@ class Runtime:
         mode (`opsbot run`) takes part in the election for alerting."""
         if lead:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        if self.record_series:
-            self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
+        if self.record_series:  # several stacks: each stack records its own, the host none
+            self.series = SeriesRecorder(self._series_store(), self.settings.series_days,
                                          self.take_snapshot, should_record=self._records_series).start()
         self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
                                         on_recorded=self.series.on_task_event if self.series else None,
@@ -246,8 +275,8 @@ class Runtime:
         history = History(self.settings, self._store(), self.recorder)
         history.retryable = self._retryable
         workers = WorkerControl(self.settings, self.worker_stack, control, self._store())
-        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier,
-                        self.charts() if self.record_series else None, workers)
+        return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts(),
+                        workers)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[CommandSet, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
@@ -257,7 +286,6 @@ class Runtime:
 
     def run_slack(self) -> None:
         from bot.alerting.service import SlackSink
-        from bot.charts.slack import ChartPoster, IncidentCharts
         from bot.links import Links
         from bot.slack import app as slack_app
         from bot.slack import blocks
@@ -268,7 +296,7 @@ class Runtime:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
             sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica,
-                             attach=IncidentCharts(client, self.charts()).attach if self.record_series else None)
+                             attach=self.incident_charts(client))
             alerts = self.start_alerts(sink)
             if self.settings.digest_at:
                 alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
@@ -276,8 +304,7 @@ class Runtime:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
-        app = slack_app.build_app(self.settings, commands, client,
-                                  ChartPoster(client, self.charts()) if self.record_series else None)
+        app = slack_app.build_app(self.settings, commands, client, self.chart_posters(client))
         if self.settings.log_level != "DEBUG":
             app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:

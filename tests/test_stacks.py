@@ -304,3 +304,25 @@ def test_rows_written_before_the_stacks_migration_are_the_single_stacks(tmp_path
     assert store.finished_tasks("FAILURE", None, 0, 5)[0][0]["stack"] == ""
     assert store.finished_tasks("FAILURE", None, 0, 5, stack="prod") == ([], 0)
     store.close()
+
+
+def test_each_stack_charts_its_own_series(tmp_path: Path) -> None:
+    from bot.charts.series import Key, SeriesStore
+    from bot.charts.service import Request
+    from bot.stacks.series import StackCharts, StackSeriesStore, in_stack
+
+    store = Store(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
+    waiting = Key("queue", "celery", "waiting")
+    for stack, count in (("prod", 3.0), ("staging", 40.0)):
+        StackSeriesStore(store.engine, stack).write({waiting: count}, NOW - 60, {})
+    prod = StackSeriesStore(store.engine, "prod")
+    assert prod.read([waiting], NOW - 600) == {waiting: [(int((NOW - 60) // 60 * 60), 3.0)]}
+    assert prod.names("queue", NOW - 600) == ["celery"]
+    assert SeriesStore(store.engine).names("queue", NOW - 600) == []  # no stack's series is a single stack's
+    chart = StackCharts(StackSeriesStore(store.engine, "staging"), "staging", ("celery",), 10, 7.0,
+                        lambda: NOW).data(Request("celery", "1h"))
+    assert not isinstance(chart, str) and "max 40 " in chart.alt_text and "max 3 " not in chart.alt_text
+    assert chart.title.endswith(" · staging")
+    assert in_stack("staging/queue:celery:backlog@1") == ("staging", "queue:celery:backlog@1")
+    assert in_stack("queue:celery:backlog@1") == ("", "queue:celery:backlog@1")
+    store.close()

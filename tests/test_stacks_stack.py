@@ -138,7 +138,7 @@ def test_the_console_shows_every_stack_and_targets_one(rabbit: RabbitNode, hung_
     })
     env = clean_env({"OPSBOT_STACKS_FILE": str(path), "OPSBOT_DB_URL": f"sqlite:///{tmp_path / 'c.sqlite3'}",
                      "OPSBOT_PROBE_TIMEOUT": "1", "COLUMNS": "200"})
-    result = subprocess.run([OPSBOT, "console"], input="/tasks\nprod queues\nqueues\nquit\n", env=env,
+    result = subprocess.run([OPSBOT, "console"], input="/tasks\nprod queues\nqueues\nhung chart\nquit\n", env=env,
                             capture_output=True, text=True, timeout=120)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
@@ -146,6 +146,7 @@ def test_the_console_shows_every_stack_and_targets_one(rabbit: RabbitNode, hung_
     assert "hung  RabbitMQ: Not running: timed out" in out and "hung · Services" in out
     assert "prod · Queues" in out and "Queues · prod" in out
     assert "Name the stack: /tasks <stack> queues (stacks: prod, hung)" in out
+    assert "Charts are not available" not in out and "opsbot · hung" in out  # the stack's own series: none yet
     assert "guest:guest" not in out + result.stderr
     status = subprocess.run([OPSBOT, "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert status.returncode == 2  # red: the worst stack's

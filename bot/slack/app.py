@@ -168,7 +168,9 @@ def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
     timer.start()
 
 
-def build_app(settings: Settings, commands: CommandSet, client: WebClient, charts: ChartPoster | None = None) -> App:
+def build_app(settings: Settings, commands: CommandSet, client: WebClient,
+              charts: dict[str, ChartPoster] | None = None) -> App:
+    """`charts`: who posts `/tasks chart`, by stack ("" for a single stack; bot.stacks)."""
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     http_mode = settings.slack_app_token is None
     if http_mode and not signing_secret:
@@ -184,11 +186,12 @@ def build_app(settings: Settings, commands: CommandSet, client: WebClient, chart
             parsed: Command | None = commands.parse(text)
         except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
-        if parsed is not None and parsed.name == "chart" and charts is not None and not parsed.stack:
+        poster = charts.get(parsed.stack) if charts is not None and parsed is not None else None
+        if parsed is not None and parsed.name == "chart" and poster is not None:
             # A file cannot ride on an ephemeral answer: it goes into the channel, and we say so privately.
             ack()
             channel = str(command.get("channel_id") or "")
-            reply = safely(lambda: Reply(charts.post(parsed.target, channel, who.mention), replace_original=False))
+            reply = safely(lambda: Reply(poster.post(parsed.target, channel, who.mention), replace_original=False))
             send(respond, reply.view, response_type="ephemeral", replace_original=False)
             return
         if parsed is not None and parsed.name in DEFERRED:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from bot.alerting.service import AlertService, MemoryAlertState, Sink
 from bot.commands import Commands
@@ -24,7 +25,13 @@ from bot.stacks.commands import StackCommands
 from bot.stacks.config import StackConfig
 from bot.stacks.metrics import StackedMetrics
 from bot.stacks.runner import Member, StackSnapshot, StacksProber
+from bot.stacks.series import StackIncidentCharts
 from bot.status.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from bot.charts.slack import ChartPoster
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +39,8 @@ log = logging.getLogger(__name__)
 class StacksRuntime(Runtime):
     def __init__(self, settings: Settings, stacks: tuple[StackConfig, ...]) -> None:
         super().__init__(settings)
-        self.record_series = False  # the time series have no stack yet: charts are for a single stack
+        self.record_series = False  # each stack records its own series (bot.stacks.series), the host none
         self.members = {stack.name: Runtime(stack.settings) for stack in stacks}
-        for member in self.members.values():
-            member.record_series = False
         self.stacks_prober = StacksProber(
             tuple(Member(name, member.settings, member.take_snapshot) for name, member in self.members.items()),
             settings.probe_timeout)
@@ -76,6 +81,19 @@ class StacksRuntime(Runtime):
             member.metrics = Metrics(member.settings.poll_seconds, is_leader=self._is_leader)
         return StackedMetrics(self.settings.poll_seconds, {n: m.metrics for n, m in self.members.items()
                                                            if m.metrics is not None}, is_leader=self._is_leader)
+
+    # --- Charts: each stack's own series ---
+
+    def chart_posters(self, client: WebClient) -> dict[str, ChartPoster]:
+        from bot.charts.slack import ChartPoster
+
+        return {name: ChartPoster(client, member.charts()) for name, member in self.members.items()}
+
+    def incident_charts(self, client: WebClient) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        from bot.charts.slack import IncidentCharts
+
+        return StackIncidentCharts({name: IncidentCharts(client, member.charts())
+                                    for name, member in self.members.items()}).attach
 
     # --- Alerts: an engine per stack, one sink ---
 
