@@ -173,13 +173,13 @@ class Runtime:
         return SeriesStore(self._store().engine)
 
     def charts(self) -> Charts:
-        shape = (self.settings.queues, self.settings.backlog_threshold, self.settings.series_days, time.time)
+        kind: type[Charts] = Charts
         if self.settings.stack:
-            from bot.stacks.series import StackCharts, StackSeriesStore
+            from bot.stacks.series import StackCharts
 
-            return StackCharts(StackSeriesStore(self._store().engine, self.settings.stack), self.settings.stack,
-                               *shape)
-        return Charts(self._series_store(), *shape)
+            kind = StackCharts  # titled with the stack's name
+        return kind(self._series_store(), self.settings.queues, self.settings.backlog_threshold,
+                    self.settings.series_days, time.time)
 
     def chart_posters(self, client: WebClient) -> dict[str, ChartPoster]:
         """Who draws `/tasks chart` in Slack, by stack ("" for the single stack)."""

@@ -319,7 +319,7 @@ def test_each_stack_charts_its_own_series(tmp_path: Path) -> None:
     assert prod.read([waiting], NOW - 600) == {waiting: [(int((NOW - 60) // 60 * 60), 3.0)]}
     assert prod.names("queue", NOW - 600) == ["celery"]
     assert SeriesStore(store.engine).names("queue", NOW - 600) == []  # no stack's series is a single stack's
-    chart = StackCharts(StackSeriesStore(store.engine, "staging"), "staging", ("celery",), 10, 7.0,
+    chart = StackCharts(StackSeriesStore(store.engine, "staging"), ("celery",), 10, 7.0,
                         lambda: NOW).data(Request("celery", "1h"))
     assert not isinstance(chart, str) and "max 40 " in chart.alt_text and "max 3 " not in chart.alt_text
     assert chart.title.endswith(" · staging")

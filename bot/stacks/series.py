@@ -5,7 +5,7 @@ The charts then work per stack (`/tasks prod chart`), and a backlog alert carrie
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 class StackSeriesStore(SeriesStore):
     def __init__(self, engine: Engine, stack: str) -> None:
         super().__init__(engine)
+        self.stack = stack
         self.prefix = f"{stack}/"
 
     def _in(self, key: Key) -> Key:
@@ -43,13 +44,16 @@ class StackSeriesStore(SeriesStore):
 class StackCharts(Charts):
     """A stack's charts, titled with its name (a chart posted in a channel says which stack it shows)."""
 
-    def __init__(self, store: StackSeriesStore, stack: str, *args: Any) -> None:
-        super().__init__(store, *args)
-        self.stack = stack
+    def __init__(self, store: SeriesStore, queues: tuple[str, ...], backlog_threshold: int, days: float,
+                 clock: Callable[[], float]) -> None:
+        super().__init__(store, queues, backlog_threshold, days, clock)
+        self.stack = store.stack if isinstance(store, StackSeriesStore) else ""
 
     def data(self, request: Request) -> ChartData | str:
         chart = super().data(request)
-        return chart if isinstance(chart, str) else replace(chart, title=f"{chart.title} · {self.stack}")
+        if isinstance(chart, str) or not self.stack:
+            return chart
+        return replace(chart, title=f"{chart.title} · {self.stack}")
 
 
 def in_stack(incident_id: str) -> tuple[str, str]:
