@@ -216,19 +216,26 @@ def test_stamps_round_trip_and_leave_unstamped_values_alone() -> None:
 def test_a_stack_that_never_answers_does_not_hold_back_the_others() -> None:
     settings = load_settings()
     release = threading.Event()
+    calls: list[str] = []
 
     def hung() -> Snapshot:
+        calls.append("staging")
         release.wait(60)
         return snapshot()
 
     prober = StacksProber((Member("prod", settings, snapshot), Member("staging", settings, hung)), 0.3)
     answered: list = []
-    caller = threading.Thread(target=lambda: answered.append(prober.snapshots()))
+
+    def ask_three_times() -> None:
+        answered.extend(prober.snapshots() for _ in range(3))
+
+    caller = threading.Thread(target=ask_three_times)
     caller.start()
-    caller.join(30)  # generous: the deadline is 0.75 s; a runner that waits for the hung stack never returns
+    caller.join(30)  # generous: each deadline is 0.75 s; a runner that waits for the hung stack never returns
     release.set()
-    assert not caller.is_alive() and answered
-    prod, staging = answered[0]
+    assert not caller.is_alive() and len(answered) == 3
+    assert calls == ["staging"]  # still hung: joined, never asked again on top (one thread held, not three)
+    prod, staging = answered[-1]
     assert prod.snapshot.broker.up and prod.snapshot.taken_at == NOW
     assert staging.snapshot.broker.problem is not None
     assert staging.snapshot.broker.problem.kind is Failure.TIMEOUT

@@ -8,6 +8,7 @@ the common deadline: past it, it is shown as not answering, and the others are s
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -66,12 +67,22 @@ class StacksProber:
         self.members = members
         self.deadline = budget + MARGIN
         self.clock = clock
-        # Room for a stack still hung from an earlier call and a fresh call of each.
-        self.executor = ThreadPoolExecutor(max_workers=4 * len(members), thread_name_prefix="stacks")
+        self.executor = ThreadPoolExecutor(max_workers=2 * len(members), thread_name_prefix="stacks")
+        self._running: dict[str, Future[Snapshot]] = {}
+        self._lock = threading.Lock()
+
+    def _start(self, member: Member) -> Future[Snapshot]:
+        """A stack's snapshot in the making: a call still running (a hung stack) is joined, not doubled, so a
+        stack that hangs for good holds one thread and never the others' turn."""
+        with self._lock:
+            running = self._running.get(member.name)
+            if running is None or running.done():
+                running = self._running[member.name] = self.executor.submit(member.take_snapshot)
+            return running
 
     def snapshots(self) -> tuple[StackSnapshot, ...]:
         started = time.monotonic()
-        futures = {m.name: self.executor.submit(m.take_snapshot) for m in self.members}
+        futures = {m.name: self._start(m) for m in self.members}
         wait_futures(list(futures.values()), timeout=self.deadline)
         elapsed = time.monotonic() - started
         return tuple(StackSnapshot(m.name, self._result(m, futures[m.name], elapsed)) for m in self.members)
