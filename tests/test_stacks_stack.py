@@ -142,6 +142,7 @@ def test_the_console_shows_every_stack_and_targets_one(rabbit: RabbitNode, hung_
                             capture_output=True, text=True, timeout=120)
     out = result.stdout
     assert result.returncode == 0, result.stderr[-2000:]
+    assert out.index("/tasks <stack> [subcommand]") < out.index("opsbot> ")  # the first help names the stacks
     assert "Probed 2 stacks in" in out  # the hung one did not hold the answer back
     assert "hung  RabbitMQ: Not running: timed out" in out and "hung · Services" in out
     assert "prod · Queues" in out and "Queues · prod" in out

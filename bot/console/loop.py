@@ -20,7 +20,7 @@ from bot.commands import CommandSet, UsageError
 from bot.console import render as terminal
 from bot.control.access import Actor
 from bot.status.snapshot import Level
-from bot.status.views import Action, View, help_view, message_view
+from bot.status.views import Action, View, message_view
 
 PROMPT = "opsbot> "
 QUIT = {"quit", "exit", "q", ":q"}
@@ -89,7 +89,7 @@ class Session:
 def run(commands: CommandSet, operator: Actor, console: Console | None = None,
         lines: Iterable[str] | None = None) -> int:
     console = console or Console()
-    console.print(terminal.render(help_view()))
+    console.print(terminal.render(commands.run_text("help", operator).view))  # with several stacks, theirs too
     console.print("Type a command (e.g. [bold]/tasks[/bold]), a choice's number, or [bold]quit[/bold].")
     if lines is not None:
         Session(commands, operator, console, _from_lines(console, iter(lines))).loop()
