@@ -42,7 +42,7 @@ def stacks_file(tmp_path: Path, stacks: dict[str, tuple[str, str, str]]) -> Path
 def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot: Callable[..., BotProcess],
                                make_worker: Callable[..., CeleryWorker], make_flower: Callable[..., FlowerProcess],
                                tmp_path: Path) -> None:
-    suffix = os.getpid()
+    suffix, port = os.getpid(), free_port()
     prod_url, staging_url = rabbit.add_vhost(f"prod{suffix}"), rabbit.add_vhost(f"staging{suffix}")
     make_worker(broker_url=prod_url, hostname="wprod@%h")
     make_worker(broker_url=staging_url, hostname="wstaging@%h")
@@ -51,9 +51,14 @@ def test_two_stacks_in_one_bot(slack: SlackStandIn, rabbit: RabbitNode, run_bot:
                                   "staging": (staging_url, rabbit.management_url, flowers[staging_url])})
     bot = start_socket_mode(slack, run_bot, {"OPSBOT_STACKS_FILE": str(path), "OPSBOT_ADMINS": "U_ADMIN",
                                              "OPSBOT_ALERT_CHANNEL": "C_ALERTS", "OPSBOT_POLL_SECONDS": "2",
-                                             "OPSBOT_AUDIT_CHANNEL": "C_AUDIT",
+                                             "OPSBOT_AUDIT_CHANNEL": "C_AUDIT", "OPSBOT_METRICS_PORT": str(port),
                                              "OPSBOT_DB_URL": f"sqlite:///{tmp_path / 'opsbot.sqlite3'}"})
     assert wait_until(lambda: "All 2 stacks go" in text_of(slash(slack, "")), 30)
+    assert wait_until(lambda: requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).ok, 30)
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    assert 'opsbot_probe_up{service="broker",stack="prod"} 1.0' in metrics
+    assert 'celery_worker_up{hostname="' in metrics and 'stack="staging"} 1.0' in metrics
+    assert "guest" not in metrics and "flower-secret" not in metrics
     overview = text_of(slash(slack, ""))
     assert "prod" in overview and "staging" in overview and "All systems go" in overview
 

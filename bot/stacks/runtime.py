@@ -76,6 +76,10 @@ class StacksRuntime(Runtime):
                 if member.alerts is not None:
                     member.alerts.poll_soon()
 
+    def _expected_threads(self) -> list[str]:
+        alerting = any(member.alerts is not None for member in self.members.values())
+        return super()._expected_threads() + (["APScheduler"] if alerting else [])  # the stacks' alert polls
+
     def _make_metrics(self) -> Metrics:
         for member in self.members.values():
             member.metrics = Metrics(member.settings.poll_seconds, is_leader=self._is_leader)
