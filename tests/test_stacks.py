@@ -333,3 +333,10 @@ def test_each_stack_charts_its_own_series(tmp_path: Path) -> None:
     assert in_stack("staging/queue:celery:backlog@1") == ("staging", "queue:celery:backlog@1")
     assert in_stack("queue:celery:backlog@1") == ("", "queue:celery:backlog@1")
     store.close()
+
+
+def test_incidents_across_stacks_say_for_each_stack_what_it_has() -> None:
+    view = two_stacks(snapshot(), snapshot()).run_text("incidents", ADMIN).view
+    assert [(s.title, s.note) for s in view.sections] == [
+        ("prod", "Alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts."),
+        ("staging", "Alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts.")]

@@ -87,11 +87,14 @@ class StackCommands:
         return replace(view, sections=(Section("Stacks", items), *view.sections))
 
     def incidents(self, actor: Actor) -> View:
-        sections: list[Section] = []
-        for name, member in self.members.items():
-            view = member.run(Command("incidents"), actor).view
-            sections += [replace(s, title=f"{name} · {s.title}") for s in named(view, name).sections]
-        return View("Open incidents", f"Across {len(self.members)} stacks.", None, tuple(sections))
+        """Each stack's open incidents, under its name (or what it says instead: none, alerting off)."""
+        views = {name: named(member.run(Command("incidents"), actor).view, name)
+                 for name, member in self.members.items()}
+        sections = [replace(s, title=f"{name} · {s.title}", note=s.note or ("" if s.items else view.summary))
+                    for name, view in views.items() for s in view.sections]
+        sections += [Section(name, note=view.summary) for name, view in views.items() if not view.sections]
+        level = max((v.level for v in views.values() if v.level is not None), default=None)
+        return View("Incidents", f"Across {len(self.members)} stacks.", level, tuple(sections))
 
     def run_text(self, text: str, actor: Actor) -> Reply:
         try:
