@@ -24,9 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_a
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from slack_sdk.http_retry.handler import RetryHandler
-from sqlalchemy import func, select
 
-from bot.alerting.engine import AlertState, check_name
+from bot.alerting.engine import check_name
+from bot.alerting.state import AlertStore
 from bot.status.snapshot import CeleryState, Snapshot
 
 log = logging.getLogger(__name__)
@@ -154,15 +154,12 @@ class StoreFacts:
     outbox_depth: int = 0
 
 
-def read_store_facts(store: Any) -> StoreFacts:
+def read_store_facts(store: AlertStore) -> StoreFacts:
     """Open incidents and the outbox depth; raises when the store cannot be read."""
     from bot.stacks.alerting import alert_states  # several stacks: each has its engine state
-    from bot.store import outbox_table
 
-    states = [AlertState.from_json(data) for data in alert_states(store.load_alert_state()[0])]
-    with store.engine.connect() as conn:
-        depth = int(conn.execute(select(func.count()).select_from(outbox_table)).scalar_one())
-    return StoreFacts(dict(Tally(check_name(key) for state in states for key in state.incidents)), depth)
+    states = alert_states(store.load_data()[0])
+    return StoreFacts(dict(Tally(check_name(key) for state in states for key in state.incidents)), store.depth())
 
 
 # --- Slack API errors -------------------------------------------------------------------------
@@ -350,7 +347,7 @@ class Every:
         self._stopped.set()
 
 
-def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: Any) -> list[Every]:
+def keep_fresh(metrics: Metrics, take_snapshot: Callable[[], Snapshot], store: AlertStore) -> list[Every]:
     """A snapshot whenever the latest is a poll interval old (alerting usually takes them), and the store read."""
 
     def poll() -> None:

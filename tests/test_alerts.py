@@ -12,6 +12,8 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.alerting.mute import MuteScope
+from bot.alerting.views import incident_view
 from bot.status import assess
 from bot.status.snapshot import (
     BrokerStatus,
@@ -25,7 +27,6 @@ from bot.status.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.status.views import incident_view
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls
@@ -394,7 +395,7 @@ def test_acknowledge_of_an_unknown_or_resolved_incident_does_nothing() -> None:
 # --- Mutes ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["flower", alerts.ALL])
+@pytest.mark.parametrize("scope", ["flower", MuteScope.ALL])
 def test_failure_during_a_mute_is_posted_once_when_the_mute_ends(scope: str) -> None:
     engine = Engine()
     until = engine.mute(scope, 1800)
@@ -406,7 +407,7 @@ def test_failure_during_a_mute_is_posted_once_when_the_mute_ends(scope: str) -> 
     assert not engine.state.incidents["flower"].silenced
 
 
-@pytest.mark.parametrize("scope", ["flower", alerts.ALL])
+@pytest.mark.parametrize("scope", ["flower", MuteScope.ALL])
 def test_failure_that_recovers_during_a_mute_is_never_posted(scope: str) -> None:
     engine = Engine()
     until = engine.mute(scope, 1800)
@@ -423,7 +424,7 @@ def test_flower_mute_does_not_silence_the_broker() -> None:
 
 def test_all_mute_silences_the_broker_and_unmute_posts_at_the_next_poll() -> None:
     engine = Engine()
-    engine.mute(alerts.ALL, 1800)
+    engine.mute(MuteScope.ALL, 1800)
     assert engine.poll(*[broker_down()] * 5) == []
     engine.state = alerts.unmute(engine.state)
     assert keys(posts(engine.poll(broker_down()))) == ["broker"]

@@ -526,8 +526,9 @@ def links() -> Iterator[Callable[..., None]]:
 
 def test_links_are_bot_markup_with_encoded_values(links: Callable[..., None]) -> None:
     from bot.alerting.engine import Incident
+    from bot.alerting.views import incident_view
     from bot.slack import blocks
-    from bot.status.views import incident_view, status_view
+    from bot.status.views import status_view
 
     hostile_id = "x>|<!channel>&y"
     task = TaskInfo(hostile_id, "app.job", "w1@box", 990.0)

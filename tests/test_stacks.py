@@ -14,9 +14,14 @@ import pytest
 from prometheus_client import generate_latest
 
 from bot.alerting.engine import AlertState, Policy, step
-from bot.commands import Commands
+from bot.alerting.state import AlertStore
+from bot.alerting.views import incident_view
+from bot.commands.dispatch import Commands
 from bot.config import ConfigError, load_settings
 from bot.control.access import Actor
+from bot.control.audit import AuditLog
+from bot.db import Database, StateConflict
+from bot.history.store import HistoryStore
 from bot.metrics import Metrics, read_store_facts
 from bot.slack import blocks, buttons
 from bot.stacks.alerting import StackAlertState
@@ -37,8 +42,6 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import incident_view
-from bot.store import StateConflict, Store
 from tests.support.bot import OPSBOT, clean_env
 from tests.support.slack.rules import message_error
 
@@ -260,20 +263,21 @@ def test_an_incident_names_its_stack_in_its_id_its_text_and_its_buttons() -> Non
 
 
 def test_each_stack_keeps_its_alert_state_under_its_name_in_one_versioned_row(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
+    db = Database(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
+    store = AlertStore(db)
     prod, staging = StackAlertState(store, "prod"), StackAlertState(store, "staging")
     policy = Policy(alert_after=1, stack="staging")
     state, _ = step(AlertState(), snapshot(DOWN), NOW, policy)
-    staging.save_alert_state(state.to_json(), staging.load_alert_state()[1], [])
-    data, version = prod.load_alert_state()
-    assert data == {}
-    prod.save_alert_state(AlertState(mutes={"all": NOW + 60}).to_json(), version, [])
-    assert AlertState.from_json(staging.load_alert_state()[0]).incidents.keys() == {"broker"}
-    assert AlertState.from_json(prod.load_alert_state()[0]).mutes == {"all": NOW + 60}
+    staging.save(state, staging.load()[1], [])
+    state, version = prod.load()
+    assert state == AlertState()
+    prod.save(AlertState(mutes={"all": NOW + 60}), version, [])
+    assert staging.load()[0].incidents.keys() == {"broker"}
+    assert prod.load()[0].mutes == {"all": NOW + 60}
     with pytest.raises(StateConflict):
-        staging.save_alert_state({}, version, [])  # read before prod saved: step again
+        staging.save(AlertState(), version, [])  # read before prod saved: step again
     assert read_store_facts(store).incidents == {"broker": 1}
-    store.close()
+    db.close()
 
 
 def test_metrics_carry_a_stack_label_and_each_family_once() -> None:
@@ -292,7 +296,7 @@ def test_rows_written_before_the_stacks_migration_are_the_single_stacks(tmp_path
     from alembic.config import Config
     from sqlalchemy import text
 
-    from bot.store import MIGRATIONS, make_engine
+    from bot.db import MIGRATIONS, make_engine
 
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     engine = make_engine(url)
@@ -306,11 +310,12 @@ def test_rows_written_before_the_stacks_migration_are_the_single_stacks(tmp_path
         conn.execute(text("INSERT INTO task_history (task_id, state, retries, updated_at, finished_at) "
                           f"VALUES ('{TASK}', 'FAILURE', 0, 1, 1)"))
     engine.dispose()
-    store = Store(url)  # upgrades to the head
-    assert [e.stack for e in store.latest_audit()] == [""]
-    assert store.finished_tasks("FAILURE", None, 0, 5)[0][0]["stack"] == ""
-    assert store.finished_tasks("FAILURE", None, 0, 5, stack="prod") == ([], 0)
-    store.close()
+    db = Database(url)  # upgrades to the head
+    assert [e.stack for e in AuditLog(db).latest()] == [""]
+    history = HistoryStore(db)
+    assert history.finished_tasks("FAILURE", None, 0, 5)[0][0].stack == ""
+    assert history.finished_tasks("FAILURE", None, 0, 5, stack="prod") == ([], 0)
+    db.close()
 
 
 def test_each_stack_charts_its_own_series(tmp_path: Path) -> None:
@@ -318,7 +323,7 @@ def test_each_stack_charts_its_own_series(tmp_path: Path) -> None:
     from bot.charts.service import Request
     from bot.stacks.series import StackCharts, StackSeriesStore, in_stack
 
-    store = Store(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
+    store = Database(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}")
     waiting = Key("queue", "celery", "waiting")
     for stack, count in (("prod", 3.0), ("staging", 40.0)):
         StackSeriesStore(store.engine, stack).write({waiting: count}, NOW - 60, {})

@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.alerting.engine import AlertState, Policy, Post, step
-from bot.commands import UsageError, parse, parse_button
+from bot.commands.grammar import UsageError, parse, parse_button
+from bot.commands.help import help_view
 from bot.slack import blocks, buttons
 from bot.status.snapshot import (
     BrokerStatus,
@@ -23,7 +24,7 @@ from bot.status.snapshot import (
     TaskLimits,
     WorkerInfo,
 )
-from bot.status.views import help_view, status_view
+from bot.status.views import status_view
 from bot.workers import rules, views
 from bot.workers.pauses import overdue, pause_text, queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult

@@ -16,7 +16,8 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console
 
-from bot.commands import CommandSet, UsageError
+from bot.commands.dispatch import CommandSet
+from bot.commands.grammar import UsageError
 from bot.console import render as terminal
 from bot.control.access import Actor
 from bot.status.snapshot import Level

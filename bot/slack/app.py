@@ -25,7 +25,8 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import markup
 from bot.charts.slack import ChartPoster
-from bot.commands import DEFERRED, Command, CommandSet, Reply, UsageError
+from bot.commands.dispatch import CommandSet, Reply
+from bot.commands.grammar import DEFERRED, Command, UsageError
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.slack import blocks, buttons

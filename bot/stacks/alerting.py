@@ -7,44 +7,39 @@ stack's `AlertService` its part as if it were the whole, and saves it back under
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
-from bot.store import StateConflict
+from bot.alerting.engine import AlertState
+from bot.alerting.state import AlertStore, OutboxRow
+from bot.db import StateConflict
 
 STACKS = "stacks"
 
 
-class AlertStateStore(Protocol):
-    def load_alert_state(self) -> tuple[dict[str, Any], int]: ...
-
-    def save_alert_state(self, data: dict[str, Any], version: int,
-                         outbox: list[tuple[str, str, dict[str, Any]]]) -> None: ...
-
-
-def alert_states(data: dict[str, Any]) -> list[dict[str, Any]]:
+def alert_states(data: dict[str, Any]) -> list[AlertState]:
     """Every engine state in a stored alert state: the one of a single stack, or each stack's."""
     stacks = data.get(STACKS)
-    return list(stacks.values()) if isinstance(stacks, dict) else [data]
+    return [AlertState.from_json(d) for d in stacks.values()] if isinstance(stacks, dict) \
+        else [AlertState.from_json(data)]
 
 
 class StackAlertState:
     """A stack's part of the alert state, read and written through the store's versioned row."""
 
-    def __init__(self, store: AlertStateStore, stack: str) -> None:
+    def __init__(self, store: AlertStore, stack: str) -> None:
         self.store = store
         self.stack = stack
 
-    def load_alert_state(self) -> tuple[dict[str, Any], int]:
-        data, version = self.store.load_alert_state()
+    def load(self) -> tuple[AlertState, int]:
+        data, version = self.store.load_data()
         stacks = data.get(STACKS)
-        return (dict(stacks.get(self.stack, {})) if isinstance(stacks, dict) else {}), version
+        return AlertState.from_json(stacks.get(self.stack, {}) if isinstance(stacks, dict) else {}), version
 
-    def save_alert_state(self, data: dict[str, Any], version: int,
-                         outbox: list[tuple[str, str, dict[str, Any]]]) -> None:
-        whole, current = self.store.load_alert_state()
+    def save(self, state: AlertState, version: int, outbox: list[OutboxRow]) -> None:
+        whole, current = self.store.load_data()
         if current != version:
             raise StateConflict()  # another stack (or replica) saved since we read: step again
         stacks = whole.get(STACKS)
         others = dict(stacks) if isinstance(stacks, dict) else {}
         # The save is conditional on `version` too: a save between our read and this write still conflicts.
-        self.store.save_alert_state({STACKS: {**others, self.stack: data}}, version, outbox)
+        self.store.save_data({STACKS: {**others, self.stack: state.to_json()}}, version, outbox)

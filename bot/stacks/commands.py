@@ -10,21 +10,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from bot.commands import ALIASES, Command, Commands, Reply, UsageError, parse, shown
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import ALIASES, Command, UsageError, parse, shown
+from bot.commands.help import help_view
 from bot.control.access import Actor
+from bot.history.store import TaskRecord
+from bot.history.views import history_item
 from bot.slack import buttons
 from bot.slack.buttons import TARGETED
 from bot.stacks.runner import StackSnapshot, StacksProber
 from bot.stacks.view import named, stacks_view
 from bot.status.snapshot import Level
-from bot.status.views import Item, Section, View, help_view, history_item, message_view
+from bot.status.views import Item, Section, View, message_view
 
 ACROSS = ("overview", "help", "incidents")  # what `/tasks <subcommand>` answers for every stack at once
 NO_STACK = "That button names no stack I watch; nothing was done."
 RECENT_FAILURES = 5  # on the Home tab, newest first, whatever their stack
 
 
-def failure_item(stack: str, row: dict) -> Item:
+def failure_item(stack: str, row: TaskRecord) -> Item:
     item = history_item(row)
     return replace(item, title=f"{stack} · {item.title}")
 
@@ -130,7 +134,7 @@ class StackCommands:
         view = self.overview()
         rows = [(name, row) for name, member in self.members.items() if member.history is not None
                 for row in member.history.recent_failures()]
-        rows.sort(key=lambda pair: pair[1].get("finished_at") or 0, reverse=True)
+        rows.sort(key=lambda pair: pair[1].finished_at or 0, reverse=True)
         failures = tuple(failure_item(name, row) for name, row in rows[:RECENT_FAILURES])
         note = "" if failures else "No failure on record."
         return replace(view, sections=(*view.sections, Section("Recent failures", failures, note=note)))

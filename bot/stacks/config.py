@@ -59,7 +59,7 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def reserved_words() -> frozenset[str]:
     """A stack named like a subcommand would make `/tasks active` ambiguous."""
-    from bot.commands import ALIASES
+    from bot.commands.grammar import ALIASES
     from bot.slack.buttons import SECTIONS
 
     return frozenset((*ALIASES, *SECTIONS))

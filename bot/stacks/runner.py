@@ -35,7 +35,7 @@ class StackSnapshot:
 
 
 def target_of(url: str) -> str:
-    from bot.status.probes import target_of as probe_target  # the probes' own rule: host:port, nothing secret
+    from bot.probes.failures import target_of as probe_target  # the probes' own rule: host:port, nothing secret
 
     return probe_target(url)
 

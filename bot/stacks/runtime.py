@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from bot.alerting.service import AlertService, MemoryAlertState, Sink
-from bot.commands import Commands
+from bot.alerting.service import AlertService
+from bot.alerting.sinks import Sink, SlackSink
+from bot.alerting.state import AlertStore, MemoryAlertState
+from bot.commands.dispatch import Commands
 from bot.config import Settings
 from bot.control.access import Access, Actor
 from bot.health import TaskHealth
@@ -104,7 +106,7 @@ class StacksRuntime(Runtime):
     def _stack_alerts(self, name: str, member: Runtime, state: StackAlertState | MemoryAlertState, sink: Sink,
                       shared: bool) -> AlertService:
         extra = TaskHealth(member.settings, member._store, member._retryable).findings if shared else None
-        service = AlertService(member.settings, state, member.take_snapshot, sink,  # type: ignore[arg-type]
+        service = AlertService(member.settings, state, member.take_snapshot, sink,
                                is_leader=self._is_leader if shared else (lambda: True), extra_findings=extra)
         service.policy = replace(service.policy, stack=name)  # each incident's id and text name the stack
         member.alerts = service
@@ -112,7 +114,8 @@ class StacksRuntime(Runtime):
         return service
 
     def start_alerts(self, sink: Sink) -> AlertService:
-        services = [self._stack_alerts(name, member, StackAlertState(self._store(), name), sink, shared=True)
+        store = AlertStore(self._store())
+        services = [self._stack_alerts(name, member, StackAlertState(store, name), sink, shared=True)
                     for name, member in self.members.items()]
         return services[0]  # the digest is scheduled on one of them: it is posted once
 
@@ -132,7 +135,7 @@ class StacksRuntime(Runtime):
         return StackCommands(members, self.stacks_prober, self._notes)
 
     def console_commands(self, print_line: Callable[[str], None]) -> tuple[StackCommands, Actor]:
-        from bot.alerting.service import ConsoleSink
+        from bot.alerting.sinks import ConsoleSink
         from bot.runtime import console_actor
 
         operator = console_actor()
@@ -142,15 +145,11 @@ class StacksRuntime(Runtime):
     def _store_notes(self) -> list[str]:
         notes = [f"{name}: {member.alerts.muted_note()}" for name, member in self.members.items()
                  if member.alerts is not None and member.alerts.muted_note()]
-        store = self._store()
-        if store.shared:
-            leader = store.leader()
-            notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
-        return notes
+        return notes + super()._store_notes()  # the host has no alerts of its own: its lines are the replica's
 
     def _slack_problems(self) -> list[str]:
         sinks = {id(m.alerts.sink): m.alerts.sink for m in self.members.values() if m.alerts is not None}
-        return [p for sink in sinks.values() if (p := getattr(sink, "problem", ""))]
+        return [sink.problem for sink in sinks.values() if isinstance(sink, SlackSink) and sink.problem]
 
     def close(self) -> None:
         """Each stack's parts first (their history still reaches the shared store), then the shared ones."""

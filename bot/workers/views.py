@@ -11,7 +11,7 @@ from bot.markup import join, phrase
 from bot.slack import buttons
 from bot.slack.buttons import Action, Confirm
 from bot.status import assess
-from bot.status.snapshot import Level, TaskInfo, WorkerInfo
+from bot.status.snapshot import Level, TaskInfo, WorkerInfo, short_id
 from bot.status.views import Item, Section, View
 from bot.workers import rules
 from bot.workers.pauses import QueuePause, pause_text
@@ -48,7 +48,7 @@ def what(request: Request) -> str:
 
 
 def tasks_text(tasks: tuple[TaskInfo, ...]) -> str:
-    shown = ", ".join(f"{t.name} ({t.id[:8]})" for t in tasks[:5])
+    shown = ", ".join(f"{t.name} ({short_id(t.id)})" for t in tasks[:5])
     more = f" and {len(tasks) - 5} more" if len(tasks) > 5 else ""
     return f"{assess.plural(len(tasks), 'active task')}: {shown}{more}" if tasks else "no active task"
 
