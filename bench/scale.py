@@ -44,9 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    SLACK_ACK_LIMIT,
-    Bot,
-    Limit,
     Stack,
     Target,
     Timings,
@@ -55,7 +52,6 @@ from bench.common import (
     load_average,
     log,
     mib,
-    print_limits,
     print_rows,
     print_table,
     print_targets,
@@ -63,18 +59,20 @@ from bench.common import (
     running_bot,
     write_json,
 )
+from tests.support.bot import BotProcess
 from tests.support.fleet import Fleet, FleetSpec
 from tests.support.flower import FlowerProcess
 from tests.support.rabbit import RabbitNode
 from tests.support.slack import SlackStandIn
+from tests.support.slack.rules import ACK_SECONDS, MAX_SECTION_TEXT
+from tests.support.slack.rules import MAX_BLOCKS as SLACK_MAX_BLOCKS
 
 NAME = "scale"
 HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 100, 500 workers"
 COMMANDS = (("/tasks", ""), ("/tasks active", "active"), ("/tasks workers", "workers"))
 ACK_TIMEOUT = 10.0
 SEEN_TIMEOUT = 60.0  # for the bot to count the whole fleet after it started
-MAX_BLOCKS = 50
-MAX_SECTION_TEXT = 3000
+MAX_BLOCKS = SLACK_MAX_BLOCKS["message"]
 MAX_HEADER = 150
 MAX_BUTTON_LABEL = 75
 MAX_BUTTON_VALUE = 2000
@@ -264,7 +262,7 @@ class CommandResult:
             "violations": sorted({v for a in answers for v in a.violations}),
             "probe_ms_p50": probe[len(probe) // 2] if probe else None,
             "probe_ms_max": probe[-1] if probe else None,
-            "all_within_3s": self.timings.failed == 0 and stats.max < SLACK_ACK_LIMIT,
+            "all_within_3s": self.timings.failed == 0 and stats.max < ACK_SECONDS,
             "seen": sorted({(a.workers, a.active, a.reserved, a.silent) for a in answers
                             if not complete(a, spec)}, key=str)[:10],
         }
@@ -287,7 +285,7 @@ def share(before: float | None, after: float | None, wall: float) -> float | Non
     return round((after - before) / wall, 4)
 
 
-def measure_size(stack: Stack, bot: Bot, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
+def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
     pid = bot.process.pid
     rss: dict[str, int | None] = {"before_fleet": rss_bytes(pid)}
     log(f"N={spec.workers}: starting the fleet ({spec.workers} x {spec.tasks} active, {spec.processes} processes)")
@@ -416,17 +414,17 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
             res, s = r.commands[name], summaries[r.spec.workers][name]
             worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
             targets.append(Target(f"N={r.spec.workers} {name}: every ack within Slack's 3 s (max)", worst,
-                                  SLACK_ACK_LIMIT))
-            limits.append(Limit(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
+                                  ACK_SECONDS))
+            limits.append(Target(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
                                 inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
+            limits.append(Target(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
                                 MAX_SECTION_TEXT, "chars", inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
+            limits.append(Target(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
                                 s["answers_with_cut_sections"], 0, "", inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
+            limits.append(Target(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
                                 + res.timings.failed, 0, "", inclusive=True))
     print_targets(targets)
-    print_limits(limits, "Slack limits and completeness (reported, not asserted)")
+    print_targets(limits, "Slack limits and completeness (reported, not asserted)")
     return {
         "benchmark": NAME, **extra,
         "sizes": [{

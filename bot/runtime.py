@@ -32,7 +32,8 @@ from bot.history.read import History
 from bot.history.record import HistoryRecorder
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership, default_replica_id
-from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.metrics.collector import Metrics
+from bot.metrics.serve import Every, MetricsServer, WsgiApp, health_app, keep_fresh
 from bot.probes.celery_probe import CeleryProbe
 from bot.probes.prober import Prober
 from bot.redact import redact

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
@@ -27,33 +28,18 @@ from bot.status.snapshot import (
     Snapshot,
     WorkerInfo,
 )
+from tests.support import snapshots
+from tests.support.snapshots import BROKER, FLOWER, queue, running
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls
-BROKER = "127.0.0.1:5672"
-FLOWER = "http://127.0.0.1:5555"
 POLICY = Policy(alert_after=2, resolve_after=2, remind_seconds=600.0, backlog_threshold=100, backlog_seconds=300.0)
 
 
 # --- Snapshots ------------------------------------------------------------------------------------
 
 
-def queue(name: str = "celery", ready: int = 0, consumers: int | None = 1) -> QueueInfo:
-    return QueueInfo(name, ready, consumers, 0)
-
-
-def running(*workers: str) -> CeleryStatus:
-    return CeleryStatus(CeleryState.RUNNING, tuple(WorkerInfo(name, "prefork", 2) for name in workers))
-
-
-def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
-             flower: FlowerStatus | None = None) -> Snapshot:
-    return Snapshot(
-        taken_at=NOW,
-        broker=broker or BrokerStatus("rabbitmq", BROKER, queues=(queue(),)),
-        celery=celery or running("w1@h"),
-        flower=flower or FlowerStatus(FLOWER),
-    )
+snapshot = partial(snapshots.snapshot, taken_at=NOW)
 
 
 def healthy(*workers: str) -> Snapshot:
@@ -451,7 +437,7 @@ def test_backlog_over_threshold_for_backlog_seconds_fires_a_warning() -> None:
     assert keys(posts(effects)) == ["queue:celery:backlog"]
     incident = posts(effects)[0]
     assert incident.level == Level.WARN
-    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.clock(start)}"
+    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.time_of_day(start)}"
     assert incident.impact == "Tasks waiting in celery are not being processed."
     assert engine.poll(*[busy] * 10) == []
 
@@ -561,4 +547,4 @@ def test_incident_view_of_a_resolved_incident_has_no_buttons_and_says_resolved()
     assert view.level is Level.OK
     items = {item.title: item.text for item in view.sections[0].items}
     duration = assess.duration(resolved.resolved_at - resolved.started_at)
-    assert items["Resolved"] == f"after {duration}, at {assess.clock(resolved.resolved_at)}"
+    assert items["Resolved"] == f"after {duration}, at {assess.time_of_day(resolved.resolved_at)}"

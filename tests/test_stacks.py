@@ -22,7 +22,8 @@ from bot.control.access import Actor
 from bot.control.audit import AuditLog
 from bot.db import Database, StateConflict
 from bot.history.store import HistoryStore
-from bot.metrics import Metrics, read_store_facts
+from bot.metrics.collector import Metrics
+from bot.metrics.families import read_store_facts
 from bot.slack import blocks, buttons
 from bot.stacks.alerting import StackAlertState
 from bot.stacks.commands import StackCommands

@@ -151,7 +151,7 @@ def vanished_workers(snapshot: Snapshot, known: dict[str, float], now: float) ->
         return []  # the "celery" finding (or the broker's) covers them all
     present = {w.name for w in snapshot.celery.workers}
     # The wording must not change from poll to poll, or every poll would redraw the alert.
-    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.clock(seen)})",
+    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.time_of_day(seen)})",
                     assess.IMPACT_WORKER)
             for name, seen in sorted(known.items()) if name not in present]
 
@@ -163,7 +163,7 @@ def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Pol
         if start is not None and queue.ready > policy.backlog_threshold and now - start >= policy.backlog_seconds:
             found.append(Finding(f"queue:{queue.name}:backlog", Level.WARN,
                                  f"Queue {queue.name}: more than {policy.backlog_threshold} tasks waiting "
-                                 f"since {assess.clock(start)}", assess.queue_impact(queue.name)))
+                                 f"since {assess.time_of_day(start)}", assess.queue_impact(queue.name)))
     return found
 
 

@@ -21,7 +21,7 @@ from bot.alerting.sinks import Sink, SlackSink
 from bot.alerting.state import AlertStateStore
 from bot.config import Settings
 from bot.db import StateConflict
-from bot.status.assess import Finding, clock
+from bot.status.assess import Finding, time_of_day
 from bot.status.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,13 @@ def tomorrow_morning(now: float) -> float:
 
 class AlertService:
     def __init__(self, settings: Settings, store: AlertStateStore, take_snapshot: Callable[[], Snapshot], sink: Sink,
-                 clock_: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
+                 clock: Callable[[], float] = time.time, is_leader: Callable[[], bool] = lambda: True,
                  extra_findings: Callable[[Snapshot, AlertState, float], list[Finding]] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.take_snapshot = take_snapshot
         self.sink = sink
-        self.clock = clock_
+        self.clock = clock
         # With several replicas only the leader polls; any replica may record an acknowledgement.
         self.is_leader = is_leader
         # Findings from outside the snapshot: task-level rules over the history (bot.health).
@@ -153,4 +153,5 @@ class AlertService:
         mutes = {scope: until for scope, until in self._load().mutes.items() if until > now}
         if not mutes:
             return ""
-        return "Alerts muted: " + ", ".join(f"{scope} until {clock(until)}" for scope, until in sorted(mutes.items()))
+        return "Alerts muted: " + ", ".join(f"{scope} until {time_of_day(until)}"
+                                            for scope, until in sorted(mutes.items()))

@@ -17,7 +17,7 @@ from bot.alerting.engine import Effect, Post, Refresh, Timeline
 from bot.alerting.state import AlertStore, IncidentMessage, OutboxItem, OutboxRow
 from bot.alerting.views import incident_view
 from bot.slack import blocks
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ class SlackSink:
     """Posts through the store's outbox: rows are written with the engine's state, then sent in order."""
 
     def __init__(self, store: AlertStore, client: WebClient, channel: str, replica: str = "",
-                 clock_: Callable[[], float] = time.time,
+                 clock: Callable[[], float] = time.time,
                  attach: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.store = store
         self.attach = attach  # adds the chart of the series concerned (issue 19), drawn afresh on each send
         self.client = client
         self.channel = channel
         self.replica = replica
-        self.clock = clock_
+        self.clock = clock
         self.problem = ""  # a post Slack refused for good, for the status footer
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -135,7 +135,8 @@ class SlackSink:
 
     def _give_up(self, item_id: int, incident_id: str, error: str) -> None:
         log.error("Slack refused a post for incident %s for good (%s): dropped it", incident_id, error)
-        self.problem = f"Slack refused an alert post ({error}) at {clock(self.clock())}: check OPSBOT_ALERT_CHANNEL"
+        self.problem = (f"Slack refused an alert post ({error}) at {time_of_day(self.clock())}: "
+                        "check OPSBOT_ALERT_CHANNEL")
         self.store.done(item_id)
 
     def release(self) -> None:
@@ -213,10 +214,10 @@ class ConsoleSink:
         for effect in effects:
             incident = effect.incident
             if isinstance(effect, Post):
-                self.print_line(f"ALERT   {clock(now)}  {incident.text} — {incident.impact}")
+                self.print_line(f"ALERT   {time_of_day(now)}  {incident.text} — {incident.impact}")
             elif isinstance(effect, Timeline):
-                self.print_line(f"        {clock(now)}  {incident.text}: {effect.text}")
+                self.print_line(f"        {time_of_day(now)}  {incident.text}: {effect.text}")
             elif isinstance(effect, Refresh) and not incident.open:
-                self.print_line(f"RESOLVED {clock(now)}  {incident.text}")
+                self.print_line(f"RESOLVED {time_of_day(now)}  {incident.text}")
 
 

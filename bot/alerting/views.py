@@ -14,13 +14,13 @@ from bot.status.views import Item, Section, View
 def incident_view(incident: Incident, now: float) -> View:
     """The alert message of one incident: what is down, since when, what it means, who is on it."""
     level = incident.level if incident.open else Level.OK
-    since = f"{assess.clock(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
+    since = f"{assess.time_of_day(incident.started_at)} ({assess.duration(now - incident.started_at)} ago)"
     items = [Item(None, "Since", since), Item(None, "Impact", incident.impact)]
     if incident.acked_by:
         items.append(Item(None, "Acknowledged", phrase("by {} at {}", stored_mention(incident.acked_by),
-                                                       assess.clock(incident.acked_at or now))))
+                                                       assess.time_of_day(incident.acked_at or now))))
     if incident.snoozed_until and incident.snoozed_until > now and incident.open:
-        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.clock(incident.snoozed_until),
+        items.append(Item(None, "Snoozed", phrase("until {} by {}", assess.time_of_day(incident.snoozed_until),
                                                   stored_mention(incident.snoozed_by or ""))))
     items += [Item(None, "", line) for line in incident.details]
     if incident.open:
@@ -32,7 +32,7 @@ def incident_view(incident: Incident, now: float) -> View:
         resolved_at = incident.resolved_at or now
         title = "Resolved"
         items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
-                                                f"at {assess.clock(resolved_at)}"))
+                                                f"at {assess.time_of_day(resolved_at)}"))
         actions = ()
     view = View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
@@ -71,7 +71,7 @@ def task_actions(incident: Incident) -> tuple[Action, ...]:
 
 
 def incidents_view(incidents: list[Incident], now: float, muted_note: str) -> View:
-    items = tuple(Item(i.level, assess.clock(i.started_at),
+    items = tuple(Item(i.level, assess.time_of_day(i.started_at),
                        phrase("{} ({}){}", i.text, assess.duration(now - i.started_at),
                               phrase(", acknowledged by {}", stored_mention(i.acked_by)) if i.acked_by else ""))
                   for i in sorted(incidents, key=lambda i: i.started_at))

@@ -24,7 +24,7 @@ from bot.history.views import history_item, page_view, task_view
 from bot.markup import phrase
 from bot.slack import buttons
 from bot.slack.buttons import PRIVATE_SECTIONS, TARGETED, Forged
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 from bot.status.snapshot import Level, Snapshot
 from bot.status.views import (
     Controls,
@@ -214,8 +214,9 @@ class Commands:
         mute = parse_mute(command.args)
         until = self.alerts.mute(mute)
         what = "All alerts" if mute.scope is MuteScope.ALL else f"Alerts about {mute.scope}"
-        self._record(actor, "mute", mute.scope, "done", f"{what} muted until {clock(until)}.")
-        return message_view("opsbot", phrase("{} muted until {} by {}.", what, clock(until), actor.mention), Level.OK)
+        self._record(actor, "mute", mute.scope, "done", f"{what} muted until {time_of_day(until)}.")
+        said = phrase("{} muted until {} by {}.", what, time_of_day(until), actor.mention)
+        return message_view("opsbot", said, Level.OK)
 
     def _record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         if self.control is not None:
@@ -293,10 +294,10 @@ class Commands:
             outcome = self.retrier.retry_failed(actor, command.target, command.since)
             return message_view("opsbot", outcome.message, outcome.level)
         count = len(self.retrier.failed_since(command.target, command.since))
-        what = phrase("{} failed {} since {}.", count, command.target, clock(command.since))
+        what = phrase("{} failed {} since {}.", count, command.target, time_of_day(command.since))
         if not count:
             return message_view("opsbot", phrase("No {} task failed since {}; nothing to retry.", command.target,
-                                                 clock(command.since)), Level.OK)
+                                                 time_of_day(command.since)), Level.OK)
         item = Item(Level.DOWN, command.target, what, action=buttons.retry_failed(command.target, command.since, count))
         return message_view("Retry failed tasks", phrase("Retry {} failed {} tasks?", count, command.target),
                             Level.WARN, (Section("To retry", (item,)),))

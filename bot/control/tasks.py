@@ -25,7 +25,7 @@ from bot.markup import mention, phrase
 from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
 from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 from bot.status.snapshot import Level, TaskInfo, short_id
 
 log = logging.getLogger(__name__)
@@ -193,13 +193,13 @@ def failed(action: str, exc: BaseException) -> Outcome:
 
 class TaskControl:
     def __init__(self, settings: Settings, stack: Stack, audit_log: AuditLog, access: Access,
-                 announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
+                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.audit_log = audit_log
         self.access = access
         self.announce = announce or (lambda text: None)
-        self.clock = clock_
+        self.clock = clock
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message, self.settings.stack)
@@ -273,7 +273,7 @@ class TaskControl:
                 if lingering:
                     return replace(lingering, label="lingering")
                 return Outcome(Level.OK, phrase("Already terminated by {} at {}; nothing else was done.",
-                                                mention(previous.user_id), clock(previous.at)), label="already")
+                                                mention(previous.user_id), time_of_day(previous.at)), label="already")
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
             return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done.",

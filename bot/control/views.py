@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.control.audit import AuditEntry
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 from bot.status.snapshot import Level
 from bot.status.views import Item, Section, View
 
@@ -13,7 +13,7 @@ OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WAR
 
 def audit_view(entries: list[AuditEntry]) -> View:
     items = tuple(
-        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock(e.at)} {e.action} {e.target}",
+        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{time_of_day(e.at)} {e.action} {e.target}",
              f"{e.outcome}, by {e.user_id}: {e.detail}")
         for e in entries)
     note = "" if entries else "No task-control attempt yet."

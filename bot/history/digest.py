@@ -18,12 +18,12 @@ class DailyDigest:
     only the leader queues it, under a key of the day (`post(key, payload)`: the alert sink's outbox)."""
 
     def __init__(self, at: str, store: HistoryStore, post: Callable[[str, dict[str, str]], None],
-                 is_leader: Callable[[], bool], clock_: Callable[[], float] = time.time) -> None:
+                 is_leader: Callable[[], bool], clock: Callable[[], float] = time.time) -> None:
         self.hour, self.minute = (int(part) for part in at.split(":"))
         self.store = store
         self.post = post
         self.is_leader = is_leader
-        self.clock = clock_
+        self.clock = clock
         self.scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
                                                            "misfire_grace_time": 30})
 

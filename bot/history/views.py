@@ -29,7 +29,7 @@ def retry_links(row: TaskRecord) -> str:
 
 def history_item(row: TaskRecord, retryable: bool = False) -> Item:
     runtime = f", ran {assess.duration(row.runtime)}" if row.runtime is not None else ""
-    finished = f", finished {assess.clock(row.finished_at)}" if row.finished_at else ""
+    finished = f", finished {assess.time_of_day(row.finished_at)}" if row.finished_at else ""
     worker = f" on {row.worker}" if row.worker else ""
     action = buttons.retry("history", row.task_id, f"{row.name or '?'} ({row.task_id[:8]})") \
         if retryable and not row.retried_as else None
@@ -60,7 +60,7 @@ def task_view(row: TaskRecord, retryable: bool = False) -> View:
     """The full story of one task."""
     def when(key: str) -> str:
         value = getattr(row, key)
-        return assess.clock(value) if value else "—"
+        return assess.time_of_day(value) if value else "—"
 
     items = [
         Item(STATE_LEVELS.get(row.state), "State", row.state),

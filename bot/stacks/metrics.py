@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 from prometheus_client.metrics_core import Metric
 
-from bot.metrics import Metrics
+from bot.metrics.collector import Metrics
 from bot.status.snapshot import Snapshot
 
 HOSTS_OWN = frozenset({"opsbot_leader", "opsbot_store_up"})  # said once, by the host

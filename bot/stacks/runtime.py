@@ -20,7 +20,7 @@ from bot.commands.dispatch import Commands
 from bot.config import Settings
 from bot.control.access import Access, Actor
 from bot.health import TaskHealth
-from bot.metrics import Metrics
+from bot.metrics.collector import Metrics
 from bot.runtime import Runtime
 from bot.stacks.alerting import StackAlertState
 from bot.stacks.commands import StackCommands

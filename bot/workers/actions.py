@@ -154,12 +154,12 @@ def resolve_worker(name: str, workers: dict[str, WorkerInfo]) -> str:
 
 class WorkerControl:
     def __init__(self, settings: Settings, stack: WorkerStack, control: TaskControl, pauses: PauseStore,
-                 clock_: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.control = control
         self.pauses = pauses
-        self.clock = clock_
+        self.clock = clock
 
     # --- Reading ---
 

@@ -58,7 +58,8 @@ def headline(request: Request, results: list[WorkerResult], who: str, now: float
     """"Paused other on 3 of 3 workers by @ana at 14:02:03": what changed, where, who, when."""
     done = sum(1 for r in results if r.result is Result.DONE)
     noun = "worker" if len(results) == 1 else "workers"
-    line = phrase("{} on {} of {} {} by {} at {}", what(request), done, len(results), noun, who, assess.clock(now))
+    at = assess.time_of_day(now)
+    line = phrase("{} on {} of {} {} by {} at {}", what(request), done, len(results), noun, who, at)
     if request.action == "shutdown" and done:
         line = phrase("{}; it exits after its {}", line, tasks_text(active))
     if not done:
@@ -171,7 +172,7 @@ def eta_text(eta: Any, now: float) -> str:
     except ValueError:
         return "ETA unknown"
     when = f"in {assess.duration(moment - now)}" if moment >= now else f"{assess.duration(now - moment)} overdue"
-    return f"ETA {assess.clock(moment)} ({when})"
+    return f"ETA {assess.time_of_day(moment)} ({when})"
 
 
 def held_rows(action: str, replies: dict[str, Any], now: float) -> list[Item]:

@@ -4,7 +4,10 @@ Slack stand-in (Socket Mode or HTTP) and to the real task stack.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -40,30 +43,53 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+_running: set[BotProcess] = set()
+
+
 class BotProcess:
-    """`opsbot <mode>` in its own process group, output captured to a file for secret checks."""
+    """`opsbot <mode>` in its own process group, output captured to a file for secret checks.
+
+    Whatever is still running when the interpreter exits is stopped (a benchmark interrupted with
+    Ctrl-C leaves no bot behind)."""
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path, program: str = OPSBOT) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [program, *args], env=clean_env(env), cwd=log_path.parent,
+            [program, *args], env=clean_env(env), cwd=log_path.parent, stdin=subprocess.DEVNULL,
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
+        _running.add(self)
+
+    def running(self) -> bool:
+        return self.process.poll() is None
 
     def output(self) -> str:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def output_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output().splitlines()[-lines:])
+
     def stop(self) -> None:
-        if self.process.poll() is None:
+        """SIGTERM, then SIGKILL the whole group if it lingers."""
+        if self.running():
             self.process.terminate()
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=5)
         self._log.close()
+        _running.discard(self)
+
+
+@atexit.register
+def _stop_bots() -> None:
+    for bot in list(_running):
+        with contextlib.suppress(Exception):
+            bot.stop()
 
 
 def start_socket_mode(slack: SlackStandIn, run_bot: Callable[..., BotProcess], env: dict[str, str],

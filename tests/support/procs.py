@@ -46,8 +46,8 @@ def group_pids(pgid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        stat = _read_stat(int(entry.name))
-        if stat is not None and int(stat[4]) == pgid and stat[2] != "Z":
+        stat = stat_fields(int(entry.name))
+        if stat is not None and int(stat[2]) == pgid and stat[0] != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -58,20 +58,20 @@ def child_pids(ppid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        stat = _read_stat(int(entry.name))
-        if stat is not None and int(stat[3]) == ppid and stat[2] != "Z":
+        stat = stat_fields(int(entry.name))
+        if stat is not None and int(stat[1]) == ppid and stat[0] != "Z":
             pids.append(int(entry.name))
     return sorted(pids)
 
 
-def _read_stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat, with the command name (which may hold spaces) as one field."""
+def stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (which may hold spaces), so the state (field 3 of
+    stat) comes first, then ppid and pgrp; None when the process is gone."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    head, _, rest = raw.rpartition(")")
-    return [head.split(" (", 1)[0], head.split(" (", 1)[-1], *rest.split()]
+    return raw.rpartition(")")[2].split()
 
 
 _live: set[ManagedProcess] = set()

@@ -1,18 +1,14 @@
 """The Slack stand-in (Web API, response_url, Socket Mode) and Slack's Block Kit rules it enforces."""
 
-from tests.support.slack.standin import (
-    ApiCall,
-    Message,
-    Rejected,
-    ResponseRecord,
-    SlackStandIn,
+from tests.support.slack.payloads import (
     block_action_form,
     block_action_payload,
-    event_body,
     sign,
     slash_command_form,
     slash_command_payload,
 )
+from tests.support.slack.records import ApiCall, Message, Rejected, ResponseRecord
+from tests.support.slack.standin import SlackStandIn
 
 __all__ = [
     "ApiCall",
@@ -22,7 +18,6 @@ __all__ = [
     "SlackStandIn",
     "block_action_form",
     "block_action_payload",
-    "event_body",
     "sign",
     "slash_command_form",
     "slash_command_payload",
