@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -18,8 +19,13 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.console import render as terminal
 from bot.logs import use_json_lines
 from bot.redact import install_log_redaction, redact
+from bot.stacks.config import StackConfig, all_secrets, load_stacks
 from bot.status import assess
 from bot.status.views import status_view
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
+    from bot.stacks.runtime import StacksRuntime
 
 log = logging.getLogger("opsbot")
 
@@ -81,19 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = {"celery_app": args.app} if args.app else {}
         settings = with_app(load_settings(**overrides), **overrides)
+        stacks = load_stacks(settings)
         mode = args.mode or ("run" if settings.slack_configured else "console")
         if mode == "run":
             require_slack(settings)
     except ConfigError as problem:
         print(f"opsbot: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    install_log_redaction(settings.secrets(), settings.log_level)
+    install_log_redaction([*settings.secrets(), *all_secrets(stacks)], settings.log_level)
     if settings.log_format == "json":
         use_json_lines()
 
-    from bot.runtime import Runtime  # heavy imports (celery, slack) only once configuration is valid
-
-    runtime = Runtime(settings)
+    runtime = make_runtime(settings, stacks)
     for name in ("SIGTERM", "SIGINT"):
         signal.signal(getattr(signal, name), on_shutdown_signal)
     try:
@@ -122,13 +127,39 @@ def main(argv: list[str] | None = None) -> int:
         log.info("opsbot stopped")
 
 
-def print_status(runtime: object, as_json: bool) -> int:
-    snapshot = runtime.prober.snapshot()  # type: ignore[attr-defined]
+def make_runtime(settings: Settings, stacks: tuple[StackConfig, ...]) -> Runtime:
+    # Heavy imports (celery, slack) only once configuration is valid.
+    from bot.runtime import Runtime
+
+    if settings.stacks_file is None:
+        return Runtime(settings)
+    from bot.stacks.runtime import StacksRuntime
+
+    return StacksRuntime(settings, stacks)
+
+
+def print_status(runtime: Runtime, as_json: bool) -> int:
+    from bot.stacks.runtime import StacksRuntime
+
+    if isinstance(runtime, StacksRuntime):
+        return print_stacks(runtime, as_json)
+    snapshot = runtime.prober.snapshot()
     if as_json:
         print(redact(json.dumps(asdict(snapshot), default=str, indent=2)))
     else:
         Console().print(terminal.render(status_view(snapshot)))
     return assess.exit_code(assess.overall_level(snapshot))
+
+
+def print_stacks(runtime: StacksRuntime, as_json: bool) -> int:
+    from bot.stacks.view import overall, stacks_view
+
+    stacks = runtime.snapshots()
+    if as_json:
+        print(redact(json.dumps({s.name: asdict(s.snapshot) for s in stacks}, default=str, indent=2)))
+    else:
+        Console().print(terminal.render(stacks_view(stacks, lambda s: status_view(s.snapshot))))
+    return assess.exit_code(overall(stacks))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.durations import parse_duration
@@ -277,6 +277,21 @@ class Settings(BaseSettings):
     @classmethod
     def _grace_duration(cls, value: object) -> object:
         return parse_duration(value) if isinstance(value, str) else value
+
+    # --- issue 14: several stacks in one bot (bot.stacks.config reads the file) ---
+    stacks_file: Path | None = Field(None, validation_alias="OPSBOT_STACKS_FILE")
+    # The stack these settings describe, as the stacks file names it: never read from the environment.
+    _stack: str = PrivateAttr("")
+
+    @property
+    def stack(self) -> str:
+        """The stack's name in the stacks file; "" for the one stack the environment describes."""
+        return self._stack
+
+    def for_stack(self, name: str) -> Settings:
+        named = self.model_copy()
+        named._stack = name
+        return named
 
 
 BROKER_KINDS = {"amqp": "rabbitmq", "pyamqp": "rabbitmq", "amqps": "rabbitmq",

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.alerting.service import AlertService
 from bot.alerting.sinks import ConsoleSink, Sink, SlackSink
@@ -18,7 +18,7 @@ from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands.dispatch import Commands
+from bot.commands.dispatch import Commands, CommandSet
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.control.audit import AuditLog
@@ -41,6 +41,11 @@ from bot.status.heartbeats import HeartbeatMonitor
 from bot.status.snapshot import Snapshot
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
 from bot.workers.store import PauseStore
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+
+    from bot.charts.slack import ChartPoster
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +92,8 @@ class Runtime:
         self.facts = app_facts(settings.celery_app) if settings.celery_app else None
         self.beat: BeatWatch | None = None
         self.events: EventEnabler | None = None
+        # Several stacks (bot.stacks): the host runtime of the stacks records no series of its own.
+        self.record_series = True
 
     def take_snapshot(self) -> Snapshot:
         """Every snapshot the bot takes (alert polls, commands): with each queue's oldest waiting task
@@ -131,7 +138,7 @@ class Runtime:
         if port is None:
             return
         store = self._store()  # opened here, once: migrations must not run from two threads at a time
-        self.metrics = Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
+        self.metrics = self._make_metrics()
         if not self._metrics_on_slack_port():
             try:
                 server = MetricsServer(self.health_app(), self.settings.metrics_host, port).start()
@@ -141,6 +148,9 @@ class Runtime:
             self._metrics_parts.append(server)
             log.info("serving /metrics, /healthz and /readyz on port %d", port)
         self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, AlertStore(store))
+
+    def _make_metrics(self) -> Metrics:
+        return Metrics(self.settings.poll_seconds, is_leader=self._is_leader)
 
     def health_app(self) -> WsgiApp:
         assert self.metrics is not None
@@ -163,9 +173,33 @@ class Runtime:
         if leading and self.alerts is not None:
             self.alerts.poll_soon()  # take over at once: the incidents are in the shared store
 
+    def _series_store(self) -> SeriesStore:
+        if self.settings.stack:  # several stacks: each one's series apart (bot.stacks)
+            from bot.stacks.series import StackSeriesStore
+
+            return StackSeriesStore(self._store().engine, self.settings.stack)
+        return SeriesStore(self._store().engine)
+
     def charts(self) -> Charts:
-        return Charts(SeriesStore(self._store().engine), self.settings.queues, self.settings.backlog_threshold,
-                      self.settings.series_days, time.time)
+        kind: type[Charts] = Charts
+        if self.settings.stack:
+            from bot.stacks.series import StackCharts
+
+            kind = StackCharts  # titled with the stack's name
+        return kind(self._series_store(), self.settings.queues, self.settings.backlog_threshold,
+                    self.settings.series_days, time.time)
+
+    def chart_posters(self, client: WebClient) -> dict[str, ChartPoster]:
+        """Who draws `/tasks chart` in Slack, by stack ("" for the single stack)."""
+        from bot.charts.slack import ChartPoster
+
+        return {"": ChartPoster(client, self.charts())}
+
+    def incident_charts(self, client: WebClient) -> Callable[[str, dict[str, Any]], dict[str, Any]]:
+        """What adds an alert's chart to its message."""
+        from bot.charts.slack import IncidentCharts
+
+        return IncidentCharts(client, self.charts()).attach
 
     def _is_leader(self) -> bool:
         return self.leadership is not None and self.leadership.is_leader()
@@ -196,10 +230,13 @@ class Runtime:
         mode (`opsbot run`) takes part in the election for alerting."""
         if lead:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
-        self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
-                                     self.take_snapshot, should_record=self._records_series).start()
+        if self.record_series:  # several stacks: each stack records its own, the host none
+            self.series = SeriesRecorder(self._series_store(), self.settings.series_days,
+                                         self.take_snapshot, should_record=self._records_series).start()
         self.recorder = HistoryRecorder(HistoryStore(self._store()), self.settings.history_days,
-                                        self.settings.history_max_rows, on_recorded=self.series.on_task_event).start()
+                                        self.settings.history_max_rows,
+                                        on_recorded=self.series.on_task_event if self.series else None,
+                                        stack=self.settings.stack).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event)
         heartbeats = self.heartbeats
@@ -239,7 +276,7 @@ class Runtime:
         self.alerts.start()
         return self.alerts
 
-    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
+    def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> CommandSet:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
         control = TaskControl(self.settings, stack, AuditLog(self._store()), access, announce)
@@ -250,14 +287,13 @@ class Runtime:
         return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts(),
                         workers)
 
-    def console_commands(self, print_line: Callable[[str], None]) -> tuple[Commands, Actor]:
+    def console_commands(self, print_line: Callable[[str], None]) -> tuple[CommandSet, Actor]:
         # The operator at the console already holds the broker's credentials: they may act.
         operator = console_actor()
         self.start_console_alerts(ConsoleSink(print_line))
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
-        from bot.charts.slack import ChartPoster, IncidentCharts
         from bot.links import Links
         from bot.slack import app as slack_app
         from bot.slack import blocks
@@ -268,7 +304,7 @@ class Runtime:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
             sink = SlackSink(AlertStore(self._store()), client, self.settings.alert_channel, self.replica,
-                             attach=IncidentCharts(client, self.charts()).attach)
+                             attach=self.incident_charts(client))
             self.start_alerts(sink)
             if self.settings.digest_at:
                 self.digest = DailyDigest(self.settings.digest_at, HistoryStore(self._store()),
@@ -278,7 +314,7 @@ class Runtime:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
                                  slack_app.audit_announcer(self.settings, client))
-        app = slack_app.build_app(self.settings, commands, client, ChartPoster(client, self.charts()))
+        app = slack_app.build_app(self.settings, commands, client, self.chart_posters(client))
         if self.settings.log_level != "DEBUG":
             app.logger.setLevel(logging.WARNING)  # bolt resets its logger to the root's level: quiet it again
         if self.settings.slack_app_token is not None:

@@ -20,6 +20,7 @@ audit_table = Table(
     Column("target", String(255), nullable=False),
     Column("outcome", String(32), nullable=False),
     Column("detail", Text, nullable=False, default=""),
+    Column("stack", String(30), nullable=False, server_default=""),  # several stacks: whose (issue 14)
 )
 
 terminations_table = Table(
@@ -91,5 +92,6 @@ task_history_table = Table(
     Column("sent_at", Float, nullable=True),
     Column("retry_of", String(255), nullable=True),
     Column("retried_as", String(255), nullable=True),
+    Column("stack", String(30), nullable=False, server_default="", index=True),  # several stacks (issue 14)
 )
 HISTORY_COLUMNS = [c.name for c in task_history_table.columns]

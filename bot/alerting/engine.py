@@ -32,6 +32,7 @@ class Policy:
     backlog_threshold: int = 100
     backlog_seconds: float = 600.0
     pause_remind_seconds: float = 3600.0  # a queue an admin paused is posted once paused this long
+    stack: str = ""  # several stacks (bot.stacks): the stack's name, in each incident's id and text
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Incident:
     details: tuple[str, ...] = ()  # lines under the alert (task-level findings, bot.health)
     targets: tuple[str, ...] = ()  # the task ids its buttons act on
     retryable: tuple[str, ...] = ()  # those whose exact arguments are known: they get a Retry button
+    stack: str = ""  # several stacks: the stack it is about (its buttons name it too)
 
     def __post_init__(self) -> None:
         # Read back from JSON these are lists and an int; as tuples and a Level they compare equal to a
@@ -210,8 +212,13 @@ def muted(state: AlertState, key: str, now: float) -> bool:
 # --- The state machine ------------------------------------------------------------------------
 
 
-def incident_id(key: str, started_at: float) -> str:
-    return f"{key}@{int(started_at * 1000)}"
+def incident_id(key: str, started_at: float, stack: str = "") -> str:
+    return f"{stack + '/' if stack else ''}{key}@{int(started_at * 1000)}"
+
+
+def named(stack: str, text: str) -> str:
+    """An incident's text; with several stacks, the stack's name comes first."""
+    return f"{stack}: {text}" if stack else text
 
 
 def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
@@ -229,7 +236,7 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
             continue
         if finding is not None:
             check = Check(check.failing + 1, 0, check.since or now)
-            failing_now = Failing(key, check, finding, muted(state, key, now), now)
+            failing_now = Failing(key, check, finding, muted(state, key, now), now, policy.stack)
             incident, found = _on_failure(incidents.get(key), failing_now, policy.alert_after)
         else:
             check = Check(0, check.passing + 1, None)
@@ -260,6 +267,7 @@ class Failing:
     finding: Finding
     muted: bool  # its scope is muted now
     now: float
+    stack: str = ""  # several stacks: the stack's name, in the incident's id and text
 
 
 def _on_failure(current: Incident | None, failing: Failing, alert_after: int
@@ -270,10 +278,11 @@ def _on_failure(current: Incident | None, failing: Failing, alert_after: int
         if failing.check.failing < alert_after:
             return None, []  # pending: one bad poll does not wake anybody
         since = failing.check.since or now
-        incident = Incident(incident_id(failing.key, since), failing.key, finding.level, finding.text,
-                            finding.impact, since, now, silenced=failing.muted, **_task_fields(finding))
+        incident = Incident(incident_id(failing.key, since, failing.stack), failing.key, finding.level,
+                            named(failing.stack, finding.text), finding.impact, since, now, silenced=failing.muted,
+                            stack=failing.stack, **_task_fields(finding))
         return incident, [] if incident.silenced else [Post(incident)]
-    fresh = replace(current, level=finding.level, text=finding.text, impact=finding.impact,
+    fresh = replace(current, level=finding.level, text=named(failing.stack, finding.text), impact=finding.impact,
                     **_task_fields(finding))
     if fresh == current or fresh.silenced:
         return fresh, []

@@ -58,7 +58,8 @@ class SlackSink:
         self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        if not self._thread.is_alive():  # several stacks' engines share this sink (bot.stacks): started once
+            self._thread.start()
 
     def stop(self) -> None:
         """On the way out: stop sending, and free what we claimed and did not send for the others."""

@@ -85,16 +85,24 @@ class AlertStore:
 
     def load(self) -> tuple[AlertState, int]:
         """The engine's state and its version (0: none saved yet)."""
+        data, version = self.load_data()
+        return AlertState.from_json(data), version
+
+    def load_data(self) -> tuple[dict[str, Any], int]:
+        """The state row as stored (several stacks keep one engine state each in it: bot.stacks.alerting)."""
         query = select(alert_state_table.c.data, alert_state_table.c.version).where(alert_state_table.c.id == 1)
         with self.engine.connect() as conn:
             row = conn.execute(query).first()
-        return (AlertState.from_json(json.loads(row.data)), int(row.version)) if row else (AlertState(), 0)
+        return (json.loads(row.data), int(row.version)) if row else ({}, 0)
 
     def save(self, state: AlertState, version: int, outbox: list[OutboxRow]) -> None:
+        self.save_data(state.to_json(), version, outbox)
+
+    def save_data(self, data: dict[str, Any], version: int, outbox: list[OutboxRow]) -> None:
         """The engine's new state and the Slack posts it calls for, in one transaction: a crash in
         between can neither lose a post nor queue one for a state that was never saved. The update is
         conditional on the version we read, so two replicas stepping at once cannot both post."""
-        state_json = json.dumps(state.to_json())
+        state_json = json.dumps(data)
         table = alert_state_table
         with self.engine.begin() as conn:
             if version == 0:

@@ -34,8 +34,13 @@ def incident_view(incident: Incident, now: float) -> View:
         items.append(Item(Level.OK, "Resolved", f"after {assess.duration(resolved_at - incident.started_at)}, "
                                                 f"at {assess.time_of_day(resolved_at)}"))
         actions = ()
-    return View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
+    view = View(title, incident.text, level, (Section("Incident", tuple(items)),), actions,
                 footer=f"Incident {incident.id}")
+    if incident.stack:  # several stacks: each button names the incident's stack (bot.stacks)
+        from bot.stacks.view import stamped
+
+        return stamped(view, incident.stack)
+    return view
 
 
 FAILING, STUCK = "task:failing:", "task:stuck:"  # keys of task-level incidents (bot.health.rules)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from bot.alerting.mute import MuteScope, parse_mute
 from bot.alerting.service import AlertService
@@ -61,6 +62,20 @@ class Reply:
     follow_up_after: float = 0.0
 
 
+class CommandSet(Protocol):
+    """What the edges (Slack, the console) call: one stack's `Commands`, or several stacks' (bot.stacks)."""
+
+    def parse(self, text: str) -> Command: ...
+
+    def run(self, command: Command, actor: Actor) -> Reply: ...
+
+    def run_text(self, text: str, actor: Actor) -> Reply: ...
+
+    def run_button(self, action_id: str, value: str, actor: Actor) -> Reply: ...
+
+    def run_alert_button(self, action_id: str, value: str, actor: Actor) -> Reply | None: ...
+
+    def home(self) -> View: ...
 
 
 class Commands:
@@ -107,15 +122,23 @@ class Commands:
             return message_view("opsbot", f"Could not check your permissions ({problem}).", Level.WARN)
         return message_view("opsbot", NOT_A_VIEWER, Level.WARN)
 
+    @staticmethod
+    def parse(text: str) -> Command:
+        """What the edges call: one stack's language is the module's `parse`; bot.stacks adds a stack's name."""
+        return parse(text)
+
     def status(self, section: str, page: int = 1) -> View:
-        snapshot = self.take_snapshot()
+        view = self.view_of(self.take_snapshot(), section, page)
+        extra = [note for note in self.notes() if note]
+        return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
+
+    def view_of(self, snapshot: Snapshot, section: str, page: int = 1) -> View:
+        """A section of the status drawn from a snapshot already taken (bot.stacks probes stacks together)."""
         if section != "active" and self.control and self.control.access.viewers_configured:
             snapshot = without_arguments(snapshot)  # seen by anyone: no task details
         if section == "workers" and self.workers is not None:
             snapshot = self.workers.with_limits(snapshot)  # the rate and time limits in force
-        view = status_view(snapshot, section, page, self.controls())
-        extra = [note for note in self.notes() if note]
-        return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
+        return status_view(snapshot, section, page, self.controls())
 
     def run(self, command: Command, actor: Actor) -> Reply:
         if command.name in FOR_VIEWERS and (refusal := self.viewer_refusal(actor)):

@@ -76,6 +76,7 @@ class Command:
     since: float = 0.0  # retry_failed: failed since this moment
     worker: str = ""  # worker control: the worker named (maybe a button's key)
     args: tuple[str, ...] = ()  # mute: the duration and scope as typed (bot.alerting.mute)
+    stack: str = ""  # several stacks (bot.stacks): the stack named first, `/tasks prod active`
 
     @property
     def kind(self) -> Kind:

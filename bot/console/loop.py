@@ -16,9 +16,8 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console
 
-from bot.commands.dispatch import Commands
+from bot.commands.dispatch import CommandSet
 from bot.commands.grammar import UsageError
-from bot.commands.help import help_view
 from bot.console import render as terminal
 from bot.control.access import Actor
 from bot.status.snapshot import Level
@@ -46,7 +45,7 @@ Ask = Callable[[str], str]  # shows a prompt, returns the line typed; EOFError a
 class Session:
     """One operator at one terminal: the last choices offered, and where answers come from."""
 
-    def __init__(self, commands: Commands, operator: Actor, console: Console, ask: Ask) -> None:
+    def __init__(self, commands: CommandSet, operator: Actor, console: Console, ask: Ask) -> None:
         self.commands = commands
         self.operator = operator
         self.console = console
@@ -88,10 +87,10 @@ class Session:
             self.console.print(terminal.render(view))
 
 
-def run(commands: Commands, operator: Actor, console: Console | None = None,
+def run(commands: CommandSet, operator: Actor, console: Console | None = None,
         lines: Iterable[str] | None = None) -> int:
     console = console or Console()
-    console.print(terminal.render(help_view()))
+    console.print(terminal.render(commands.run_text("help", operator).view))  # with several stacks, theirs too
     console.print("Type a command (e.g. [bold]/tasks[/bold]), a choice's number, or [bold]quit[/bold].")
     if lines is not None:
         Session(commands, operator, console, _from_lines(console, iter(lines))).loop()

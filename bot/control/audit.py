@@ -19,6 +19,7 @@ class AuditEntry:
     target: str
     outcome: str
     detail: str = ""
+    stack: str = ""  # several stacks (bot.stacks): the stack acted on
 
 
 @dataclass(frozen=True)
@@ -46,12 +47,14 @@ class AuditLog:
         with self.engine.begin() as conn:
             conn.execute(insert(audit_table).values(
                 at=entry.at, user_id=entry.user_id, action=entry.action, target=entry.target[:255],
-                outcome=entry.outcome, detail=entry.detail))
+                outcome=entry.outcome, detail=entry.detail, stack=entry.stack))
 
-    def latest(self, limit: int = 20) -> list[AuditEntry]:
+    def latest(self, limit: int = 20, stack: str = "") -> list[AuditEntry]:
         query = select(audit_table).order_by(audit_table.c.at.desc(), audit_table.c.id.desc()).limit(limit)
+        if stack:
+            query = query.where(audit_table.c.stack == stack)
         with self.engine.connect() as conn:
-            return [AuditEntry(r.at, r.user_id, r.action, r.target, r.outcome, r.detail)
+            return [AuditEntry(r.at, r.user_id, r.action, r.target, r.outcome, r.detail, r.stack)
                     for r in conn.execute(query)]
 
     def termination(self, task_id: str) -> Termination | None:

@@ -202,14 +202,15 @@ class TaskControl:
         self.clock = clock
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
-        entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
+        entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message, self.settings.stack)
         try:
             self.audit_log.record(entry)
         except Exception as exc:  # the attempt happened all the same: keep it in the log at least
             log.error("could not store the audit entry (%s): %s %s %s: %s", type(exc).__name__, actor.id,
                       action, entry.target, outcome)
         try:
-            self.announce(phrase("{} {} {}: {}. {}", actor.mention, action, entry.target, outcome, message))
+            where = f" on {entry.stack}" if entry.stack else ""  # several stacks: which one (bot.stacks)
+            self.announce(phrase("{} {} {}{}: {}. {}", actor.mention, action, entry.target, where, outcome, message))
         except Exception:
             log.warning("could not post the audit entry to the audit channel")
 
@@ -358,4 +359,4 @@ class TaskControl:
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
         refusal = self.refusal(actor, AUDIT)
-        return refusal if refusal else self.audit_log.latest(limit)
+        return refusal if refusal else self.audit_log.latest(limit, self.settings.stack)

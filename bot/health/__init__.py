@@ -25,12 +25,14 @@ class TaskHealth:
     def __init__(self, settings: Settings, store: Callable[[], Database],
                  retryable: Callable[[list[str]], set[str]] = lambda ids: set()) -> None:
         self.policy = rules.policy_from(settings)
+        self.stack = settings.stack  # several stacks: this stack's tasks only
         self.store = store
         self.retryable = retryable
 
     def findings(self, snapshot: Snapshot, state: AlertState, now: float) -> list[Finding]:
         # A store that cannot be read raises: the poll fails and no incident resolves for want of news.
-        outcomes = queries.outcomes(self.store(), now, self.policy.longest_window, self.policy.failure_window)
+        outcomes = queries.outcomes(self.store(), now, self.policy.longest_window, self.policy.failure_window,
+                                    self.stack)
         found = rules.task_findings(snapshot, outcomes, now, self.policy, frozenset(state.incidents))
         return [self._with_retry(f) for f in found]
 

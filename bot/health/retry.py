@@ -156,7 +156,7 @@ class Retrier:
                                         new_id, where, actor.mention), changed=True, label="done")
 
     def failed_since(self, name: str, since: float) -> list[str]:
-        return queries.failed_ids(self.store(), name, since, MAX_BULK)
+        return queries.failed_ids(self.store(), name, since, MAX_BULK, self.settings.stack)
 
     def retry_failed(self, actor: Actor, name: str, since: float) -> Outcome:
         """Every failed task of one name since a moment; each one audited on its own."""

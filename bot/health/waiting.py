@@ -88,7 +88,7 @@ class WaitingTime:
         if heads and all(at is not None for at in sent):
             since, exact = min(at for at in sent if at is not None), True
         else:
-            since, exact = queries.nth_newest_pending(store, queue.name, queue.ready)
+            since, exact = queries.nth_newest_pending(store, queue.name, queue.ready, self.settings.stack)
         if since is None:
             return queue
         return replace(queue, oldest_sent_at=since, oldest_age=max(0.0, now - since), oldest_exact=exact)

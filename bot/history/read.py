@@ -73,7 +73,7 @@ class History:
 
     def page(self, state: str | None, name: str | None, page: int) -> HistoryPage:
         offset = (page - 1) * HISTORY_PAGE
-        rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE)
+        rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE, self.settings.stack)
         if total or (self.recorder is not None and self.recorder.last_event_at is not None):
             return HistoryPage(rows, total, page, state, name, retryable=self._retryable(rows))
         try:
@@ -89,5 +89,5 @@ class History:
         return ShownTask(row, row.task_id in self._retryable([row])) if row else None
 
     def recent_failures(self, limit: int = 5) -> list[TaskRecord]:
-        rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit)
+        rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit, self.settings.stack)
         return rows

@@ -103,8 +103,9 @@ class HistoryRecorder:
     """
 
     def __init__(self, store: HistoryStore, days: float, max_rows: int,
-                 on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_recorded: Callable[[dict[str, Any]], None] | None = None, stack: str = "") -> None:
         self.store = store
+        self.stack = stack  # several stacks: the stack whose events these are, on each row
         self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
         self.days = days
         self.max_rows = max_rows
@@ -163,7 +164,7 @@ class HistoryRecorder:
                 return True
             try:
                 for start in range(0, len(self._unwritten), MAX_BATCH):
-                    self.store.record_task_events(self._unwritten[start:start + MAX_BATCH], fold)
+                    self.store.record_task_events(self._unwritten[start:start + MAX_BATCH], fold, self.stack)
             except Exception as exc:
                 self._failures += 1
                 delay = min(MAX_RETRY_DELAY, FLUSH_SECONDS * 2 ** min(self._failures, 6))

@@ -36,6 +36,7 @@ class TaskRecord:
     sent_at: float | None = None
     retry_of: str | None = None
     retried_as: str | None = None
+    stack: str = ""  # several stacks (bot.stacks): the stack whose task it is
 
     @classmethod
     def of(cls, row: Mapping[str, Any]) -> TaskRecord:
@@ -51,7 +52,8 @@ class HistoryStore:
         self.engine = db.engine
 
     def record_task_events(self, events: list[dict[str, Any]],
-                           fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]]) -> None:
+                           fold: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]],
+                           stack: str = "") -> None:
         """Fold a batch of events into their tasks' rows (read, merge in Python, write: any database).
 
         Several replicas record the same events: the rows merged into are locked, and a row another
@@ -64,7 +66,7 @@ class HistoryStore:
         def folded(row: dict[str, Any] | None, task_events: list[dict[str, Any]]) -> dict[str, Any]:
             for task_event in task_events:
                 row = fold(row, task_event)
-            return {k: v for k, v in (row or {}).items() if k in HISTORY_COLUMNS}
+            return {k: v for k, v in {**(row or {}), "stack": stack}.items() if k in HISTORY_COLUMNS}
 
         with self.engine.begin() as conn:
             found = conn.execute(select(table).where(table.c.task_id.in_(list(by_task))).with_for_update())
@@ -89,11 +91,13 @@ class HistoryStore:
                 removed += conn.execute(delete(table).where(table.c.updated_at < cutoff)).rowcount
         return removed
 
-    def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int
+    def finished_tasks(self, state: str | None, name: str | None, offset: int, limit: int, stack: str = ""
                        ) -> tuple[list[TaskRecord], int]:
         """Finished tasks, newest first, optionally of one final state and with a name containing `name`."""
         table = task_history_table
         where = [table.c.finished_at.is_not(None)]
+        if stack:  # several stacks: one stack's
+            where.append(table.c.stack == stack)
         if state:
             where.append(table.c.state == state)
         if name:

@@ -12,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from bot.alerting.engine import check_name
 from bot.alerting.state import AlertStore
+from bot.stacks.alerting import alert_states
 from bot.status.snapshot import CeleryState, Snapshot
 
 # Celery event type -> celery-exporter's counter (exposed with the `_total` suffix).
@@ -135,5 +136,5 @@ class StoreFacts:
 
 def read_store_facts(store: AlertStore) -> StoreFacts:
     """Open incidents and the outbox depth; raises when the store cannot be read."""
-    state = store.load()[0]
-    return StoreFacts(dict(Tally(check_name(key) for key in state.incidents)), store.depth())
+    states = alert_states(store.load_data()[0])  # several stacks: each has its engine state
+    return StoreFacts(dict(Tally(check_name(key) for state in states for key in state.incidents)), store.depth())

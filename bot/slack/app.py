@@ -25,8 +25,8 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import markup
 from bot.charts.slack import ChartPoster
-from bot.commands.dispatch import Commands, Reply
-from bot.commands.grammar import DEFERRED, Command, UsageError, parse
+from bot.commands.dispatch import CommandSet, Reply
+from bot.commands.grammar import DEFERRED, Command, UsageError
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.slack import blocks, buttons
@@ -144,7 +144,7 @@ def publish_home(client: WebClient, user_id: str, view: View) -> None:
             {"type": "section", "text": {"type": "mrkdwn", "text": text}}]})
 
 
-def home_view(reply: Reply, commands: Commands) -> View:
+def home_view(reply: Reply, commands: CommandSet) -> View:
     if reply.replace_original and reply.view.notice is None:
         return reply.view  # paging: the page asked for
     # After an action, the dashboard again, with the outcome on top.
@@ -169,7 +169,9 @@ def schedule_follow_up(reply: Reply, redraw: Callable[[View], None]) -> None:
     timer.start()
 
 
-def build_app(settings: Settings, commands: Commands, client: WebClient, charts: ChartPoster | None = None) -> App:
+def build_app(settings: Settings, commands: CommandSet, client: WebClient,
+              charts: dict[str, ChartPoster] | None = None) -> App:
+    """`charts`: who posts `/tasks chart`, by stack ("" for a single stack; bot.stacks)."""
     signing_secret = settings.slack_signing_secret.get_secret_value() if settings.slack_signing_secret else ""
     http_mode = settings.slack_app_token is None
     if http_mode and not signing_secret:
@@ -187,7 +189,7 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
     return app
 
 
-def listen_to_command(app: App, commands: Commands, charts: ChartPoster | None) -> None:
+def listen_to_command(app: App, commands: CommandSet, charts: dict[str, ChartPoster] | None) -> None:
     """/tasks: answered in the ack when quick, through response_url when acting, a chart in the channel."""
 
     @app.command("/tasks")
@@ -195,14 +197,15 @@ def listen_to_command(app: App, commands: Commands, charts: ChartPoster | None) 
         text = str(command.get("text") or "")
         who = actor(command.get("user_id"))
         try:
-            parsed: Command | None = parse(text)
+            parsed: Command | None = commands.parse(text)
         except Exception:  # the answer below explains; parsing must never cost us the ack
             parsed = None
-        if parsed is not None and parsed.name == "chart" and charts is not None:
+        poster = charts.get(parsed.stack) if charts is not None and parsed is not None else None
+        if parsed is not None and parsed.name == "chart" and poster is not None:
             # A file cannot ride on an ephemeral answer: it goes into the channel, and we say so privately.
             ack()
             channel = str(command.get("channel_id") or "")
-            reply = safely(lambda: Reply(charts.post(parsed.target, channel, who.mention), replace_original=False))
+            reply = safely(lambda: Reply(poster.post(parsed.target, channel, who.mention), replace_original=False))
             send(respond, reply.view, response_type="ephemeral", replace_original=False)
             return
         if parsed is not None and parsed.name in DEFERRED:
@@ -218,7 +221,7 @@ def listen_to_command(app: App, commands: Commands, charts: ChartPoster | None) 
         ack(response_type="ephemeral", **message(reply.view))
 
 
-def listen_to_buttons(app: App, commands: Commands) -> None:
+def listen_to_buttons(app: App, commands: CommandSet) -> None:
     """Clicks: the views' buttons, Share, the alerts' buttons, the runbook link, and anything not ours."""
 
     def on_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond,
@@ -267,7 +270,7 @@ def listen_to_buttons(app: App, commands: Commands) -> None:
     app.action(re.compile(".*"))(on_button)
 
 
-def listen_to_home(app: App, commands: Commands) -> None:
+def listen_to_home(app: App, commands: CommandSet) -> None:
     """The App Home tab, drawn afresh each time it is opened."""
 
     @app.event("app_home_opened")

@@ -25,6 +25,9 @@ MAX_PAGE = 10_000
 MAX_FILTER = 100  # a history name filter, typed by a user
 KEY_PREFIX = "~"  # no section, page or incident id starts with it
 KEY_LENGTH = 24  # hex digits of sha256: 96 bits, no accidental collision among a stack's targets
+# Several stacks (bot.stacks): every value is stamped "<stack>>" in front, so values leave room for it.
+STAMP = re.compile(r"^(?P<stack>[a-z][a-z0-9_-]{0,29})>(?P<value>.*)$", re.DOTALL)
+ROOM = MAX_VALUE - 31
 
 # Subcommands a status view can show: paging and refresh buttons name one.
 SECTIONS = ("overview", "workers", "queues", "active", "beat")
@@ -103,7 +106,7 @@ def key_of(target: str) -> str:
     return KEY_PREFIX + hashlib.sha256(target.encode("utf-8", "surrogatepass")).hexdigest()[:KEY_LENGTH]
 
 
-def ref(target: str, room: int = MAX_VALUE) -> str:
+def ref(target: str, room: int = ROOM) -> str:
     """The target itself when it fits `room`, else its key."""
     return target if len(target) <= room else key_of(target)
 
@@ -134,18 +137,18 @@ def history(role: str, number: int, state: str | None, name: str | None) -> Acti
 
 def targeted(action: str, section: str, target: str, label: str, confirm: Confirm) -> Action:
     """Terminate or Purge: where it was clicked (to redraw that view) and what it acts on."""
-    value = f"{section}|{ref(target, MAX_VALUE - len(section) - 1)}"
+    value = f"{section}|{ref(target, ROOM - len(section) - 1)}"
     return Action(action, label, value, style="danger", confirm=confirm)
 
 
 def runbook(incident_id: str, check: str) -> Action:
     """A link button to the team's runbook for this check (OPSBOT_RUNBOOK_URL); Slack opens it, we only ack."""
-    return Action(RUNBOOK, "Runbook", ref(incident_id, MAX_VALUE), slack_only=True, ref=("runbook", check))
+    return Action(RUNBOOK, "Runbook", ref(incident_id), slack_only=True, ref=("runbook", check))
 
 
 def retry(section: str, task_id: str, described: str) -> Action:
     """Retry a failed or revoked task (admins; the bot checks the exact arguments when clicked)."""
-    return Action("retry", "Retry", f"{section}|{ref(task_id, MAX_VALUE - len(section) - 1)}", style="primary",
+    return Action("retry", "Retry", f"{section}|{ref(task_id, ROOM - len(section) - 1)}", style="primary",
                   confirm=Confirm("Retry this task?", f"{described}. It is sent again as a new task with the same "
                                   "arguments, queue and routing key (at the queue's default priority).",
                                   "Retry", "Cancel"))
@@ -186,12 +189,24 @@ def _decode_worker(role: str, value: str) -> Click:
 def incident(incident_id: str) -> tuple[Action, ...]:
     """An open incident's buttons: Acknowledge, the snoozes, Show status."""
     longest = max(len(value) for value in SNOOZE_VALUES) + 1
-    short = ref(incident_id, MAX_VALUE - longest)
+    short = ref(incident_id, ROOM - longest)
     return (
         Action("alert_ack", "Acknowledge", short, style="primary"),
         *(Action(f"alert_snooze_{value}", f"Snooze {label}", f"{short}|{value}") for label, value in SNOOZES),
         Action("alert_status", "Show status", short),
     )
+
+
+def stamp(stack: str, value: str) -> str:
+    """A value naming the stack its button was drawn for (several stacks only)."""
+    assert STAMP.match(f"{stack}>")
+    return f"{stack}>{value}"
+
+
+def unstamp(value: str) -> tuple[str, str]:
+    """(stack, the value as the single-stack decoders read it); ("", value) when no stack is named."""
+    match = STAMP.match(value or "")
+    return (match["stack"], match["value"]) if match else ("", value or "")
 
 
 # --- Reading back ------------------------------------------------------------------------------
