@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 
 from aiohttp import WSMsgType, web
 
+from tests.slack_outage import Outages
 from tests.slack_rules import message_error
 
 T = TypeVar("T")
@@ -470,6 +471,7 @@ class SlackStandIn:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
+        self.outages = Outages()  # Slack failing for a while (tests/slack_outage.py)
         self._reset_state()
 
     def _reset_state(self) -> None:
@@ -606,13 +608,21 @@ class SlackStandIn:
         token = _bearer(request) or params.pop("token", None)
         params.pop("token", None)
         call = ApiCall(method, params, token, time.time(), http_method=request.method)
-        fault = self._take_fault(method)
+        fault = self._outage_fault(method, params) or self._take_fault(method)
         if fault is None:
             with self._cond:
                 return self._answer(call)
         if fault.hang:
             return await self._answer_hung(call, fault)
         return self._answer_faulted(call, fault, record=True)
+
+    def _outage_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
+        """An outage under way answers instead of the method (see tests/slack_outage.py)."""
+        answer = self.outages.answer(method, params)
+        if answer is None:
+            return None
+        return _Fault(status=answer.status, retry_after=answer.retry_after, error=answer.error,
+                      hang=answer.hang, process=False)
 
     async def _answer_hung(self, call: ApiCall, fault: _Fault) -> web.StreamResponse:
         """Record at arrival, hold the answer back, then answer normally or with the fault status."""
