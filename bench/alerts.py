@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import (
-    Bot,
     Stack,
     Target,
     Timings,
@@ -55,8 +54,11 @@ from bench.common import (
     running_stack,
     write_json,
 )
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, RabbitNode, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 NAME = "alerts"
 HELP = "real fault (worker, broker, Flower killed) to the alert in Slack, default alert settings"
@@ -315,7 +317,7 @@ def run_scenario(stack: Stack, key: str, rounds: int, log_level: str) -> Results
     return results
 
 
-def check_running(bot: Bot, key: str) -> None:
+def check_running(bot: BotProcess, key: str) -> None:
     if not bot.running():
         raise RuntimeError(f"the {key} scenario's bot exited with {bot.process.returncode}:\n{bot.output_tail()}")
 

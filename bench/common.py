@@ -1,19 +1,17 @@
 """Shared helpers for the benchmarks: statistics, reporting, and the services a benchmark runs against.
 
-Services come from the test suite (tests/stack.py, tests/slack_standin.py) and the bot is started
-exactly as tests/fixtures_bot.py does it, so a benchmark measures what the tests exercise.
+Services come from the test suite (tests/support/) and the bot is started
+exactly as the tests start it (tests/support/bot.py), so a benchmark measures what the tests exercise.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import json
 import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -27,14 +25,17 @@ from typing import Any
 
 import requests
 
-from tests.fixtures_bot import OPSBOT, clean_env, stack_env
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, log_tail, wait_until
+from bot.status.heartbeats import WARM_UP_SECONDS
+from tests.support.bot import BotProcess, stack_env, start_socket_mode
+from tests.support.celery_procs import CeleryWorker
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.procs import stat_fields
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SLACK_ACK_LIMIT = 3.0  # Slack shows the user an error past this
-HEARTBEAT_WARM_UP = 2.5  # bot.heartbeats.WARM_UP_SECONDS: the monitor's view is partial before this
 
 # --------------------------------------------------------------------------- statistics
 
@@ -98,18 +99,30 @@ class Timings:
 
 @dataclass(frozen=True)
 class Target:
-    """A timing target: `value` must stay below `limit` (both in seconds)."""
+    """A target, reported, never asserted: `value` must stay below `limit`, or at most `limit` when
+    `inclusive`. Without a `unit` both are seconds (a timing, shown in milliseconds); with one, a quantity."""
 
     name: str
     value: float
     limit: float
+    unit: str | None = None
+    inclusive: bool = False
 
     @property
     def met(self) -> bool:
-        return self.value < self.limit
+        return self.value <= self.limit if self.inclusive else self.value < self.limit
 
     def as_json(self) -> dict[str, Any]:
-        return {"target": self.name, "value_ms": ms(self.value), "limit_ms": ms(self.limit), "met": self.met}
+        if self.unit is None:
+            return {"target": self.name, "value_ms": ms(self.value), "limit_ms": ms(self.limit), "met": self.met}
+        return {"target": self.name, "value": self.value, "limit": self.limit, "unit": self.unit, "met": self.met}
+
+    def line(self, width: int) -> str:
+        verdict = "met" if self.met else "NOT MET"
+        if self.unit is None:
+            return f"  {self.name:<{width}}  {fmt_ms(self.value):>8} ms  (limit {fmt_ms(self.limit)} ms)  {verdict}"
+        value = f"{self.value:g}" if isinstance(self.value, float) else str(self.value)
+        return f"  {self.name:<{width}}  {value:>10} {self.unit:<6} (limit {self.limit:g} {self.unit})  {verdict}"
 
 
 # --------------------------------------------------------------------------- reporting
@@ -122,12 +135,15 @@ def fmt_ms(seconds: float) -> str:
 def print_table(title: str, rows: Sequence[tuple[str, Stats]]) -> None:
     """One row per scenario: n, failures, and the latency figures in milliseconds."""
     header = ("scenario", "n", "failed", "min", "p50", "p95", "p99", "max")
-    lines = [header] + [
-        (name, str(s.n), str(s.failed), *(fmt_ms(v) for v in (s.min, s.p50, s.p95, s.p99, s.max)))
-        for name, s in rows
-    ]
+    print_rows(f"{title} (milliseconds)", header, [
+        (name, s.n, s.failed, *(fmt_ms(v) for v in (s.min, s.p50, s.p95, s.p99, s.max))) for name, s in rows])
+
+
+def print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain table: the first column left-aligned, the others right-aligned."""
+    lines = [tuple(header)] + [tuple("-" if cell is None else str(cell) for cell in row) for row in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print(f"\n{title} (milliseconds)")
+    print(f"\n{title}")
     for i, line in enumerate(lines):
         cells = [line[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True))]
         print("  " + "  ".join(cells))
@@ -135,12 +151,11 @@ def print_table(title: str, rows: Sequence[tuple[str, Stats]]) -> None:
             print("  " + "  ".join("-" * w for w in widths))
 
 
-def print_targets(targets: Sequence[Target]) -> None:
-    print("\nTargets (reported, not asserted)")
+def print_targets(targets: Sequence[Target], title: str = "Targets (reported, not asserted)") -> None:
+    print(f"\n{title}")
     width = max((len(t.name) for t in targets), default=0)
     for t in targets:
-        verdict = "met" if t.met else "NOT MET"
-        print(f"  {t.name:<{width}}  {fmt_ms(t.value):>8} ms  (limit {fmt_ms(t.limit)} ms)  {verdict}")
+        print(t.line(width))
 
 
 def write_json(name: str, data: dict[str, Any]) -> Path:
@@ -227,57 +242,10 @@ def running_stack(concurrency: int = 2, pool: str = "prefork") -> Iterator[Stack
 # --------------------------------------------------------------------------- the bot
 
 
-_bots: set[Bot] = set()
-
-
-class Bot:
-    """`opsbot run` in its own process group, output to a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as out:
-            self.process = subprocess.Popen(
-                [OPSBOT, "run"], env=clean_env(env), cwd=log_path.parent,
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        _bots.add(self)
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def output_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log_path, lines)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL the whole group if it lingers."""
-        if self.running():
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=5)
-        _bots.discard(self)
-
-
-@atexit.register
-def _kill_bots() -> None:
-    for bot in list(_bots):
-        with contextlib.suppress(Exception):
-            bot.stop()
-
-
 def bot_env(stack: Stack, flower_url: str | None, log_level: str, db_name: str) -> dict[str, str]:
-    """tests/fixtures_bot.py's socket_bot settings (stack_env + the stand-in's tokens and URL)."""
+    """The socket_bot fixture's settings (stack_env; start_socket_mode adds the stand-in's tokens and URL)."""
     env = stack_env(stack.rabbit, stack.flower, stack.tmp)
-    env.update(
-        SLACK_BOT_TOKEN=stack.slack.bot_token,
-        SLACK_APP_TOKEN=stack.slack.app_token,
-        SLACK_API_URL=stack.slack.base_url,
-        OPSBOT_DB_URL=f"sqlite:///{stack.tmp / db_name}",
-        OPSBOT_LOG_LEVEL=log_level,
-    )
+    env.update(OPSBOT_DB_URL=f"sqlite:///{stack.tmp / db_name}", OPSBOT_LOG_LEVEL=log_level)
     if flower_url is not None:
         env["FLOWER_URL"] = flower_url
     return env
@@ -285,26 +253,30 @@ def bot_env(stack: Stack, flower_url: str | None, log_level: str, db_name: str) 
 
 @contextlib.contextmanager
 def running_bot(stack: Stack, name: str, flower_url: str | None = None, log_level: str = "INFO",
-                extra_env: dict[str, str] | None = None) -> Iterator[Bot]:
+                extra_env: dict[str, str] | None = None) -> Iterator[BotProcess]:
     """`opsbot run` in Socket Mode, connected to the stand-in and past its heartbeat warm-up.
 
     `extra_env` adds or overrides settings (OPSBOT_ADMINS, say). On the way out the bot is stopped
     and its connection gone, so the next bot gets every envelope.
     """
     env = bot_env(stack, flower_url, log_level, f"{name}.sqlite3") | (extra_env or {})
-    bot = Bot(env, stack.tmp / f"{name}.log")
+    started: list[BotProcess] = []
+
+    def run(args: list[str], env: dict[str, str], program: str) -> BotProcess:
+        started.append(BotProcess(args, env, stack.tmp / f"{name}.log", program))
+        return started[-1]
+
     try:
-        if not wait_until(lambda: stack.slack.connections > 0 or not bot.running(), 30):
-            raise RuntimeError(f"bot {name} never connected over Socket Mode:\n{bot.output_tail()}")
-        if not bot.running():
-            raise RuntimeError(f"bot {name} exited with {bot.process.returncode}:\n{bot.output_tail()}")
-        time.sleep(HEARTBEAT_WARM_UP + 0.5)
+        bot = start_socket_mode(stack.slack, run, env)
+        time.sleep(WARM_UP_SECONDS + 0.5)  # the monitor's view is partial before its warm-up
         yield bot
     except Exception:
-        print(f"--- log tail of bot {name!r} ({bot.log_path}) ---\n{bot.output_tail()}", file=sys.stderr)
+        for bot in started:
+            print(f"--- log tail of bot {name!r} ({bot.log_path}) ---\n{bot.output_tail()}", file=sys.stderr)
         raise
     finally:
-        bot.stop()
+        for bot in started:
+            bot.stop()
         wait_until(lambda: stack.slack.connections == 0, 10)
 
 
@@ -334,18 +306,9 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 
 
-def proc_stat_fields(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (field 3, the state, comes first); None when gone."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw.rpartition(")")[2].split()
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User plus system CPU time the process has used so far, all its threads included."""
-    fields = proc_stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of stat
@@ -367,7 +330,7 @@ def group_cpu_seconds(pgid: int) -> float:
     total = 0.0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = proc_stat_fields(int(entry.name))
+            fields = stat_fields(int(entry.name))
             if fields is not None and int(fields[2]) == pgid:  # pgrp: field 5 of stat
                 total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
@@ -376,43 +339,3 @@ def group_cpu_seconds(pgid: int) -> float:
 def mib(value: float | None) -> float | None:
     """Bytes as MiB for JSON and tables, rounded; None stays None."""
     return None if value is None else round(value / MIB, 1)
-
-
-@dataclass(frozen=True)
-class Limit:
-    """A target on any quantity (bytes, a share, a count): `value` must stay below `limit`, or at most
-    `limit` when `inclusive`. `Target` is the timing kind; this one carries its unit."""
-
-    name: str
-    value: float
-    limit: float
-    unit: str = ""
-    inclusive: bool = False
-
-    @property
-    def met(self) -> bool:
-        return self.value <= self.limit if self.inclusive else self.value < self.limit
-
-    def as_json(self) -> dict[str, Any]:
-        return {"target": self.name, "value": self.value, "limit": self.limit, "unit": self.unit, "met": self.met}
-
-
-def print_limits(limits: Sequence[Limit], title: str = "Targets (reported, not asserted)") -> None:
-    print(f"\n{title}")
-    width = max((len(t.name) for t in limits), default=0)
-    for t in limits:
-        verdict = "met" if t.met else "NOT MET"
-        value = f"{t.value:g}" if isinstance(t.value, float) else str(t.value)
-        print(f"  {t.name:<{width}}  {value:>10} {t.unit:<6} (limit {t.limit:g} {t.unit})  {verdict}")
-
-
-def print_rows(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A plain table: the first column left-aligned, the others right-aligned."""
-    lines = [tuple(header)] + [tuple("-" if cell is None else str(cell) for cell in row) for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    print(f"\n{title}")
-    for i, line in enumerate(lines):
-        cells = [line[0].ljust(widths[0]), *(cell.rjust(w) for cell, w in zip(line[1:], widths[1:], strict=True))]
-        print("  " + "  ".join(cells))
-        if i == 0:
-            print("  " + "  ".join("-" * w for w in widths))

@@ -29,42 +29,35 @@ import contextlib
 import os
 import signal
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy
-
 from bench.common import (
-    Bot,
-    Limit,
     Stack,
     Target,
     Timings,
     load_average,
     log,
     ms,
-    print_limits,
     print_table,
     print_targets,
     running_bot,
     running_stack,
     write_json,
 )
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import wait_until
+from tests.support.bot import BotProcess
+from tests.support.net import wait_until
+from tests.support.postgres import LEADER_FRESH, LeaderRow, fresh_database
+from tests.support.slack import Message, SlackStandIn
 
 NAME = "failover"
 HELP = "leader replica SIGKILLed mid-incident to another replica resolving the alert (2 replicas, PostgreSQL)"
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 CHANNEL = "C_ALERTS"
 ABOUT = "Flower"  # what the alert's text must mention
 REPLICA_IDS = ("r1", "r2")
 LIMIT = 15.0  # leader killed -> "Resolved" by the other replica
-FRESH = 3.0  # a leader row older than this is stale (tests/test_replicas.py's leader_of)
 WATCH = 0.02
 ALERT_TIMEOUT = 60.0
 FAILOVER_TIMEOUT = 90.0
@@ -79,50 +72,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            help="rounds (default: 3; a failover round takes 20-40 s)")
 
 
-# --------------------------------------------------------------------------- the database
-
-
-@contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A new database on the machine's PostgreSQL (dropped afterwards); yields the bot's OPSBOT_DB_URL."""
-    name = f"opsbot_bench_{uuid.uuid4().hex[:10]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"CREATE DATABASE {name}")
-        log(f"created database {name}")
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-        finally:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.dispose()
-
-
-class LeaderRow:
-    """Reads the `leader` table's row: (replica, seen_at), or None before the schema or the row exists."""
-
-    def __init__(self, db_url: str) -> None:
-        self.engine = sqlalchemy.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
-
-    def read(self) -> tuple[str, float] | None:
-        try:
-            with self.engine.connect() as conn:
-                row = conn.exec_driver_sql("SELECT replica, seen_at FROM leader WHERE id = 1").first()
-        except sqlalchemy.exc.ProgrammingError:
-            return None  # no schema yet
-        return (str(row[0]), float(row[1])) if row else None
-
-    def current(self) -> str | None:
-        """The replica named by a fresh row (its leader said so within FRESH seconds)."""
-        row = self.read()
-        return row[0] if row and time.time() - row[1] < FRESH else None
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
 # --------------------------------------------------------------------------- the replicas
 
 
@@ -134,25 +83,20 @@ class Replicas:
         self.db_url = db_url
         self.cleanup = cleanup
         self.log_level = log_level
-        self.live: dict[str, Bot] = {}
+        self.live: dict[str, BotProcess] = {}
         self.started = 0
 
-    def start(self, replica: str) -> Bot:
+    def start(self, replica: str) -> BotProcess:
         env = {"OPSBOT_DB_URL": self.db_url, "OPSBOT_REPLICA_ID": replica, "OPSBOT_ALERT_CHANNEL": CHANNEL}
-        slack = self.stack.slack
-        before = slack.total_connections
         name = f"bot-failover-{replica}-{self.started}"
         self.started += 1
         log(f"starting replica {replica} ({name})")
         bot = self.cleanup.enter_context(running_bot(self.stack, name, log_level=self.log_level, extra_env=env))
-        # running_bot waits for *a* connection: with a replica up already, make sure this one has its own.
-        if not wait_until(lambda: slack.total_connections > before or not bot.running(), 30):
-            raise RuntimeError(f"replica {replica} never connected over Socket Mode:\n{bot.output_tail()}")
         self.check(replica, bot)
         self.live[replica] = bot
         return bot
 
-    def check(self, replica: str, bot: Bot | None = None) -> None:
+    def check(self, replica: str, bot: BotProcess | None = None) -> None:
         bot = bot or self.live[replica]
         if not bot.running():
             raise RuntimeError(f"replica {replica} exited with {bot.process.returncode}:\n{bot.output_tail()}")
@@ -347,7 +291,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_at_start = load_average()
     results = Results()
     total_top_level = 0
-    with running_stack(concurrency=2) as stack, fresh_database() as db_url, contextlib.ExitStack() as cleanup:
+    with running_stack(concurrency=2) as stack, fresh_database("opsbot_bench") as db_url, \
+            contextlib.ExitStack() as cleanup:
+        log(f"created database {db_url.rsplit('/', 1)[1]}")
         leader_row = LeaderRow(db_url)
         cleanup.callback(leader_row.close)
         replicas = Replicas(stack, db_url, cleanup, log_level)
@@ -377,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "alert_settings": "defaults (OPSBOT_POLL_SECONDS, OPSBOT_ALERT_AFTER, OPSBOT_RESOLVE_AFTER unset)",
                    "leader_kill": "SIGKILL to the leader replica's process group",
                    "watch_ms": WATCH * 1000, "alert_timeout_s": ALERT_TIMEOUT,
-                   "failover_timeout_s": FAILOVER_TIMEOUT, "settle_s": SETTLE, "leader_row_fresh_s": FRESH},
+                   "failover_timeout_s": FAILOVER_TIMEOUT, "settle_s": SETTLE, "leader_row_fresh_s": LEADER_FRESH},
         "load_average_at_start": load_at_start,
         "stack": stack_info,
     })
@@ -412,10 +358,10 @@ def report(results: Results, total_top_level: int, extra: dict[str, Any]) -> dic
                       worst, LIMIT)]
     print_targets(targets)
     not_one = sum(1 for r in results.rounds if len(r.top_level_alerts) != 1)
-    limits = [Limit("rounds without exactly one top-level alert", not_one, 0, "rounds", inclusive=True),
-              Limit(f"top-level messages in {CHANNEL} beyond one per round",
+    limits = [Target("rounds without exactly one top-level alert", not_one, 0, "rounds", inclusive=True),
+              Target(f"top-level messages in {CHANNEL} beyond one per round",
                     total_top_level - len(results.rounds), 0, "msgs", inclusive=True)]
-    print_limits(limits, "Checks (nothing posted twice)")
+    print_targets(limits, "Checks (nothing posted twice)")
     return {
         "benchmark": NAME, **extra,
         "killed_to_resolved": results.resolved.as_json(),

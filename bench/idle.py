@@ -21,13 +21,13 @@ from typing import Any
 
 from bench.common import (
     MIB,
-    Limit,
+    Target,
     cpu_seconds,
     load_average,
     log,
     mib,
-    print_limits,
     print_rows,
+    print_targets,
     rss_bytes,
     running_bot,
     running_stack,
@@ -115,10 +115,10 @@ def report(samples: list[tuple[float, float | None, int | None]], extra: dict[st
     ])
     print(f"\n  load average (1/5/15 min) at start: {extra['load_average_at_start']}")
     limits = [
-        Limit("resident memory max < 120 MiB", round(max(rss) / MIB, 1), RSS_LIMIT_MIB, "MiB"),
-        Limit("CPU share of one core (average) < 2%", round(average * 100, 2), CPU_LIMIT * 100, "%"),
+        Target("resident memory max < 120 MiB", round(max(rss) / MIB, 1), RSS_LIMIT_MIB, "MiB"),
+        Target("CPU share of one core (average) < 2%", round(average * 100, 2), CPU_LIMIT * 100, "%"),
     ]
-    print_limits(limits)
+    print_targets(limits)
     return {
         "benchmark": NAME, **extra, **figures,
         "samples": [{"t": round(t - t0, 3), "cpu_s": c, "rss_mib": mib(r)} for t, c, r in samples],

@@ -1,6 +1,6 @@
 """Benchmark `scale`: `/tasks`, `/tasks active` and `/tasks workers` against 10, 100 and 500 workers.
 
-The workers are a synthetic fleet (bench/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
+The workers are a synthetic fleet (tests/support/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
 answer Celery's remote control as distinct workers, with M active tasks each (default M = 10, so
 5,000 active tasks at N = 500; 2 reserved each; prefork pool of M processes) and worker heartbeats
 every 2 s, as real workers send them. Flower runs on the same node (it sees the same heartbeats) and
@@ -16,13 +16,13 @@ finally stop the fleet (each fake worker sends worker-offline).
 
 Variants: --scale-no-heartbeats (no fake worker sends events) and --scale-without-heartbeat COUNT
 (that many do not, as `celery worker --without-heartbeat`): the bot's probe waits for as many replies
-as it sees heartbeats (bot.probes.CeleryProbe.expected), so these show what it does when that count
+as it sees heartbeats (bot.status.probes.CeleryProbe.expected), so these show what it does when that count
 is zero or short. --scale-admins: OPSBOT_ADMINS set, so every active task row carries a button.
 
 Every answer is checked against Slack's limits (at most 50 blocks, 3000 characters per section text,
 150 per header, 75 per button label, 25 elements per actions block) and for completeness: the Celery
 line must say "Running: N workers, N*M active, N*R reserved" with nobody "not answering". A section
-text of exactly 3000 characters ending in "…" was cut by bot.blocks: within the limit, but lines lost.
+text of exactly 3000 characters ending in "…" was cut by bot.slack.blocks: within the limit, but lines lost.
 Memory is the bot process's VmRSS, read before each fleet starts, after the warm-up and after the
 timed commands (and after every command, for the trend).
 """
@@ -44,9 +44,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    SLACK_ACK_LIMIT,
-    Bot,
-    Limit,
     Stack,
     Target,
     Timings,
@@ -55,7 +52,6 @@ from bench.common import (
     load_average,
     log,
     mib,
-    print_limits,
     print_rows,
     print_table,
     print_targets,
@@ -63,17 +59,20 @@ from bench.common import (
     running_bot,
     write_json,
 )
-from bench.fleet import Fleet, FleetSpec
-from tests.slack_standin import SlackStandIn
-from tests.stack import FlowerProcess, RabbitNode
+from tests.support.bot import BotProcess
+from tests.support.fleet import Fleet, FleetSpec
+from tests.support.flower import FlowerProcess
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
+from tests.support.slack.rules import ACK_SECONDS, MAX_SECTION_TEXT
+from tests.support.slack.rules import MAX_BLOCKS as SLACK_MAX_BLOCKS
 
 NAME = "scale"
 HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 100, 500 workers"
 COMMANDS = (("/tasks", ""), ("/tasks active", "active"), ("/tasks workers", "workers"))
 ACK_TIMEOUT = 10.0
 SEEN_TIMEOUT = 60.0  # for the bot to count the whole fleet after it started
-MAX_BLOCKS = 50
-MAX_SECTION_TEXT = 3000
+MAX_BLOCKS = SLACK_MAX_BLOCKS["message"]
 MAX_HEADER = 150
 MAX_BUTTON_LABEL = 75
 MAX_BUTTON_VALUE = 2000
@@ -263,7 +262,7 @@ class CommandResult:
             "violations": sorted({v for a in answers for v in a.violations}),
             "probe_ms_p50": probe[len(probe) // 2] if probe else None,
             "probe_ms_max": probe[-1] if probe else None,
-            "all_within_3s": self.timings.failed == 0 and stats.max < SLACK_ACK_LIMIT,
+            "all_within_3s": self.timings.failed == 0 and stats.max < ACK_SECONDS,
             "seen": sorted({(a.workers, a.active, a.reserved, a.silent) for a in answers
                             if not complete(a, spec)}, key=str)[:10],
         }
@@ -286,7 +285,7 @@ def share(before: float | None, after: float | None, wall: float) -> float | Non
     return round((after - before) / wall, 4)
 
 
-def measure_size(stack: Stack, bot: Bot, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
+def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
     pid = bot.process.pid
     rss: dict[str, int | None] = {"before_fleet": rss_bytes(pid)}
     log(f"N={spec.workers}: starting the fleet ({spec.workers} x {spec.tasks} active, {spec.processes} processes)")
@@ -392,7 +391,7 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
          s["probe_ms_p50"], s["probe_ms_max"],
          "yes" if s["all_within_3s"] else "NO")
         for n, by_name in summaries.items() for name, s in by_name.items()])
-    print_rows("Bot memory (VmRSS, MiB) and CPU (share of one core)", (
+    print_rows("BotProcess memory (VmRSS, MiB) and CPU (share of one core)", (
         "size", "rss before fleet", "after warm-up", "after timed", "trend min", "trend max", "seen after s",
         "bot cpu quiet", "bot cpu timed", "fleet cpu", "rabbit cpu", "flower cpu"), [
         (f"N={r.spec.workers}", mib(r.rss["before_fleet"]), mib(r.rss["after_warmup"]), mib(r.rss["after_timed"]),
@@ -415,17 +414,17 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
             res, s = r.commands[name], summaries[r.spec.workers][name]
             worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
             targets.append(Target(f"N={r.spec.workers} {name}: every ack within Slack's 3 s (max)", worst,
-                                  SLACK_ACK_LIMIT))
-            limits.append(Limit(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
+                                  ACK_SECONDS))
+            limits.append(Target(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
                                 inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
+            limits.append(Target(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
                                 MAX_SECTION_TEXT, "chars", inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
+            limits.append(Target(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
                                 s["answers_with_cut_sections"], 0, "", inclusive=True))
-            limits.append(Limit(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
+            limits.append(Target(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
                                 + res.timings.failed, 0, "", inclusive=True))
     print_targets(targets)
-    print_limits(limits, "Slack limits and completeness (reported, not asserted)")
+    print_targets(limits, "Slack limits and completeness (reported, not asserted)")
     return {
         "benchmark": NAME, **extra,
         "sizes": [{

@@ -21,7 +21,6 @@ from typing import Any
 import requests
 
 from bench.common import (
-    SLACK_ACK_LIMIT,
     Stack,
     Target,
     Timings,
@@ -34,7 +33,11 @@ from bench.common import (
     time_slash_commands,
     write_json,
 )
-from tests.stack import FlowerProcess, HungServer, control_app, publish_tasks, queue_counts, wait_until
+from tests.support.celery_procs import control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, wait_until
+from tests.support.rabbit import queue_counts
+from tests.support.slack.rules import ACK_SECONDS
 
 NAME = "status"
 HELP = "/tasks answer time vs Flower's API, healthy and with a hung Flower"
@@ -176,7 +179,7 @@ def report(bot: Timings, flower: dict[str, Timings], hung: Timings, extra: dict[
     targets = [
         Target("opsbot /tasks p50 < 50 ms", bot_s.p50, BOT_P50_LIMIT),
         Target("hung Flower: /tasks never past 2.5 s (max)", hung_max, HUNG_MAX_LIMIT),
-        Target("every /tasks ack within Slack's 3 s", max(bot_s.max, hung_max), SLACK_ACK_LIMIT),
+        Target("every /tasks ack within Slack's 3 s", max(bot_s.max, hung_max), ACK_SECONDS),
     ]
     print_targets(targets)
     return {

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    SLACK_ACK_LIMIT,
     Stack,
     Target,
     Timings,
@@ -41,12 +40,15 @@ from bench.common import (
     running_stack,
     write_json,
 )
-from tests.slack_standin import ResponseRecord
-from tests.stack import control_app, publish_tasks, wait_until
+from tests.support.celery_procs import control_app, publish_tasks
+from tests.support.net import wait_until
+from tests.support.procs import stat_fields
+from tests.support.slack import ResponseRecord
+from tests.support.slack.rules import ACK_SECONDS
 
 NAME = "terminate"
 HELP = "Terminate click to the task's process gone from the worker, and to the bot's answer"
-ADMIN = "U_ADMIN"  # the stand-in's default admin (tests/slack_standin.py DEFAULT_USERS)
+ADMIN = "U_ADMIN"  # the stand-in's default admin (DEFAULT_USERS in tests/support/slack/)
 GONE_LIMIT = 0.5  # click to task gone from the worker, on a local stack
 TASK_NAME = "stackapp.sleep"
 TASK_SECONDS = 60.0
@@ -82,22 +84,16 @@ def proc_state(pid: int, start_time: str | None) -> str:
 
     A pid reused by another process (another start time) counts as gone.
     """
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None or (start_time is not None and fields[19] != start_time):
         return "gone"
-    fields = raw.rpartition(b")")[2].split()  # after the command name, which may hold spaces
-    if start_time is not None and fields[19].decode() != start_time:
-        return "gone"
-    return "exited" if fields[0] in (b"Z", b"X") else "alive"
+    return "exited" if fields[0] in ("Z", "X") else "alive"
 
 
 def start_time_of(pid: int) -> str | None:
     """Field 22 of /proc/<pid>/stat (start time in clock ticks): tells a reused pid apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[19].decode()
-    except (OSError, IndexError):
-        return None
+    fields = stat_fields(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
 
 
 def age_of(start_time: str) -> float:
@@ -279,7 +275,7 @@ def report(results: Results, extra: dict[str, Any]) -> dict[str, Any]:
     targets = [
         Target("click -> task process exited, p95 < 500 ms", exited.p95, GONE_LIMIT),
         Target("click -> task process exited, every round (max) < 500 ms", exited_max, GONE_LIMIT),
-        Target("every click acked within Slack's 3 s", ack_max, SLACK_ACK_LIMIT),
+        Target("every click acked within Slack's 3 s", ack_max, ACK_SECONDS),
     ]
     print_targets(targets)
     return {

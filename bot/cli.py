@@ -13,12 +13,13 @@ from dataclasses import asdict
 
 from rich.console import Console
 
-from bot import assess, terminal
 from bot.celeryapp import with_app
 from bot.config import ConfigError, Settings, load_settings
+from bot.console import render as terminal
 from bot.logs import use_json_lines
 from bot.redact import install_log_redaction, redact
-from bot.views import status_view
+from bot.status import assess
+from bot.status.views import status_view
 
 log = logging.getLogger("opsbot")
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             runtime.start_metrics()  # console and status never bind the port
         runtime.start_background(lead=mode == "run")
         if mode == "console":
-            from bot import console
+            from bot.console import loop as console
 
             screen = Console()
             # Alert lines quote queue and worker names: data, never rich markup.

@@ -11,23 +11,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bot import buttons
-from bot.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
-from bot.alerting import AlertService
-from bot.alerts import ALL
-from bot.assess import clock
-from bot.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
+from bot.alerting.engine import ALL
+from bot.alerting.service import AlertService
 from bot.charts import service as chart_service
 from bot.charts.sparkline import chart_view
-from bot.control import TASK_ID, Outcome, TaskControl
+from bot.control.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
+from bot.control.tasks import TASK_ID, Outcome, TaskControl
 from bot.durations import parse_duration
 from bot.health.retry import NO_BACKEND, Retrier
-from bot.history import History
+from bot.history.record import History
 from bot.markup import phrase
 from bot.redact import defang, redact
-from bot.snapshot import Level, Snapshot
-from bot.store import AuditEntry
-from bot.views import (
+from bot.slack import buttons
+from bot.slack.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
+from bot.status.assess import clock
+from bot.status.snapshot import Level, Snapshot
+from bot.status.views import (
     Controls,
     Item,
     Notice,
@@ -39,6 +38,7 @@ from bot.views import (
     message_view,
     status_view,
 )
+from bot.store import AuditEntry
 from bot.workers import rules as worker_rules
 from bot.workers.actions import WorkerControl
 
@@ -189,7 +189,7 @@ def parse_history(words: list[str]) -> Command:
 
 
 def parse_button(action_id: str, value: str) -> Command:
-    """A button's value is only a claim: bot.buttons checks its shape here, its target is checked when acting."""
+    """A button's value is only a claim: bot.slack.buttons checks its shape here, its target is checked when acting."""
     try:
         click = buttons.decode(action_id, value)
     except Forged:

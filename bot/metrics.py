@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 from slack_sdk.http_retry.handler import RetryHandler
 from sqlalchemy import func, select
 
-from bot.alerts import AlertState, check_name
-from bot.snapshot import CeleryState, Snapshot
+from bot.alerting.engine import AlertState, check_name
+from bot.status.snapshot import CeleryState, Snapshot
 
 log = logging.getLogger(__name__)
 

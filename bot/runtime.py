@@ -11,8 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from bot import markup
-from bot.access import Access, Actor
-from bot.alerting import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
+from bot.alerting.service import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
 from bot.beat.watch import BeatWatch, watch_for
 from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
@@ -20,17 +19,18 @@ from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
 from bot.commands import Commands
 from bot.config import ConfigError, Settings
-from bot.control import Stack, TaskControl
+from bot.control.access import Access, Actor
+from bot.control.tasks import Stack, TaskControl
 from bot.health import TaskHealth
 from bot.health.retry import Retrier
 from bot.health.waiting import WaitingTime
-from bot.heartbeats import HeartbeatMonitor
-from bot.history import History, HistoryRecorder, digest_text
+from bot.history.record import History, HistoryRecorder, digest_text
 from bot.leader import Leadership, default_replica_id
 from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
-from bot.probes import CeleryProbe, Prober
 from bot.redact import redact
-from bot.snapshot import Snapshot
+from bot.status.heartbeats import HeartbeatMonitor
+from bot.status.probes import CeleryProbe, Prober
+from bot.status.snapshot import Snapshot
 from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
 from bot.workers.store import load_pauses
@@ -249,10 +249,11 @@ class Runtime:
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
-        from bot import blocks, slack_app
-        from bot.alerting import SlackSink
+        from bot.alerting.service import SlackSink
         from bot.charts.slack import ChartPoster, IncidentCharts
         from bot.links import Links
+        from bot.slack import app as slack_app
+        from bot.slack import blocks
 
         blocks.use_links(Links.from_settings(self.settings))
         client = slack_app.make_client(self.settings)

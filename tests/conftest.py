@@ -1,4 +1,4 @@
-"""Fixtures for the real task stack (tests/stack.py).
+"""Fixtures for the real task stack, the bot and the Slack stand-in (all built in tests/support/).
 
 A fixture that cannot start its service raises (the test errors with the service's log tail):
 an integration test silently skipped would hide exactly the outages opsbot exists to report.
@@ -9,24 +9,22 @@ need it; the data dirs are thrown away.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    HungServer,
-    ManagedProcess,
-    RabbitNode,
-    RedisServer,
-    control_app,
-    purge_queue,
-)
-
-# The lead adds the bot and Slack stand-in fixtures in tests/fixtures_bot.py:
-pytest_plugins = ["tests.fixtures_bot", "tests.pgfault"]
+from tests.support.bot import OPSBOT, SIGNING_SECRET, BotProcess, stack_env, start_socket_mode
+from tests.support.celery_procs import CeleryWorker, control_app
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, TcpProxy, free_port, port_accepts, wait_until
+from tests.support.postgres import fresh_database
+from tests.support.procs import ManagedProcess
+from tests.support.rabbit import RabbitNode, purge_queue
+from tests.support.redis_server import RedisServer
+from tests.support.slack import SlackStandIn
 
 TEST_QUEUES = ("celery", "other", "spare")
 _worker_numbers = itertools.count(1)
@@ -179,3 +177,77 @@ def make_flower(request: pytest.FixtureRequest) -> Iterator[Callable[..., Flower
 def hung_server() -> Iterator[HungServer]:
     with HungServer() as server:
         yield server
+
+
+# --------------------------------------------------------------------------- the bot and Slack
+
+
+@pytest.fixture
+def slack() -> Iterator[SlackStandIn]:
+    with SlackStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def run_bot(tmp_path: Path) -> Iterator[Callable[..., BotProcess]]:
+    """Start `opsbot` (or `program`, another install of it) with the given arguments and environment;
+    stopped after the test."""
+    started: list[BotProcess] = []
+
+    def start(args: list[str], env: dict[str, str], program: str = OPSBOT) -> BotProcess:
+        bot = BotProcess(args, env, tmp_path / f"bot-{len(started)}.log", program)
+        started.append(bot)
+        return bot
+
+    yield start
+    for bot in started:
+        bot.stop()
+
+
+@pytest.fixture
+def socket_bot(slack: SlackStandIn, rabbit: RabbitNode, flower: FlowerProcess, worker: Any,
+               run_bot: Callable[..., BotProcess], tmp_path: Path) -> Callable[..., BotProcess]:
+    """A factory: `opsbot run` in Socket Mode against the session stack, connected before it returns."""
+
+    def start(**overrides: str) -> BotProcess:
+        return start_socket_mode(slack, run_bot, stack_env(rabbit, flower, tmp_path) | overrides)
+
+    return start
+
+
+@pytest.fixture
+def http_bot(slack: SlackStandIn, rabbit: RabbitNode, flower: FlowerProcess, worker: Any,
+             run_bot: Callable[..., BotProcess], tmp_path: Path) -> tuple[BotProcess, str]:
+    """`opsbot run` in HTTP mode; returns the process and its events URL."""
+    port = free_port()
+    env = stack_env(rabbit, flower, tmp_path)
+    env.update(SLACK_BOT_TOKEN=slack.bot_token, SLACK_SIGNING_SECRET=SIGNING_SECRET,
+               SLACK_API_URL=slack.base_url, OPSBOT_HTTP_PORT=str(port))
+    bot = run_bot(["run"], env)
+    if not wait_until(lambda: port_accepts(port) or bot.process.poll() is not None, 30):
+        raise AssertionError(f"the bot never listened on {port}:\n{bot.output()[-3000:]}")
+    time.sleep(0.2)
+    return bot, f"http://127.0.0.1:{port}/slack/events"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture
+def tcp_proxy() -> Iterator[Callable[[int], TcpProxy]]:
+    proxies: list[TcpProxy] = []
+
+    def start(target: int) -> TcpProxy:
+        proxies.append(TcpProxy(target).start())
+        return proxies[-1]
+
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
+    with fresh_database() as url:
+        yield url

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, stack_env
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, wait_until
+from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 pytestmark = pytest.mark.integration
 

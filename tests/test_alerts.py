@@ -1,4 +1,4 @@
-"""The alert engine (bot/alerts.py) fed hand-made snapshots and an explicit clock: what the alert
+"""The alert engine (bot/alerting/engine.py) fed hand-made snapshots and an explicit clock: what the alert
 channel would show (posts, redraws, thread lines) for outages, flapping, reminders, mutes and
 acknowledgements. No Slack, no store, no real time: every transition is plain data.
 """
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 
 import pytest
 
-from bot import alerts, assess
-from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
-from bot.snapshot import (
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -24,34 +26,19 @@ from bot.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.views import incident_view
+from bot.status.views import incident_view
+from tests.support import snapshots
+from tests.support.snapshots import BROKER, FLOWER, queue, running
 
 NOW = 1_800_000_000.0
 POLL = 10.0  # seconds between polls
-BROKER = "127.0.0.1:5672"
-FLOWER = "http://127.0.0.1:5555"
 POLICY = Policy(alert_after=2, resolve_after=2, remind_seconds=600.0, backlog_threshold=100, backlog_seconds=300.0)
 
 
 # --- Snapshots ------------------------------------------------------------------------------------
 
 
-def queue(name: str = "celery", ready: int = 0, consumers: int | None = 1) -> QueueInfo:
-    return QueueInfo(name, ready, consumers, 0)
-
-
-def running(*workers: str) -> CeleryStatus:
-    return CeleryStatus(CeleryState.RUNNING, tuple(WorkerInfo(name, "prefork", 2) for name in workers))
-
-
-def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
-             flower: FlowerStatus | None = None) -> Snapshot:
-    return Snapshot(
-        taken_at=NOW,
-        broker=broker or BrokerStatus("rabbitmq", BROKER, queues=(queue(),)),
-        celery=celery or running("w1@h"),
-        flower=flower or FlowerStatus(FLOWER),
-    )
+snapshot = partial(snapshots.snapshot, taken_at=NOW)
 
 
 def healthy(*workers: str) -> Snapshot:

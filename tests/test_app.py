@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_bot import REPO, BotProcess, stack_env
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import BeatProcess, CeleryWorker, RabbitNode, publish_tasks, wait_until
+from tests.support.bot import BotProcess, stack_env
+from tests.support.celery_procs import BeatProcess, CeleryWorker, publish_tasks
+from tests.support.net import wait_until
+from tests.support.procs import REPO_ROOT
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +90,7 @@ def alerts(slack: SlackStandIn, about: str) -> list[Message]:
 
 def test_beat_killed_mid_schedule_alerts_and_resolves(
         slack: SlackStandIn, socket_bot: Callable[..., BotProcess], beat: BeatProcess) -> None:
-    socket_bot(OPSBOT_CELERY_APP="tests.beatapp", PYTHONPATH=str(REPO), STACK_BEAT_SECONDS=str(EVERY),
+    socket_bot(OPSBOT_CELERY_APP="tests.beatapp", PYTHONPATH=str(REPO_ROOT), STACK_BEAT_SECONDS=str(EVERY),
                OPSBOT_BEAT_GRACE=f"{GRACE:.0f}s", OPSBOT_POLL_SECONDS=f"{POLL:.0f}", OPSBOT_ALERT_CHANNEL=CHANNEL)
     beat.start()
 

@@ -9,14 +9,14 @@ import pytest
 from celery import Celery
 from celery.schedules import crontab, schedule
 
-from bot import alerts
-from bot.alerts import AlertState, Policy, Post, Refresh
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Policy, Post, Refresh
 from bot.beat import health, schedules
 from bot.beat.model import BeatReport, EntryStatus
 from bot.beat.watch import BeatWatch
 from bot.celeryapp import BeatEntry
 from bot.durations import parse_duration
-from bot.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, Level, Snapshot, WorkerInfo
+from bot.status.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, Level, Snapshot, WorkerInfo
 
 # A fixed local moment: Wednesday 25 Nov 2026, 10:00:00 in the bot's time zone.
 NOW = datetime(2026, 11, 25, 10, 0, 0).timestamp()

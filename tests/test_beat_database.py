@@ -16,9 +16,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.fixtures_bot import REPO, BotProcess
-from tests.slack_standin import SlackStandIn
-from tests.stack import BeatProcess, RabbitNode, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import BeatProcess
+from tests.support.net import wait_until
+from tests.support.procs import REPO_ROOT
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -98,7 +101,7 @@ def say(slack: SlackStandIn, text: str) -> str:
 
 def test_database_schedule_is_read_and_watched(slack: SlackStandIn, socket_bot: Callable[..., BotProcess],
                                                project: Path, beat: BeatProcess) -> None:
-    socket_bot(OPSBOT_CELERY_APP="djproj", PYTHONPATH=f"{project}:{REPO}", OPSBOT_BEAT_GRACE="2s",
+    socket_bot(OPSBOT_CELERY_APP="djproj", PYTHONPATH=f"{project}:{REPO_ROOT}", OPSBOT_BEAT_GRACE="2s",
                OPSBOT_POLL_SECONDS="1", OPSBOT_ALERT_CHANNEL=CHANNEL)
     beat.start()
     assert wait_until(lambda: "db-add" in say(slack, "beat") and "last run today" in say(slack, "beat"), 40), \

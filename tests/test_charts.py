@@ -18,11 +18,11 @@ from bot.charts.sparkline import BARS, chart_view, sparkline
 from bot.commands import UsageError
 from bot.commands import parse as parse_command
 from bot.markup import mention
-from bot.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, QueueInfo, Snapshot, WorkerInfo
+from bot.status.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, QueueInfo, Snapshot, WorkerInfo
 from bot.store import Store
-from tests.pictures import decode, horizontal_rows, pixels_of
-from tests.slack_rules import message_error
-from tests.slack_standin import SlackStandIn
+from tests.support.pictures import decode, horizontal_rows, pixels_of
+from tests.support.slack import SlackStandIn
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0  # a fixed clock, on a minute boundary
 BLUE, PURPLE, VERMILLION, GREEN = (draw.OKABE_ITO[c] for c in ("blue", "purple", "vermillion", "green"))
@@ -38,7 +38,7 @@ def charts(store: SeriesStore, threshold: int = 100) -> Charts:
 
 
 def snapshot(queues: tuple[QueueInfo, ...] = (), broker_up: bool = True, workers: int = 1) -> Snapshot:
-    from bot.snapshot import Failure, Problem
+    from bot.status.snapshot import Failure, Problem
 
     problem = None if broker_up else Problem(Failure.REFUSED, "127.0.0.1:5672")
     celery = CeleryStatus(CeleryState.RUNNING if broker_up else CeleryState.UNKNOWN,

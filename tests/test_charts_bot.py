@@ -10,10 +10,12 @@ from collections.abc import Callable
 import pytest
 
 from bot.charts import draw
-from tests.fixtures_bot import BotProcess
-from tests.pictures import decode, horizontal_rows, pixels_of
-from tests.slack_standin import Message, ResponseRecord, SlackStandIn
-from tests.stack import RabbitNode, publish_tasks, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import publish_tasks
+from tests.support.net import wait_until
+from tests.support.pictures import decode, horizontal_rows, pixels_of
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, ResponseRecord, SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +98,7 @@ def test_the_console_draws_the_series_as_sparklines(rabbit: RabbitNode, worker: 
 
     from sqlalchemy import create_engine, text
 
-    from tests.fixtures_bot import OPSBOT, clean_env, stack_env
+    from tests.support.bot import OPSBOT, clean_env, stack_env
 
     assert isinstance(tmp_path, Path)
     publish_tasks(rabbit.amqp_url, "stackapp.add", 4, queue="other", args=(1, 2))

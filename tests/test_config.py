@@ -9,7 +9,7 @@ import pytest
 
 from bot.config import ConfigError, load_settings
 from bot.redact import RedactingFilter, redact
-from tests.fixtures_bot import OPSBOT, clean_env
+from tests.support.bot import OPSBOT, clean_env
 
 
 def opsbot(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, start_socket_mode
-from tests.slack_standin import SlackStandIn
-from tests.stack import RabbitNode, free_port, wait_until
+from tests.support.bot import OPSBOT, BotProcess, clean_env, start_socket_mode
+from tests.support.net import free_port, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 

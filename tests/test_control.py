@@ -13,17 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, stack_env
-from tests.slack_standin import SlackStandIn
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    control_app,
-    publish_tasks,
-    queue_counts,
-    wait_until,
-)
+from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode, queue_counts
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import alerts, blocks, buttons
-from bot.alerts import AlertState, Policy, Post, Refresh, Timeline
-from bot.assess import queue_text
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
 from bot.commands import UsageError, parse, parse_mute
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
@@ -20,7 +19,9 @@ from bot.health import rules
 from bot.health.retry import call_from
 from bot.health.rules import Failed, HealthPolicy, Outcomes
 from bot.health.waiting import task_id_of
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status.assess import queue_text
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -31,8 +32,8 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.views import history_item, incident_view, task_view
-from tests.slack_rules import message_error
+from bot.status.views import history_item, incident_view, task_view
+from tests.support.slack.rules import message_error
 
 NOW = 1_750_000_000.0
 POLICY = HealthPolicy(failure_threshold=3, failure_window=600)
@@ -302,7 +303,7 @@ def test_history_shows_retry_links_and_the_button() -> None:
 
 def test_the_head_is_the_nth_newest_pending_task_and_retries_link_both_ways(tmp_path: Path) -> None:
     from bot.health import queries
-    from bot.history import fold
+    from bot.history.record import fold
     from bot.store import Store
 
     store = Store(f"sqlite:///{tmp_path}/h.sqlite3")

@@ -16,10 +16,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from bot.assess import clock
-from tests.fixtures_bot import BotProcess
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, RabbitNode, RedisServer, wait_until
+from bot.status.assess import clock
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
+from tests.support.slack import Message, SlackStandIn
 from tests.test_alerting import alerts, thread, wait_alert, wait_resolved
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from bot.history import digest_text, fold
+from bot.history.record import digest_text, fold
 from bot.store import Store
-from tests.fixtures_bot import BotProcess
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, control_app, publish_tasks, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 

@@ -31,30 +31,31 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from bot import blocks, buttons, markup
-from bot.access import Actor
-from bot.alerting import AlertService, ConsoleSink
-from bot.buttons import SECTIONS, SNOOZES
+from bot import markup
+from bot.alerting.service import AlertService, ConsoleSink
 from bot.commands import FORGED, Commands, Reply
 from bot.config import Settings
-from bot.history import History
-from bot.snapshot import (
+from bot.control.access import Actor
+from bot.history.record import History
+from bot.slack import blocks, buttons
+from bot.slack.buttons import SECTIONS, SNOOZES
+from bot.status.snapshot import (
     BrokerStatus,
-    CeleryState,
-    CeleryStatus,
     Failure,
     FlowerStatus,
     Problem,
     QueueInfo,
     Snapshot,
-    TaskInfo,
-    WorkerInfo,
 )
 from bot.store import Store
-from tests.fixtures_bot import BotProcess
-from tests.slack_rules import message_error
-from tests.slack_standin import SlackStandIn, block_action_payload, slash_command_payload
-from tests.stack import CeleryWorker, RabbitNode, free_port, publish_tasks, queue_counts, wait_until
+from tests.support import snapshots
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.net import free_port, wait_until
+from tests.support.rabbit import RabbitNode, queue_counts
+from tests.support.slack import SlackStandIn, block_action_payload, slash_command_payload
+from tests.support.slack.rules import message_error
+from tests.support.snapshots import busy
 
 ADMIN, USER, STRANGER = "U_ADMIN", "U_USER", "U_NOBODY"
 ACTOR = Actor(ADMIN, markup.mention(ADMIN))
@@ -216,19 +217,9 @@ def is_forged(reply: Reply | None) -> bool:
 
 def snapshot(flower: FlowerStatus | None = None) -> Snapshot:
     """Enough of everything for every view to page and show buttons: 2 workers, 30 running tasks, 3 queues."""
-    workers = tuple(
-        WorkerInfo(f"w{n}@host", "prefork", 15, tuple(
-            TaskInfo(f"{n:08d}-0000-0000-0000-{t:012d}", "app.tasks.export", f"w{n}@host", NOW - 60 * t, "(42,)")
-            for t in range(15)), reserved=1)
-        for n in range(2))
-    return Snapshot(
-        taken_at=NOW,
-        broker=BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=(
-            QueueInfo("celery", 0, 2, 30), QueueInfo("other", 4, 0, 0), QueueInfo("spare", 3, 0, 0))),
-        celery=CeleryStatus(CeleryState.RUNNING, workers),
-        flower=flower or FlowerStatus("http://127.0.0.1:5555"),
-        elapsed=0.042,
-    )
+    queues = (QueueInfo("celery", 0, 2, 30), QueueInfo("other", 4, 0, 0), QueueInfo("spare", 3, 0, 0))
+    return snapshots.snapshot(BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=queues),
+                              busy(2, 15, lambda n, t: NOW - 60 * t, "(42,)"), flower, taken_at=NOW, elapsed=0.042)
 
 
 SNAPSHOT = snapshot()

@@ -16,18 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures_bot import REPO, BotProcess, clean_env, start_socket_mode
-from tests.slack_standin import SlackStandIn
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    RedisServer,
-    control_app,
-    free_port,
-    publish_tasks,
-    wait_until,
-)
+from tests.support.bot import BotProcess, clean_env, start_socket_mode
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, wait_until
+from tests.support.procs import REPO_ROOT
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +40,7 @@ def installed_opsbot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-                             "--disable-pip-version-check", str(REPO)],
+                             "--disable-pip-version-check", str(REPO_ROOT)],
                             env=env, capture_output=True, text=True, timeout=INSTALL_TIMEOUT)
     assert result.returncode == 0, f"pip install failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     # Runtime dependencies only: nothing from the test extras may hide a missing runtime dependency.
@@ -141,6 +137,6 @@ def test_a_probe_that_fails_says_why_in_the_status_and_the_log(installed_opsbot:
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 2
     assert f"refuses opsbot's credentials at 127.0.0.1:{locked_redis.port} (check CELERY_BROKER_URL)" in status.stdout
-    assert (f"WARNING bot.probes: Redis probe failed at 127.0.0.1:{locked_redis.port}: AuthenticationError: "
+    assert (f"WARNING bot.status.probes: Redis probe failed at 127.0.0.1:{locked_redis.port}: AuthenticationError: "
             "invalid username-password pair or user is disabled.") in status.stderr
     assert "not-the-password" not in status.stdout + status.stderr

@@ -23,7 +23,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.metrics import Metrics, celery_families, exception_class, host_of, opsbot_snapshot_families
-from bot.snapshot import (
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -35,18 +35,12 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, stack_env
-from tests.slack_standin import SlackStandIn
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    control_app,
-    free_port,
-    port_accepts,
-    publish_tasks,
-    wait_until,
-)
+from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, port_accepts, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -523,17 +517,17 @@ def test_systemd_unit_starts_the_bot(slack: SlackStandIn, rabbit: RabbitNode, fl
 
 @pytest.fixture
 def links() -> Iterator[Callable[..., None]]:
-    from bot import blocks
     from bot.links import NO_LINKS, Links
+    from bot.slack import blocks
 
     yield lambda **kwargs: blocks.use_links(Links(**kwargs))
     blocks.use_links(NO_LINKS)
 
 
 def test_links_are_bot_markup_with_encoded_values(links: Callable[..., None]) -> None:
-    from bot import blocks
-    from bot.alerts import Incident
-    from bot.views import incident_view, status_view
+    from bot.alerting.engine import Incident
+    from bot.slack import blocks
+    from bot.status.views import incident_view, status_view
 
     hostile_id = "x>|<!channel>&y"
     task = TaskInfo(hostile_id, "app.job", "w1@box", 990.0)

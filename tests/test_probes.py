@@ -10,20 +10,15 @@ from collections.abc import Callable
 
 import pytest
 
-from bot import assess
 from bot.config import Settings, load_settings
-from bot.probes import CeleryProbe, Prober
-from bot.snapshot import CeleryState, Failure, Level, Snapshot
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    HungServer,
-    RabbitNode,
-    RedisServer,
-    free_port,
-    publish_tasks,
-    wait_until,
-)
+from bot.status import assess
+from bot.status.probes import CeleryProbe, Prober
+from bot.status.snapshot import CeleryState, Failure, Level, Snapshot
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, free_port, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -179,7 +174,7 @@ def test_redis_broker_counts_priority_queues_and_fails_when_killed(
     url = redis_server.url
     publish_tasks(url, "stackapp.add", 2, queue="other", args=(1, 1))
     # Celery's Redis transport keeps priorities 3, 6 and 9 in their own lists: "other\x06\x166", ...
-    from tests.stack import control_app
+    from tests.support.celery_procs import control_app
     control_app(url).send_task("stackapp.add", args=(1, 1), queue="other", priority=6)
     make_worker(broker_url=url, queues=("celery",))
     settings = settings_for(url)
@@ -229,7 +224,7 @@ def test_a_failing_probe_logs_why_once_per_change_of_cause(rabbit: RabbitNode, h
                             f"http://opsbot:flower-pass@127.0.0.1:{closed}")
     prober = Prober(settings)
     try:
-        with caplog.at_level("INFO", logger="bot.probes"):
+        with caplog.at_level("INFO", logger="bot.status.probes"):
             for _ in range(3):
                 prober.snapshot()
             prober.settings = settings.model_copy(update={"flower_url": f"http://127.0.0.1:{hung_server.port}"})
@@ -238,7 +233,7 @@ def test_a_failing_probe_logs_why_once_per_change_of_cause(rabbit: RabbitNode, h
             prober.snapshot()
     finally:
         prober.close()
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bot.probes"]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bot.status.probes"]
     unauthorized = f"401 Client Error: Unauthorized for url: {rabbit.management_url}/api/"
     assert lines[0][1].startswith(f"RabbitMQ management API probe failed at {rabbit.management_url}: HTTPError: "
                                   f"{unauthorized}"), lines  # /api/queues/... or, with no queue yet, /api/nodes

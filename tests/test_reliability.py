@@ -16,18 +16,13 @@ import pytest
 import redis
 import sqlalchemy
 
-from tests.fixtures_bot import OPSBOT, BotProcess, clean_env, stack_env
-from tests.pgfault import TcpProxy
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    RedisServer,
-    control_app,
-    publish_tasks,
-    wait_until,
-)
+from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import TcpProxy, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
+from tests.support.slack import Message, SlackStandIn
 
 pytestmark = pytest.mark.integration
 

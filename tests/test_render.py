@@ -6,15 +6,18 @@ tested against the real stack in test_probes.py.)
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import pytest
 from rich.console import Console
 
-from bot import assess, blocks, buttons, terminal
-from bot.alerting import SlackSink
-from bot.alerts import Incident, Timeline
+from bot.alerting.engine import Incident, Timeline
+from bot.alerting.service import SlackSink
+from bot.console import render as terminal
 from bot.markup import mention, phrase
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status import assess
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -27,28 +30,19 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
-from tests.slack_rules import message_error
+from bot.status.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from tests.support import snapshots
+from tests.support.slack.rules import message_error
+from tests.support.snapshots import busy
 
 NOW = 1_800_000_000.0
 
 
-def snapshot(broker: BrokerStatus | None = None, celery: CeleryStatus | None = None,
-             flower: FlowerStatus | None = None) -> Snapshot:
-    return Snapshot(
-        taken_at=NOW,
-        broker=broker or BrokerStatus("rabbitmq", "127.0.0.1:5672", queues=(QueueInfo("celery", 0, 1, 0),)),
-        celery=celery or CeleryStatus(CeleryState.RUNNING, (WorkerInfo("w1@h", "prefork", 2),)),
-        flower=flower or FlowerStatus("http://127.0.0.1:5555"),
-    )
+snapshot = partial(snapshots.snapshot, taken_at=NOW)
 
 
 def fleet(workers: int, tasks_each: int) -> CeleryStatus:
-    return CeleryStatus(CeleryState.RUNNING, tuple(
-        WorkerInfo(f"w{n}@host", "prefork", tasks_each, tuple(
-            TaskInfo(f"{n:08d}-0000-0000-0000-{t:012d}", "app.tasks.export", f"w{n}@host", NOW - t - n,
-                     "(42, user='x')") for t in range(tasks_each)), reserved=1)
-        for n in range(workers)))
+    return busy(workers, tasks_each, lambda n, t: NOW - t - n, "(42, user='x')")
 
 
 def slack_text(view_blocks: list[dict]) -> str:

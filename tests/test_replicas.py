@@ -4,6 +4,7 @@ the alerting leader, clicks answered by any replica, a replica that loses the da
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -17,10 +18,13 @@ from alembic.script import ScriptDirectory
 import bot
 from bot.leader import Leadership
 from bot.store import Store, leader_table
-from tests.fixtures_bot import BotProcess
-from tests.pgfault import PG_ADMIN, TcpProxy
-from tests.slack_standin import Message, SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, control_app, publish_tasks, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import TcpProxy, wait_until
+from tests.support.postgres import PG_ADMIN, LeaderRow
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import Message, SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -33,27 +37,14 @@ MIGRATIONS_HEAD = ScriptDirectory(str(Path(bot.__file__).parent / "migrations"))
 
 def leader_since(pg_url: str) -> float:
     """When a replica last said it leads (0 when none has)."""
-    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.connect() as conn:
-            row = conn.exec_driver_sql("SELECT seen_at FROM leader WHERE id = 1").first()
-    except sqlalchemy.exc.ProgrammingError:
-        return 0.0  # no schema yet
-    finally:
-        engine.dispose()
-    return float(row.seen_at) if row else 0.0
+    with contextlib.closing(LeaderRow(pg_url)) as leader:
+        row = leader.read()
+    return row[1] if row else 0.0
 
 
 def leader_of(pg_url: str) -> str | None:
-    engine = sqlalchemy.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
-    try:
-        with engine.connect() as conn:
-            row = conn.exec_driver_sql("SELECT replica, seen_at FROM leader WHERE id = 1").first()
-    except sqlalchemy.exc.ProgrammingError:
-        return None  # no schema yet
-    finally:
-        engine.dispose()
-    return row[0] if row and time.time() - row[1] < 3 else None
+    with contextlib.closing(LeaderRow(pg_url)) as leader:
+        return leader.current()
 
 
 def alerts(slack: SlackStandIn, about: str) -> list[Message]:

@@ -24,17 +24,18 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot import blocks, terminal
-from bot.access import Actor
 from bot.commands import Commands, audit_view, parse
 from bot.config import Settings, load_settings
-from bot.console import Session
-from bot.history import History, fold
+from bot.console import render as terminal
+from bot.console.loop import Session
+from bot.control.access import Actor
+from bot.history.record import History, fold
 from bot.leader import Leadership
-from bot.probes import ask_active
 from bot.redact import redact_details
-from bot.slack_app import make_client, slack_access
-from bot.snapshot import (
+from bot.slack import blocks
+from bot.slack.app import make_client, slack_access
+from bot.status.probes import ask_active
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -44,23 +45,15 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
+from bot.status.views import Action, Confirm, status_view
 from bot.store import AuditEntry, Store
-from bot.summaries import summarize_repr
-from bot.views import Action, Confirm, status_view
-from tests.fixtures_bot import SIGNING_SECRET, BotProcess, stack_env
-from tests.slack_standin import SlackStandIn, sign, slash_command_form
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    RabbitNode,
-    control_app,
-    free_port,
-    port_accepts,
-    publish_tasks,
-    purge_queue,
-    queue_counts,
-    wait_until,
-)
+from bot.task_args import summarize_repr
+from tests.support.bot import SIGNING_SECRET, BotProcess, stack_env
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import free_port, port_accepts, wait_until
+from tests.support.rabbit import RabbitNode, purge_queue, queue_counts
+from tests.support.slack import SlackStandIn, sign, slash_command_form
 
 ADMIN = "U_ADMIN"
 NOW = 1_800_000_000.0
@@ -403,7 +396,7 @@ def test_a_replica_id_with_quotes_leads_and_is_named_as_given(pg_url: str) -> No
 
 def test_http_mode_never_builds_an_app_without_verification() -> None:
     from bot.config import ConfigError
-    from bot.slack_app import build_app
+    from bot.slack.app import build_app
 
     settings = Settings(slack_bot_token="xoxb-1-2", slack_app_token=None,  # type: ignore[arg-type]
                         slack_signing_secret=None)
@@ -415,7 +408,7 @@ def test_the_body_cap_answers_413_before_the_app_reads_anything() -> None:
     from wsgiref.util import setup_testing_defaults
     from wsgiref.validate import validator
 
-    from bot.slack_app import capped
+    from bot.slack.app import capped
 
     reached: list[int] = []
 

@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures_bot import SIGNING_SECRET, BotProcess, stack_env
-from tests.slack_standin import SlackStandIn, block_action_form, sign, slash_command_form
-from tests.stack import CeleryWorker, FlowerProcess, HungServer, RabbitNode, publish_tasks, wait_until
+from tests.support.bot import SIGNING_SECRET, BotProcess, stack_env
+from tests.support.celery_procs import CeleryWorker, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn, block_action_form, sign, slash_command_form
 
 pytestmark = pytest.mark.integration
 
@@ -153,7 +156,7 @@ def test_console_mode_without_slack(rabbit: RabbitNode, worker: CeleryWorker, fl
     """A plain `opsbot` with no Slack settings is the console: same commands, numbered choices."""
     import subprocess
 
-    from tests.fixtures_bot import OPSBOT, clean_env
+    from tests.support.bot import OPSBOT, clean_env
 
     publish_tasks(rabbit.amqp_url, "stackapp.add", 2, queue="other", args=(1, 2))
     env = clean_env(stack_env(rabbit, flower, tmp_path) | {"OPSBOT_QUEUES": "celery,other", "COLUMNS": "160"})
@@ -172,7 +175,7 @@ def test_status_exit_codes(rabbit: RabbitNode, worker: CeleryWorker, flower: Flo
                            tmp_path: Path, run_bot: Callable[..., BotProcess]) -> None:
     import subprocess
 
-    from tests.fixtures_bot import OPSBOT, clean_env
+    from tests.support.bot import OPSBOT, clean_env
 
     env = clean_env(stack_env(rabbit, flower, tmp_path))
     green = subprocess.run([OPSBOT, "status"], env=env, capture_output=True, text=True, timeout=30)

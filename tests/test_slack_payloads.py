@@ -1,5 +1,5 @@
 """Property tests over every renderer: whatever the stack or its users hold, Slack accepts the payload
-(checked by the stand-in's own validator, tests/slack_rules.py), and no text that came from data is a
+(checked by the stand-in's own validator, tests/support/slack/rules.py), and no text that came from data is a
 live mention or link. The only `<...>` in a payload are the bot's own mentions.
 """
 
@@ -12,12 +12,12 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from bot import blocks, buttons
-from bot.access import Actor
-from bot.alerts import Incident
+from bot.alerting.engine import Incident
 from bot.commands import Commands, audit_view
+from bot.control.access import Actor
 from bot.markup import mention, phrase
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -28,9 +28,9 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
+from bot.status.views import Controls, Notice, history_view, incident_view, status_view, task_view
 from bot.store import AuditEntry
-from bot.views import Controls, Notice, history_view, incident_view, status_view, task_view
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0
 OURS = "U0OPS1"  # the one user whose mention the bot writes in these payloads
@@ -229,7 +229,7 @@ def test_audit_views_are_accepted_and_inert(entries: list[AuditEntry]) -> None:
 @PAYLOADS
 @given(user=st.sampled_from([OURS, "U123<!channel>", "not a user", ""]), snap=snapshots())
 def test_a_shared_status_names_its_sharer_live_and_nothing_else(user: str, snap: Snapshot) -> None:
-    from bot.slack_app import actor
+    from bot.slack.app import actor
 
     who: Actor = actor(user)
     view = status_view(snap)

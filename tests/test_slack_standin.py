@@ -25,7 +25,7 @@ from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from tests.slack_standin import (
+from tests.support.slack import (
     Rejected,
     SlackStandIn,
     block_action_form,
@@ -228,19 +228,6 @@ def test_several_connections_share_envelopes(standin: SlackStandIn, connect: Cal
     assert not standin.stray_acks
 
 
-def test_ping_pong(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
-    """The built-in client pings on connect and answers the server's pings."""
-    standin.ping_all()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        stats = standin.ping_stats()
-        if stats and stats[0][1] >= 1 and stats[0][2] >= 1:
-            break
-        time.sleep(0.05)
-    _, pings, pongs = standin.ping_stats()[0]
-    assert pings >= 1 and pongs >= 1
-
-
 # ---------------------------------------------------------------------------------- Web API
 
 
@@ -309,8 +296,8 @@ def test_auth_errors(standin: SlackStandIn) -> None:
         assert err.value.response["error"] == error, (token, method)
 
 
-def test_chat_update_delete_and_replies(standin: SlackStandIn) -> None:
-    """chat.update needs an existing channel+ts; delete removes; replies return the thread."""
+def test_chat_update_and_thread_replies(standin: SlackStandIn) -> None:
+    """chat.update needs an existing channel+ts; a reply is stored with its thread_ts."""
     client = WebClient(token=standin.bot_token, base_url=standin.base_url)
     parent = client.chat_postMessage(channel="C_OPS", text="parent")
     client.chat_postMessage(channel="C_OPS", text="reply", thread_ts=parent["ts"])
@@ -318,10 +305,8 @@ def test_chat_update_delete_and_replies(standin: SlackStandIn) -> None:
     assert updated["message"]["text"] == "edited"
     with pytest.raises(SlackApiError, match="message_not_found"):
         client.chat_update(channel="C_OPS", ts="1.000000", text="nope")
-    replies = client.conversations_replies(channel="C_OPS", ts=parent["ts"])
-    assert [m["text"] for m in replies["messages"]] == ["edited", "reply"]
-    client.chat_delete(channel="C_OPS", ts=parent["ts"])
-    assert [m.text for m in standin.messages] == ["reply"]
+    assert [(m.text, m.thread_ts, m.updates) for m in standin.messages] == [
+        ("edited", None, 1), ("reply", parent["ts"], 0)]
 
 
 def test_form_encoded_json_params_are_decoded(standin: SlackStandIn) -> None:
@@ -335,8 +320,8 @@ def test_form_encoded_json_params_are_decoded(standin: SlackStandIn) -> None:
     assert standin.messages[0].blocks == blocks
 
 
-def test_users_usergroups_and_ephemeral(standin: SlackStandIn) -> None:
-    """users.info/usergroups.users.list come from configuration; ephemerals are kept apart."""
+def test_users_and_usergroups(standin: SlackStandIn) -> None:
+    """users.info/usergroups.users.list come from configuration."""
     standin.usergroups["S_OPS"] = ["U_ADMIN"]
     client = WebClient(token=standin.bot_token, base_url=standin.base_url)
     assert client.users_info(user="U_ADMIN")["user"]["is_admin"] is True
@@ -344,8 +329,8 @@ def test_users_usergroups_and_ephemeral(standin: SlackStandIn) -> None:
     with pytest.raises(SlackApiError, match="user_not_found"):
         client.users_info(user="U_NOBODY")
     assert client.usergroups_users_list(usergroup="S_OPS")["users"] == ["U_ADMIN"]
-    client.chat_postEphemeral(channel="C_OPS", user="U_ADMIN", text="psst")
-    assert standin.ephemerals[0].text == "psst" and standin.messages == []
+    with pytest.raises(SlackApiError, match="no_such_subteam"):
+        client.usergroups_users_list(usergroup="S_NONE")
 
 
 # -------------------------------------------------------------------------------- HTTP mode
@@ -401,7 +386,7 @@ def a_section(value: str = "ok", **extra: Any) -> dict[str, Any]:
     return {"type": "section", "text": text("mrkdwn", value), **extra}
 
 
-# Each case breaks exactly one documented rule (tests/slack_rules.py cites the page of each).
+# Each case breaks exactly one documented rule (tests/support/slack/rules.py cites the page of each).
 VIOLATIONS: dict[str, list[dict[str, Any]]] = {
     "51 blocks in a message": [a_section() for _ in range(51)],
     "section text over 3000": [a_section("x" * 3001)],
@@ -464,12 +449,11 @@ def test_the_standin_accepts_each_rule_at_its_limit(standin: SlackStandIn) -> No
 
 
 def test_every_surface_is_checked(standin: SlackStandIn, socket_mode: SocketModeHandler) -> None:
-    """chat.update, chat.postEphemeral, views.publish (100 blocks), response_url and acks too."""
+    """chat.update, views.publish (100 blocks), response_url and acks too."""
     client = WebClient(token=standin.bot_token, base_url=standin.base_url)
     bad = VIOLATIONS["two action_ids alike in a block"]
     posted = client.chat_postMessage(channel="C_OPS", text="ok", blocks=[a_section()])
     for call in (lambda: client.chat_update(channel="C_OPS", ts=posted["ts"], text="x", blocks=bad),
-                 lambda: client.chat_postEphemeral(channel="C_OPS", user="U_USER", text="x", blocks=bad),
                  lambda: client.views_publish(user_id="U_USER", view={"type": "home", "blocks": bad})):
         with pytest.raises(SlackApiError, match="invalid_blocks"):
             call()
@@ -483,8 +467,8 @@ def test_every_surface_is_checked(standin: SlackStandIn, socket_mode: SocketMode
     url = standin.new_response_url()
     status, answer = post(url, json.dumps({"text": "x", "blocks": bad}), {"Content-Type": "application/json"})
     assert status == 400 and json.loads(answer)["error"] == "invalid_blocks"
-    assert [r.where for r in standin.rejections] == ["chat.update", "chat.postEphemeral", "views.publish",
-                                                     "views.publish", "chat.postMessage", "response_url"]
+    assert [r.where for r in standin.rejections] == ["chat.update", "views.publish", "views.publish",
+                                                     "chat.postMessage", "response_url"]
     assert standin.message("C_OPS", posted["ts"]).blocks == [a_section()]  # nothing refused was applied
 
     standin.reject_next("ack")  # the ack of /tasks carries blocks: refused as Slack would show an error

@@ -15,7 +15,7 @@ from bench.soak.evidence import AlertMessage, alert_messages
 from bench.soak.faults import FaultRecord
 from bench.soak.load import SentTask, TaskKind
 from bench.soak.plan import SHORT, Kind, Planned, Track, plan
-from tests.slack_standin import ApiCall
+from tests.support.slack import ApiCall
 
 SEED = int(os.environ.get("SOAK_SEED", "7"))  # printed in the report; set SOAK_SEED to replay another
 

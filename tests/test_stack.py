@@ -10,19 +10,11 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from tests.stack import (
-    CeleryWorker,
-    FlowerProcess,
-    HungServer,
-    RabbitNode,
-    RedisServer,
-    control_app,
-    port_accepts,
-    publish_tasks,
-    purge_queue,
-    queue_counts,
-    wait_until,
-)
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.flower import FlowerProcess
+from tests.support.net import HungServer, port_accepts, wait_until
+from tests.support.rabbit import RabbitNode, purge_queue, queue_counts
+from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures_bot import BotProcess
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, RabbitNode, control_app, publish_tasks, wait_until
+from tests.support.bot import BotProcess
+from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 pytestmark = pytest.mark.integration
 
@@ -259,7 +261,7 @@ def test_console_pauses_and_resumes(rabbit: RabbitNode, worker: CeleryWorker, fl
     """The console shares the command language: the operator at the terminal may act."""
     import subprocess
 
-    from tests.fixtures_bot import OPSBOT, clean_env, stack_env
+    from tests.support.bot import OPSBOT, clean_env, stack_env
 
     w = make_worker(queues=("spare", "other"))
     env = clean_env(stack_env(rabbit, flower, tmp_path) | {"COLUMNS": "250", "OPSBOT_QUEUES": "celery,other,spare"})

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot import blocks, buttons
-from bot.alerts import AlertState, Policy, Post, step
+from bot.alerting.engine import AlertState, Policy, Post, step
 from bot.commands import UsageError, parse, parse_button
-from bot.snapshot import (
+from bot.slack import blocks, buttons
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -23,11 +23,11 @@ from bot.snapshot import (
     TaskLimits,
     WorkerInfo,
 )
-from bot.views import help_view, status_view
+from bot.status.views import help_view, status_view
 from bot.workers import rules, views
 from bot.workers.pauses import overdue, pause_text, queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult
-from tests.slack_rules import message_error
+from tests.support.slack.rules import message_error
 
 NOW = 1_700_000_000.0
 

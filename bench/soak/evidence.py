@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 import sqlalchemy
 
-from tests.slack_standin import ApiCall
+from tests.support.slack import ApiCall
 
 INCIDENT_ID = re.compile(r"Incident (\S+)@(\d+)")
 RESOLVED = "Resolved"

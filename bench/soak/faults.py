@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 
 from bench.soak.plan import BOT_SETTLE, Kind, Planned, Profile, Track
 from bench.soak.replicas import CHANNEL, Replicas
-from tests.slack_outage import OutageKind
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, wait_until
+from tests.support.celery_procs import CeleryWorker
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
+from tests.support.slack.outage import OutageKind
 
 MIN_SETTLE = 8.0  # after a stack fault's repair, at least this long before the next one: a late alert comes now
 OUTAGES = {Kind.SLACK_429: OutageKind.RATE_LIMITED, Kind.SLACK_5XX: OutageKind.SERVER_ERROR,

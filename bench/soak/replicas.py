@@ -15,12 +15,13 @@ from pathlib import Path
 
 import requests
 
-from bench.common import Bot, rss_bytes
-from bench.failover import LeaderRow
-from tests.fixtures_bot import stack_env
-from tests.pgfault import PG_PORT, TcpProxy
-from tests.slack_standin import SlackStandIn
-from tests.stack import FlowerProcess, RabbitNode, free_port, wait_until
+from bench.common import rss_bytes
+from tests.support.bot import BotProcess, stack_env
+from tests.support.flower import FlowerProcess
+from tests.support.net import TcpProxy, free_port, wait_until
+from tests.support.postgres import PG_PORT, LeaderRow
+from tests.support.rabbit import RabbitNode
+from tests.support.slack import SlackStandIn
 
 CHANNEL = "C_ALERTS"
 POLL_SECONDS = 2  # OPSBOT_POLL_SECONDS: faults are seconds long, so alerts must come in seconds
@@ -35,7 +36,7 @@ class Life:
 
     replica: str
     index: int
-    bot: Bot
+    bot: BotProcess
     started: float  # wall clock
     ended: float | None = None
     rss: list[tuple[float, int]] = field(default_factory=list)  # (wall clock, bytes)
@@ -78,7 +79,7 @@ class Replicas:
         """Start the replica's next process and wait until it holds a Socket Mode connection of its own."""
         before = self.slack.total_connections
         index = sum(1 for life in self.lives if life.replica == replica)
-        bot = Bot(self.env(replica), self.tmp / f"{replica}-{index}.log")
+        bot = BotProcess(["run"], self.env(replica), self.tmp / f"{replica}-{index}.log")
         life = Life(replica, index, bot, time.time())
         with self._lock:
             self.lives.append(life)

@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import load_average, log
-from bench.failover import fresh_database
 from bench.soak import checks
 from bench.soak.evidence import AlertMessage, alert_messages, backend_states, history_states
 from bench.soak.faults import FaultRecord, Injector, Stage
 from bench.soak.load import Ping, SentTask, SlashLoad, Stoppable, TaskLoad, every
 from bench.soak.plan import Kind, Planned, Profile, plan, profile_for
 from bench.soak.replicas import CHANNEL, Life, Replicas, thread_deaths
-from tests.slack_standin import SlackStandIn
-from tests.stack import CeleryWorker, FlowerProcess, RabbitNode, RedisServer, control_app, wait_until
+from tests.support.celery_procs import CeleryWorker, control_app
+from tests.support.flower import FlowerProcess
+from tests.support.net import wait_until
+from tests.support.postgres import fresh_database
+from tests.support.rabbit import RabbitNode
+from tests.support.redis_server import RedisServer
+from tests.support.slack import SlackStandIn
 
 REPLICA_IDS = ("r1", "r2")
 TASK_DRAIN = 180.0  # at most this long for the last tasks to finish once the load stops
@@ -105,7 +109,7 @@ def services() -> Iterator[Services]:
             cleanup.callback(service.cleanup)
             service.start()
         slack = cleanup.enter_context(SlackStandIn())
-        db_url = cleanup.enter_context(fresh_database())
+        db_url = cleanup.enter_context(fresh_database("opsbot_soak"))
         yield Services(rabbit, backend, workers, flower, slack, db_url, tmp)
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from bot.assess import Finding, clock, plural
 from bot.beat.model import BeatReport, EntryStatus
-from bot.snapshot import Level
+from bot.status.assess import Finding, clock, plural
+from bot.status.snapshot import Level
 
 MIN_GRACE = 60.0
 GRACE_SHARE = 0.1  # of the period

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bot import assess
 from bot.beat import health
-from bot.snapshot import Level, Snapshot
-from bot.views import Controls, Item, View, paged_view
+from bot.status import assess
+from bot.status.snapshot import Level, Snapshot
+from bot.status.views import Controls, Item, View, paged_view
 
 NO_SCHEDULE = ("No beat schedule known: set OPSBOT_CELERY_APP (or run `opsbot -A proj`) to the app "
                "whose beat_schedule opsbot should watch.")

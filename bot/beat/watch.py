@@ -20,7 +20,7 @@ from bot.beat import schedules
 from bot.beat.health import default_grace
 from bot.beat.model import BeatReport, EntryStatus
 from bot.celeryapp import AppFacts, BeatEntry
-from bot.history import EVENT_STATES
+from bot.history.record import EVENT_STATES
 from bot.redact import redact
 
 log = logging.getLogger(__name__)

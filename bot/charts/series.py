@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import Column, Float, Index, Integer, String, Table, delete, insert, select, update
 from sqlalchemy.engine import Engine
 
-from bot.snapshot import CeleryState, Snapshot
+from bot.status.snapshot import CeleryState, Snapshot
 from bot.store import metadata, task_history_table
 
 log = logging.getLogger(__name__)

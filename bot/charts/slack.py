@@ -20,8 +20,8 @@ from bot import markup
 from bot.charts import draw
 from bot.charts.service import ChartData, Charts, ChartUsage, Request, incident_subject, parse
 from bot.markup import Markup, phrase
-from bot.snapshot import Level
-from bot.views import View, message_view
+from bot.status.snapshot import Level
+from bot.status.views import View, message_view
 
 log = logging.getLogger(__name__)
 

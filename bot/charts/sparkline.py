@@ -1,6 +1,6 @@
 """The same charts for the console: one Unicode sparkline per series, as a view rich renders.
 
-Pure: chart data in, a view out (rendered by `bot.terminal` like every other answer).
+Pure: chart data in, a view out (rendered by `bot.console.render` like every other answer).
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from bot.charts.service import ChartData, Line, Panel
-from bot.snapshot import Level
-from bot.views import Item, Section, View
+from bot.status.snapshot import Level
+from bot.status.views import Item, Section, View
 
 BARS = "▁▂▃▄▅▆▇█"
 WIDTH = 40  # characters per sparkline

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from bot.alerts import AlertState
-from bot.assess import Finding
+from bot.alerting.engine import AlertState
 from bot.config import Settings
 from bot.health import queries, rules
 from bot.health.rules import FAILING, TaskFinding
-from bot.snapshot import Snapshot
+from bot.status.assess import Finding
+from bot.status.snapshot import Snapshot
 from bot.store import Store
 
 

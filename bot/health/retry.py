@@ -19,12 +19,12 @@ from typing import Any
 
 from celery import Celery
 
-from bot.access import Actor
 from bot.config import Settings
-from bot.control import TASK_ID, Outcome, TaskControl, short_id
+from bot.control.access import Actor
+from bot.control.tasks import TASK_ID, Outcome, TaskControl, short_id
 from bot.health import queries
 from bot.markup import phrase
-from bot.snapshot import Level
+from bot.status.snapshot import Level
 from bot.store import Store
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Task-level health rules: pure functions over recorded task outcomes and a snapshot.
 
-They return `TaskFinding`s, which the alert engine (`bot.alerts`) handles like any other finding: one
+They return `TaskFinding`s, which the alert engine (`bot.alerting.engine`) handles like any other finding: one
 incident per key, updated in place, resolved after `OPSBOT_RESOLVE_AFTER` good polls. Nothing here
 does I/O; the edges read the store and the broker and hand the rows in.
 """
@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from bot import assess
-from bot.assess import Finding
 from bot.config import Settings
 from bot.durations import parse_duration
 from bot.redact import redact_details
-from bot.snapshot import CeleryState, Level, Snapshot
+from bot.status import assess
+from bot.status.assess import Finding
+from bot.status.snapshot import CeleryState, Level, Snapshot
 
 FAILING = "task:failing:"  # + task name
 STUCK = "task:stuck:"  # + task id

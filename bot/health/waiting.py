@@ -26,8 +26,8 @@ import redis
 
 from bot.config import Settings
 from bot.health import queries
-from bot.probes import redis_queue_keys
-from bot.snapshot import QueueInfo, Snapshot
+from bot.status.probes import redis_queue_keys
+from bot.status.snapshot import QueueInfo, Snapshot
 from bot.store import Store
 
 log = logging.getLogger(__name__)

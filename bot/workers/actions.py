@@ -17,13 +17,13 @@ from typing import Any
 import kombu
 from celery import Celery
 
-from bot import buttons
 from bot.config import Settings
-from bot.control import BrokerUnreachable, Outcome, TaskControl, broker_connection
-from bot.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
-from bot.snapshot import Level, Snapshot, WorkerInfo
+from bot.control.tasks import BrokerUnreachable, Outcome, TaskControl, broker_connection
+from bot.slack import buttons
+from bot.status.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
+from bot.status.snapshot import Level, Snapshot, WorkerInfo
+from bot.status.views import View, message_view
 from bot.store import Store
-from bot.views import View, message_view
 from bot.workers import rules, views
 from bot.workers.pauses import queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult

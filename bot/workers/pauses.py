@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot import assess
-from bot.assess import Finding
 from bot.markup import mention, phrase
-from bot.snapshot import Level, Pause, Snapshot, WorkerInfo
+from bot.status import assess
+from bot.status.assess import Finding
+from bot.status.snapshot import Level, Pause, Snapshot, WorkerInfo
 
 
 @dataclass(frozen=True)

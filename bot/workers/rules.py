@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.redact import defang, redact
-from bot.snapshot import TaskLimits, WorkerInfo
+from bot.status.snapshot import TaskLimits, WorkerInfo
 
 # Subcommands that change workers (admins only, audited) and those that only read.
 ACTIONS = ("pool", "autoscale", "pause", "resume", "ratelimit", "timelimit", "shutdown", "restart-pool")

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import Column, Float, String, Table, delete, insert, select
 
-from bot.snapshot import Pause
+from bot.status.snapshot import Pause
 from bot.store import Store, metadata
 
 pauses_table = Table(

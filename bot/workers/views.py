@@ -7,11 +7,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from bot import assess, buttons
-from bot.buttons import Action, Confirm
 from bot.markup import join, phrase
-from bot.snapshot import Level, TaskInfo, WorkerInfo
-from bot.views import Item, Section, View
+from bot.slack import buttons
+from bot.slack.buttons import Action, Confirm
+from bot.status import assess
+from bot.status.snapshot import Level, TaskInfo, WorkerInfo
+from bot.status.views import Item, Section, View
 from bot.workers import rules
 from bot.workers.pauses import QueuePause, pause_text
 from bot.workers.rules import Request, Result, WorkerResult

@@ -18,8 +18,8 @@ import requests
 
 from bot.config import http_endpoint
 from bot.redact import redact_details
-from bot.summaries import summarize_repr
-from bot.views import HISTORY_PAGE, View, history_view, task_view
+from bot.status.views import HISTORY_PAGE, View, history_view, task_view
+from bot.task_args import summarize_repr
 
 log = logging.getLogger(__name__)
 

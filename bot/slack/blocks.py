@@ -22,8 +22,8 @@ from slack_sdk.models.blocks import (
 from bot import markup
 from bot.links import NO_LINKS, Links
 from bot.markup import Markup, phrase
-from bot.snapshot import Level
-from bot.views import Action, Item, Section, View
+from bot.status.snapshot import Level
+from bot.status.views import Action, Item, Section, View
 
 # Slack's limits (https://api.slack.com/reference/block-kit/blocks and .../block-elements,
 # .../composition-objects): the stand-in's validator (tests/slack_rules.py) holds Slack's side of them.
@@ -77,7 +77,7 @@ def button(action: Action) -> ButtonElement:
             confirm=plain_text(action.confirm.confirm, MAX_CONFIRM_BUTTON),
             deny=plain_text(action.confirm.deny, MAX_CONFIRM_BUTTON),
         )
-    # The value is never cut: bot.buttons keeps it within Slack's 2000 characters.
+    # The value is never cut: bot.slack.buttons keeps it within Slack's 2000 characters.
     return ButtonElement(text=plain_text(action.label, MAX_BUTTON_LABEL), action_id=action.action_id,
                          value=action.value or None, style=action.style, confirm=confirm)
 

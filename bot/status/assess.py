@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.snapshot import (
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from bot import assess
-from bot.assess import Finding
 from bot.beat.health import is_beat_key
 from bot.markup import phrase
-from bot.snapshot import CeleryState, Level, Snapshot
+from bot.status import assess
+from bot.status.assess import Finding
+from bot.status.snapshot import CeleryState, Level, Snapshot
 from bot.workers import pauses
 
 WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost

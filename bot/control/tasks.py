@@ -18,13 +18,13 @@ import redis
 import requests
 from celery import Celery
 
-from bot.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
-from bot.assess import clock
 from bot.config import Settings, http_endpoint
+from bot.control.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
 from bot.markup import mention, phrase
-from bot.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
 from bot.redact import redact
-from bot.snapshot import Level
+from bot.status.assess import clock
+from bot.status.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
+from bot.status.snapshot import Level
 from bot.store import AuditEntry, Store, Termination
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """The Slack edge: bolt listeners that turn slash commands and clicks into replies, and the runners.
 
-Everything Slack-specific lives here; what to say comes from `bot.commands` and `bot.views`, how it
-looks from `bot.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and Socket Mode alike.
+Everything Slack-specific lives here; what to say comes from `bot.commands` and `bot.status.views`, how it
+looks from `bot.slack.blocks`. Every Slack client uses `SLACK_API_URL`, Web API and Socket Mode alike.
 """
 
 from __future__ import annotations
@@ -23,13 +23,14 @@ from slack_sdk.http_retry.builtin_handlers import (
 )
 from slack_sdk.webhook import WebhookResponse
 
-from bot import blocks, buttons, markup
-from bot.access import Access, Actor
+from bot import markup
 from bot.charts.slack import ChartPoster
 from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
 from bot.config import ConfigError, Settings
-from bot.snapshot import Level
-from bot.views import Notice, View, message_view
+from bot.control.access import Access, Actor
+from bot.slack import blocks, buttons
+from bot.status.snapshot import Level
+from bot.status.views import Notice, View, message_view
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Rendering a view for a terminal with rich. Pure: a view in, a renderable and its choices out.
 
-Buttons become numbered choices; the console loop (`bot.console`) reads the number and acts.
+Buttons become numbered choices; the console loop (`bot.console.loop`) reads the number and acts.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from rich.rule import Rule
 from rich.table import Table
 from rich.text import Text
 
-from bot.snapshot import Level
-from bot.views import Action, Section, View
+from bot.status.snapshot import Level
+from bot.status.views import Action, Section, View
 
 STYLES = {Level.OK: "green", Level.UNKNOWN: "white", Level.WARN: "yellow", Level.DOWN: "bold red", None: "cyan"}
 ICONS = {Level.OK: "●", Level.UNKNOWN: "○", Level.WARN: "▲", Level.DOWN: "✖", None: "•"}

@@ -29,7 +29,7 @@ from celery import Celery
 
 from bot.config import Settings, http_endpoint, strip_credentials
 from bot.redact import redact, redact_url
-from bot.snapshot import (
+from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
     CeleryStatus,
@@ -41,7 +41,7 @@ from bot.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.summaries import summarize_repr
+from bot.task_args import summarize_repr
 
 log = logging.getLogger(__name__)
 
@@ -344,7 +344,7 @@ class CeleryProbe:
 
     `inspect(limit=N)` returns as soon as N workers replied instead of waiting the whole timeout
     (10 ms against 1 s), so we remember how many workers to expect: the ones that answered last
-    time, or those whose heartbeats we see (`alive_workers`, from `bot.heartbeats`).
+    time, or those whose heartbeats we see (`alive_workers`, from `bot.status.heartbeats`).
     """
 
     def __init__(self, settings: Settings,

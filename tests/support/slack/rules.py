@@ -28,6 +28,11 @@ FileCheck = Callable[[dict[str, Any]], "str | None"]
 MAX_BLOCKS = {"message": 50, "home": 100, "modal": 100}
 # https://api.slack.com/methods/chat.postMessage#arg_text and #errors: `msg_too_long`.
 MAX_MESSAGE_TEXT = 40_000
+# BLOCKS_URL#section: "Maximum length for the text in this field is 3000 characters."
+MAX_SECTION_TEXT = 3000
+# https://api.slack.com/interactivity/handling#acknowledgment_response: an app must acknowledge a slash
+# command or an interaction within 3000 ms, or the user is shown an error.
+ACK_SECONDS = 3.0
 KNOWN_BLOCKS = frozenset({"actions", "context", "divider", "file", "header", "image", "input", "rich_text",
                           "section", "video", "markdown"})
 KNOWN_ELEMENTS = frozenset({"button", "checkboxes", "datepicker", "datetimepicker", "email_text_input", "image",
@@ -114,7 +119,7 @@ def section(block: dict, path: str, seen: set[str]) -> Problems:
     """BLOCKS_URL#section: text <= 3000; at most 10 fields of <= 2000; text or fields required."""
     if "text" not in block and "fields" not in block:
         return [_at(path, "must have text or fields")]
-    found = text_object(block["text"], f"{path}/text", 3000) if "text" in block else []
+    found = text_object(block["text"], f"{path}/text", MAX_SECTION_TEXT) if "text" in block else []
     fields = block.get("fields")
     if fields is not None:
         if not isinstance(fields, list) or not 0 < len(fields) <= 10:

@@ -1,7 +1,7 @@
 """Views: what a reply says, independent of where it is shown.
 
-A view is built from a snapshot by pure functions; `bot.blocks` renders it as Slack Block Kit and
-`bot.terminal` as rich text for the console. Paging and "and N more" are decided here once, so both
+A view is built from a snapshot by pure functions; `bot.slack.blocks` renders it as Slack Block Kit and
+`bot.console.render` as rich text for the console. Paging and "and N more" are decided here once, so both
 renderers stay inside Slack's limits the same way.
 """
 
@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from bot import assess, buttons
-from bot.alerts import Incident, check_name
+from bot.alerting.engine import Incident, check_name
 from bot.beat import health
-from bot.buttons import Action, Confirm
 from bot.links import Ref
 from bot.markup import phrase, stored_mention
 from bot.redact import defang, redact
-from bot.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
+from bot.slack import buttons
+from bot.slack.buttons import Action, Confirm
+from bot.status import assess
+from bot.status.snapshot import Level, QueueInfo, Snapshot, TaskInfo, WorkerInfo
 from bot.workers.pauses import QueuePause, pause_text, queue_pauses
 from bot.workers.rules import worker_extras
 

@@ -1,6 +1,6 @@
 """The alerting edge: the scheduler that polls, the store that remembers, and the sinks that tell people.
 
-`AlertService` feeds each snapshot to the pure engine (`bot.alerts`) under a lock, saves the new state
+`AlertService` feeds each snapshot to the pure engine (`bot.alerting.engine`) under a lock, saves the new state
 together with the posts it calls for, and hands them to a sink: Slack (through the outbox, so a Slack
 outage delays a post but never loses or doubles it) or the console (printed as they happen).
 """
@@ -18,12 +18,14 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot import alerts, blocks, markup
-from bot.alerts import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
-from bot.assess import Finding, clock
+from bot import markup
+from bot.alerting import engine as alerts
+from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
 from bot.config import Settings
+from bot.slack import blocks
+from bot.status.assess import Finding, clock
+from bot.status.views import incident_view
 from bot.store import OutboxItem, StateConflict, Store
-from bot.views import incident_view
 
 log = logging.getLogger(__name__)
 

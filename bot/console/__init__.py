@@ -1,0 +1,1 @@
+"""Console mode: the `/tasks` commands in a terminal (the loop) and the rich renderer of views."""
