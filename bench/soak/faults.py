@@ -81,13 +81,23 @@ def inject(stage: Stage, record: FaultRecord, rng: random.Random) -> Repair:
     if kind in (Kind.LEADER, Kind.DB_BLACK_HOLE):
         return cut_leader(stage, record, rng)
     if kind in OUTAGES:
-        outage = stage.slack.outages.start(OUTAGES[kind], record.planned.hold)
-        record.target = ", ".join(sorted(outage.methods))
-        return lambda: wait_until(lambda: not stage.slack.outages.active, record.planned.hold + 30)
+        return slack_outage(stage.slack, record)
     if kind is Kind.SOCKET_DISCONNECT:
         record.target = f"{stage.slack.disconnect_all()} connections"
         return lambda: None
     raise ValueError(f"unknown fault {kind}")
+
+
+def slack_outage(slack: SlackStandIn, record: FaultRecord) -> Repair:
+    """Slack's Web API fails every post for the hold; the target says how many calls it failed."""
+    before = slack.outages.answered
+    slack.outages.start(OUTAGES[record.kind], record.planned.hold)
+
+    def over() -> None:
+        wait_until(lambda: not slack.outages.active, record.planned.hold + 30)
+        record.target = f"{slack.outages.answered - before} Web API calls failed"
+
+    return over
 
 
 def cut_leader(stage: Stage, record: FaultRecord, rng: random.Random) -> Repair:
