@@ -21,6 +21,7 @@ SEED = int(os.environ.get("SOAK_SEED", "7"))  # printed in the report; set SOAK_
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(600)  # two minutes of faults, the stack's start, the recovery of the last fault, the drain
 def test_two_minutes_of_random_faults_pass_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     from bench.soak.report import judge, print_report
     from bench.soak.run import Config, soak
