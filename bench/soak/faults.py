@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bench.common import log
 from bench.soak.plan import BOT_SETTLE, Kind, Planned, Profile, Track
 from bench.soak.replicas import CHANNEL, Replicas
 from tests.support.celery_procs import CeleryWorker
@@ -133,6 +134,7 @@ def run_fault(stage: Stage, record: FaultRecord, profile: Profile, rng: random.R
     record.started = time.time()
     try:
         repair = inject(stage, record, rng)
+        log(f"fault {record.kind.value} on {record.target} for {record.planned.hold:g} s")
         time.sleep(record.planned.hold)
         repair()
         record.repaired = time.time()
@@ -142,6 +144,8 @@ def run_fault(stage: Stage, record: FaultRecord, profile: Profile, rng: random.R
             record.problems.append(f"not settled within its budget; open alerts: {stage.open_alerts()}")
     except Exception as exc:
         record.problems.append(f"{type(exc).__name__}: {exc}"[:500])
+    log(f"fault {record.kind.value} on {record.target} over"
+        + (f": {'; '.join(record.problems)}" if record.problems else ""))
 
 
 class Injector:
