@@ -4,8 +4,8 @@ Faults run on two tracks. The *stack* track breaks what opsbot watches (a worker
 Flower): each such fault should end in exactly one alert, resolved once the service is back, so two of
 them never overlap (their alerts would be indistinguishable from a flap). The *bot* track breaks
 opsbot's own surroundings (the leading replica, its database connection, Slack's Web API, the Socket
-Mode connections): those faults overlap the stack track's at random, which is the point, since an alert
-must survive a leader change or a Slack outage that happens while it is open.
+Mode connections): those faults start while a stack fault is under way, at a random moment of it, which
+is the point: an alert must survive a leader change or a Slack outage that happens while it is open.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ BOT_SETTLE = 30.0  # a bot-track fault's budget after its repair: the replica ba
 # How long a fault usually keeps its track busy after its hold, for planning only: at run time a fault
 # whose track is still busy waits for it.
 NOMINAL_RECOVERY = {Track.STACK: 25.0, Track.BOT: 10.0}
+ALERT_OPEN = 5.0  # a stack fault's alert resolves about this long after its repair
 WARM_UP_FAULT_FREE = 20.0  # the first fault comes no earlier: replicas settled, memory measured
 
 
@@ -87,27 +88,51 @@ class Planned:
 
 
 def plan(seed: int, seconds: float, kinds: tuple[Kind, ...], profile: Profile) -> list[Planned]:
-    """A fault every `profile.gap` seconds, its kind drawn from those whose track is free then
-    (nominally), each repaired before the end (its recovery may run into the drain)."""
+    """A fault every `profile.gap` seconds, each one repaired before the end (its recovery may run into
+    the drain); kinds come from shuffled decks, so that each is drawn as often as the others.
+
+    The gaps pace the stack track. Each stack fault comes with a bot-track fault (the next card of the
+    bot deck, when that track is free) at a random moment while the stack fault's alert is open: a
+    leader change, a Slack outage or a lost connection then meets an alert in flight. Without stack
+    kinds the gaps pace the bot track alone.
+    """
     rng = random.Random(seed)
+    decks: dict[Track, list[Kind]] = {Track.STACK: [], Track.BOT: []}
+    paced = Track.STACK if any(k.track is Track.STACK for k in kinds) else Track.BOT
     busy_until = {Track.STACK: 0.0, Track.BOT: 0.0}
     planned: list[Planned] = []
     at = WARM_UP_FAULT_FREE
-    while True:
+    while at < seconds:
         at += rng.uniform(*profile.gap)
-        free = [k for k in kinds if busy_until[k.track] <= at]
-        if not free:
-            if at >= seconds:
-                return planned
+        fault = draw(rng, decks, kinds, paced, at, seconds, profile) if busy_until[paced] <= at else None
+        if fault is None:
             continue
-        kind = rng.choice(free)
-        fault = Planned(round(at, 1), kind, round(rng.uniform(*profile.hold[kind]), 1))
-        if at + fault.hold > seconds:
-            if at >= seconds:
-                return planned
-            continue  # too long for what is left; a shorter one may still fit at the next gap
         planned.append(fault)
-        busy_until[kind.track] = at + fault.busy
+        busy_until[paced] = at + fault.busy
+        companion_at = at + rng.uniform(0, fault.hold + ALERT_OPEN)
+        if paced is Track.STACK and busy_until[Track.BOT] <= companion_at:
+            companion = draw(rng, decks, kinds, Track.BOT, companion_at, seconds, profile)
+            if companion is not None:
+                planned.append(companion)
+                busy_until[Track.BOT] = companion_at + companion.busy
+    return sorted(planned, key=lambda p: p.at)
+
+
+def draw(rng: random.Random, decks: dict[Track, list[Kind]], kinds: tuple[Kind, ...], track: Track, at: float,
+         end: float, profile: Profile) -> Planned | None:
+    """The next card of the track's deck (shuffled again once played out), as a fault at `at`; None,
+    and the card kept for later, when the fault would outlast `end`."""
+    if not decks[track]:
+        cards = [k for k in kinds if k.track is track]
+        decks[track] = rng.sample(cards, len(cards))
+    if not decks[track]:
+        return None
+    kind = decks[track][0]
+    fault = Planned(round(at, 1), kind, round(rng.uniform(*profile.hold[kind]), 1))
+    if at + fault.hold > end:
+        return None
+    decks[track].pop(0)
+    return fault
 
 
 def parse_kinds(text: str) -> tuple[Kind, ...]:
