@@ -391,7 +391,7 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
          s["probe_ms_p50"], s["probe_ms_max"],
          "yes" if s["all_within_3s"] else "NO")
         for n, by_name in summaries.items() for name, s in by_name.items()])
-    print_rows("BotProcess memory (VmRSS, MiB) and CPU (share of one core)", (
+    print_rows("Bot memory (VmRSS, MiB) and CPU (share of one core)", (
         "size", "rss before fleet", "after warm-up", "after timed", "trend min", "trend max", "seen after s",
         "bot cpu quiet", "bot cpu timed", "fleet cpu", "rabbit cpu", "flower cpu"), [
         (f"N={r.spec.workers}", mib(r.rss["before_fleet"]), mib(r.rss["after_warmup"]), mib(r.rss["after_timed"]),

@@ -42,34 +42,16 @@ class StandInCore:
     The Web API, files, response_url and Socket Mode parts of the stand-in are subclasses of this one.
     """
 
-    def __init__(
-        self,
-        bot_token: str = DEFAULT_BOT_TOKEN,
-        app_token: str = DEFAULT_APP_TOKEN,
-        team_id: str = "T_TEST",
-        app_id: str = "A_TEST",
-        *,
-        team_domain: str = "opsbot-test",
-        team_name: str = "Opsbot Test",
-        bot_user_id: str = "U_BOT",
-        bot_id: str = "B_BOT",
-        bot_name: str = "opsbot",
-        users: dict[str, dict[str, Any]] | None = None,
-        usergroups: dict[str, list[str]] | None = None,
-        response_url_max_uses: int = 5,
-    ) -> None:
-        self.bot_token = bot_token
-        self.app_token = app_token
-        self.team_id = team_id
-        self.app_id = app_id
-        self.team_domain = team_domain
-        self.team_name = team_name
-        self.bot_user_id = bot_user_id
-        self.bot_id = bot_id
-        self.bot_name = bot_name
+    # Who the stand-in's workspace and app are (as auth.test and the payloads tell the bot).
+    bot_token, app_token = DEFAULT_BOT_TOKEN, DEFAULT_APP_TOKEN
+    team_id, team_domain, team_name, app_id = "T_TEST", "opsbot-test", "Opsbot Test", "A_TEST"
+    bot_user_id, bot_id, bot_name = "U_BOT", "B_BOT", "opsbot"
+    response_url_max_uses = 5
+
+    def __init__(self, users: dict[str, dict[str, Any]] | None = None,
+                 usergroups: dict[str, list[str]] | None = None) -> None:
         self.users: dict[str, dict[str, Any]] = dict(DEFAULT_USERS if users is None else users)
         self.usergroups: dict[str, list[str]] = dict(usergroups or {})
-        self.response_url_max_uses = response_url_max_uses
         self.channels: dict[str, Channel] = {cid: Channel(name) for cid, name in DEFAULT_CHANNELS.items()}
         self._cond = threading.Condition()
         self._ts_counter = itertools.count(1)

@@ -66,17 +66,8 @@ class ResponseUrls(StandInCore):
             original.blocks = body.get("blocks", original.blocks)
             original.updates += 1
         elif body.get("response_type") == "in_channel" and target.channel_id:
-            self._messages.append(
-                Message(
-                    target.channel_id,
-                    self._next_ts(),
-                    body.get("text"),
-                    body.get("blocks"),
-                    thread_ts=body.get("thread_ts"),
-                    user=self.bot_user_id,
-                    bot_id=self.bot_id,
-                )
-            )
+            self._messages.append(Message(target.channel_id, self._next_ts(), body.get("text"), body.get("blocks"),
+                                          thread_ts=body.get("thread_ts"), user=self.bot_user_id, bot_id=self.bot_id))
         return 200, "ok"
 
     def _linked_message(self, target: ResponseUrl) -> Message | None:
@@ -106,13 +97,7 @@ def _truthy(value: Any) -> bool:
 
 def _response_record(url_id: str, body: dict[str, Any], status: int) -> ResponseRecord:
     """Build the record of one response_url POST."""
-    return ResponseRecord(
-        url_id=url_id,
-        body=body,
-        time=time.time(),
-        status=status,
-        replace_original=_truthy(body.get("replace_original")),
-        delete_original=_truthy(body.get("delete_original")),
-        response_type=body.get("response_type"),
-    )
+    return ResponseRecord(url_id, body, time.time(), status, replace_original=_truthy(body.get("replace_original")),
+                          delete_original=_truthy(body.get("delete_original")),
+                          response_type=body.get("response_type"))
 

@@ -64,16 +64,9 @@ class SocketMode(ResponseUrls):
 
     def _hello(self) -> dict[str, Any]:
         """Slack's ``hello`` greeting."""
-        return {
-            "type": "hello",
-            "num_connections": len(self._conns),
-            "debug_info": {
-                "host": "applink-standin",
-                "build_number": 1,
-                "approximate_connection_time": 18060,
-            },
-            "connection_info": {"app_id": self.app_id},
-        }
+        return {"type": "hello", "num_connections": len(self._conns),
+                "debug_info": {"host": "applink-standin", "build_number": 1, "approximate_connection_time": 18060},
+                "connection_info": {"app_id": self.app_id}}
 
     async def _read_loop(self, conn: Connection) -> None:
         """Answer the client's pings, record acks until the socket closes."""
@@ -143,71 +136,31 @@ class SocketMode(ResponseUrls):
                 raise RuntimeError("no Socket Mode connection to send to")
             return live[next(self._rr) % len(live)]
 
-    def send_envelope(
-        self,
-        envelope_type: str,
-        payload: dict[str, Any],
-        accepts_response_payload: bool,
-        timeout: float = 5.0,
-    ) -> str:
+    def send_envelope(self, envelope_type: str, payload: dict[str, Any], accepts_response_payload: bool,
+                      timeout: float = 5.0) -> str:
         """Send any envelope to one bot connection; returns its envelope_id."""
         conn = self._pick_connection(timeout)
         envelope_id = str(uuid.uuid4())
-        envelope: dict[str, Any] = {
-            "envelope_id": envelope_id,
-            "payload": payload,
-            "type": envelope_type,
-            "accepts_response_payload": accepts_response_payload,
-        }
+        envelope: dict[str, Any] = {"envelope_id": envelope_id, "payload": payload, "type": envelope_type,
+                                    "accepts_response_payload": accepts_response_payload}
         if envelope_type == "events_api":
             envelope.update({"retry_attempt": 0, "retry_reason": ""})
         with self._cond:
-            self.envelopes[envelope_id] = Envelope(
-                envelope_id, envelope_type, payload, conn.id, time.monotonic()
-            )
+            self.envelopes[envelope_id] = Envelope(envelope_id, envelope_type, payload, conn.id, time.monotonic())
         self._submit(conn.ws.send_str(json.dumps(envelope)), timeout)
         return envelope_id
 
-    def send_slash_command(
-        self,
-        text: str,
-        command: str = "/tasks",
-        user_id: str = "U_ADMIN",
-        user_name: str | None = None,
-        channel_id: str = "C_OPS",
-        team_id: str | None = None,
-        channel_name: str = "ops",
-        response_url: str | None = None,
-    ) -> str:
+    def send_slash_command(self, text: str, command: str = "/tasks", user_id: str = "U_ADMIN",
+                           channel_id: str = "C_OPS", response_url: str | None = None) -> str:
         """Send a ``slash_commands`` envelope, with a recorded response_url; returns envelope_id."""
         payload = slash_command_payload(
-            text,
-            command,
-            user_id,
-            user_name or self._user_name(user_id),
-            channel_id,
-            channel_name,
-            team_id or self.team_id,
-            self.team_domain,
-            self.app_id,
-            response_url or self.new_response_url(channel_id),
-        )
+            text, command, user_id, self._user_name(user_id), channel_id, "ops", self.team_id, self.team_domain,
+            self.app_id, response_url or self.new_response_url(channel_id))
         return self.send_envelope("slash_commands", payload, accepts_response_payload=True)
 
-    def send_block_action(
-        self,
-        action_id: str,
-        value: str | None = None,
-        user_id: str = "U_ADMIN",
-        block_id: str = "actions",
-        message: dict[str, Any] | Message | None = None,
-        container: dict[str, Any] | None = None,
-        channel_id: str = "C_OPS",
-        response_url: str | None = None,
-        user_name: str | None = None,
-        action_type: str = "button",
-        state: dict[str, Any] | None = None,
-    ) -> str:
+    def send_block_action(self, action_id: str, value: str | None = None, user_id: str = "U_ADMIN",
+                          message: dict[str, Any] | Message | None = None, channel_id: str = "C_OPS",
+                          response_url: str | None = None) -> str:
         """Send an ``interactive`` block_actions envelope; ``message`` may be a stored Message.
 
         The response_url is linked to the clicked message, so ``replace_original`` /
@@ -215,26 +168,11 @@ class SocketMode(ResponseUrls):
         """
         if isinstance(message, Message):
             channel_id, message = message.channel, message.as_payload()
-        is_view = container is not None and container.get("type") == "view"
-        if response_url is None and not is_view:
+        if response_url is None:
             response_url = self.new_response_url(channel_id, message.get("ts") if message else None)
         payload = block_action_payload(
-            action_id,
-            value,
-            user_id,
-            user_name or self._user_name(user_id),
-            block_id,
-            message,
-            container,
-            channel_id,
-            "ops",
-            self.team_id,
-            self.team_domain,
-            self.app_id,
-            response_url or "",
-            action_type,
-            state,
-        )
+            action_id, value, user_id, self._user_name(user_id), "actions", message, channel_id, "ops",
+            self.team_id, self.team_domain, self.app_id, response_url)
         return self.send_envelope("interactive", payload, accepts_response_payload=False)
 
     def send_event(self, event: dict[str, Any]) -> str:
@@ -258,19 +196,11 @@ class SocketMode(ResponseUrls):
             raise Rejected(env.ack_error)
         return dict(env.ack_payload or {})
 
-    def request(
-        self,
-        kind: Literal["slash_command", "block_action", "event"],
-        *args: Any,
-        timeout: float = 5.0,
-        **kwargs: Any,
-    ) -> dict[str, Any]:
+    def request(self, kind: Literal["slash_command", "block_action", "event"], *args: Any, timeout: float = 5.0,
+                **kwargs: Any) -> dict[str, Any]:
         """Send (``send_slash_command`` / ``send_block_action`` / ``send_event``) and wait for the ack."""
         senders: dict[str, Callable[..., str]] = {
-            "slash_command": self.send_slash_command,
-            "block_action": self.send_block_action,
-            "event": self.send_event,
-        }
+            "slash_command": self.send_slash_command, "block_action": self.send_block_action, "event": self.send_event}
         return self.wait_ack(senders[kind](*args, **kwargs), timeout)
 
     def ack_latency(self, envelope_id: str) -> float | None:

@@ -132,15 +132,8 @@ class WebApi(StandInCore):
         self._validate("chat.postMessage", params)
         if not (params.get("text") or params.get("blocks") or params.get("attachments")):
             raise SlackError("no_text")
-        msg = Message(
-            channel=channel,
-            ts=self._next_ts(),
-            text=params.get("text"),
-            blocks=params.get("blocks"),
-            thread_ts=params.get("thread_ts") or None,
-            user=self.bot_user_id,
-            bot_id=self.bot_id,
-        )
+        msg = Message(channel, self._next_ts(), params.get("text"), params.get("blocks"),
+                      thread_ts=params.get("thread_ts") or None, user=self.bot_user_id, bot_id=self.bot_id)
         self._messages.append(msg)
         return {"channel": channel, "ts": msg.ts, "message": msg.as_payload()}
 
@@ -159,16 +152,12 @@ class WebApi(StandInCore):
         """Store the App Home view per user and echo it back with Slack's view metadata."""
         user_id = params.get("user_id")
         view = params.get("view")
-        if not user_id or not isinstance(view, dict):
-            raise SlackError("invalid_arguments")
-        if view.get("type") != "home":
+        if not user_id or not isinstance(view, dict) or view.get("type") != "home":
             raise SlackError("invalid_arguments")
         self._validate("views.publish", view, surface="home")
         self.home_views[user_id] = view
         vid = "V" + uuid.uuid4().hex[:10].upper()
-        return {
-            "view": {"id": vid, "team_id": self.team_id, "app_id": self.app_id, "bot_id": self.bot_id, **view}
-        }
+        return {"view": {"id": vid, "team_id": self.team_id, "app_id": self.app_id, "bot_id": self.bot_id, **view}}
 
     def _users_info(self, params: dict[str, Any]) -> dict[str, Any]:
         """users.info from the configured ``users`` dict; others are ``user_not_found``."""
@@ -179,24 +168,14 @@ class WebApi(StandInCore):
         return {"user": self._user_object(user_id, spec)}
 
     def _user_object(self, user_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-        """A Slack user object with the fields bots usually read."""
+        """A Slack user object: the fields opsbot reads (team_id, is_admin, is_owner) and a few around them."""
         name = spec.get("name", user_id.lower())
         return {
-            "id": user_id,
+            "id": user_id, "name": name, "deleted": False, "is_bot": bool(spec.get("is_bot", False)),
             "team_id": spec.get("team_id", self.team_id),  # another team's: a Slack Connect partner
-            "name": name,
-            "deleted": False,
-            "real_name": spec.get("real_name", name),
-            "tz": "Etc/UTC",
-            "profile": {"real_name": spec.get("real_name", name), "display_name": name},
-            "is_admin": bool(spec.get("is_admin", False)),
-            "is_owner": bool(spec.get("is_owner", False)),
+            "is_admin": bool(spec.get("is_admin", False)), "is_owner": bool(spec.get("is_owner", False)),
             "is_primary_owner": bool(spec.get("is_primary_owner", False)),
-            "is_restricted": False,
-            "is_ultra_restricted": False,
-            "is_bot": bool(spec.get("is_bot", False)),
-            "is_app_user": False,
-        }
+        }  # fmt: skip
 
     def _usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         """Members of a configured user group; unknown groups are ``no_such_subteam``."""
