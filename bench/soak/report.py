@@ -121,6 +121,7 @@ def as_json(ev: Evidence, verdict: Verdict) -> dict[str, Any]:
         "tasks": asdict(verdict.tally),
         "acks": [{"at": p.at, "outcome": p.outcome.value, "latency": p.latency} for p in ev.pings],
         "memory": [{"process": d.life, "warm": d.warm, "end": d.end, "drift": d.ratio} for d in verdict.drifts],
+        "rss": {life.name: [(round(at - ev.started, 1), rss) for at, rss in life.rss] for life in ev.lives},
         "checks": [{**asdict(c), "ok": c.ok} for c in verdict.checks],
         "ok": verdict.ok,
     }

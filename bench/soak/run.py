@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.common import load_average, log
+from bench.common import RESULTS_DIR, load_average, log
 from bench.soak import checks
 from bench.soak.evidence import AlertMessage, alert_messages, backend_states, history_states
 from bench.soak.faults import FaultRecord, Injector, Stage
@@ -196,3 +196,8 @@ def gather(evidence: Evidence, svc: Services, replicas: Replicas) -> None:
     evidence.lives = list(replicas.lives)
     evidence.deaths = {life.name: thread_deaths(life.bot.log_path.read_text(errors="replace"))
                        for life in replicas.lives}
+    kept = RESULTS_DIR / "soak-logs"  # the replicas' logs outlive the stack's temp dir, for a failed check
+    shutil.rmtree(kept, ignore_errors=True)
+    kept.mkdir(parents=True)
+    for life in replicas.lives:
+        shutil.copy(life.bot.log_path, kept / f"{life.name}.log")
