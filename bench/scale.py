@@ -16,7 +16,7 @@ finally stop the fleet (each fake worker sends worker-offline).
 
 Variants: --scale-no-heartbeats (no fake worker sends events) and --scale-without-heartbeat COUNT
 (that many do not, as `celery worker --without-heartbeat`): the bot's probe waits for as many replies
-as it sees heartbeats (bot.status.probes.CeleryProbe.expected), so these show what it does when that count
+as it sees heartbeats (bot.probes.celery_probe.CeleryProbe.expected), so these show what it does when that count
 is zero or short. --scale-admins: OPSBOT_ADMINS set, so every active task row carries a button.
 
 Every answer is checked against Slack's limits (at most 50 blocks, 3000 characters per section text,

@@ -20,15 +20,16 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from sqlalchemy import text
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import Connection
 
-from bot.store import Store
+from bot.db import LEADER_LOCK, Database
+from bot.tables import leader_table
 
 log = logging.getLogger(__name__)
 
-LEADER_LOCK = 0x6F7073626F74 + 1
 CHECK_SECONDS = 1.0  # how often the leader checks its connection, and standbys try the lock (x2)
 CLIENT_LEASE = 6.0  # a leader that could not confirm its lock for this long stands down
 SERVER_LEASE = 10  # seconds: the server ends the lock's session after this much silence
@@ -41,12 +42,43 @@ def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+@dataclass(frozen=True)
+class LeaderSeen:
+    """Who said last that it leads, and when."""
+
+    replica: str
+    seen_at: float
+
+
+class LeaderRecord:
+    """The `leader` table: who leads, for the status footer and the console's series writer."""
+
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine
+
+    def note(self, replica: str, now: float, conn: Connection | None = None) -> None:
+        """Say who leads; on the leader's own connection when given (the caller commits)."""
+        if conn is None:
+            with self.engine.begin() as own:
+                self.note(replica, now, own)
+            return
+        if not conn.execute(update(leader_table).where(leader_table.c.id == 1)
+                            .values(replica=replica, seen_at=now)).rowcount:
+            conn.execute(insert(leader_table).values(id=1, replica=replica, seen_at=now))
+
+    def current(self) -> LeaderSeen | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(leader_table).where(leader_table.c.id == 1)).first()
+        return LeaderSeen(row.replica, row.seen_at) if row else None
+
+
 class Leadership:
-    def __init__(self, store: Store, replica: str, on_change: Callable[[bool], None] | None = None) -> None:
-        self.store = store
+    def __init__(self, db: Database, replica: str, on_change: Callable[[bool], None] | None = None) -> None:
+        self.db = db
+        self.record = LeaderRecord(db)
         self.replica = replica
         self.on_change = on_change or (lambda leading: None)
-        self._leading = not store.shared
+        self._leading = not db.shared
         self._conn: Connection | None = None
         self._stopped = threading.Event()
         self._guard = threading.Lock()
@@ -58,11 +90,11 @@ class Leadership:
         return self._leading
 
     def start(self) -> Leadership:
-        if self.store.shared:
+        if self.db.shared:
             self._thread.start()
             self._watchdog.start()
         else:
-            self.store.note_leader(self.replica, time.time())
+            self.record.note(self.replica, time.time())
         return self
 
     def _run(self) -> None:
@@ -77,7 +109,7 @@ class Leadership:
 
     def _try_to_lead(self) -> None:
         try:
-            conn = self.store.engine.connect()
+            conn = self.db.engine.connect()
             conn.execute(text("SELECT set_config('application_name', :name, false)"),
                          {"name": f"opsbot-leader-{self.replica[:40]}"})
             # The server's half of the lease: a leader gone silent loses its session, and the lock.
@@ -115,7 +147,7 @@ class Leadership:
                 self._confirmed_at = time.monotonic()
 
     def _note(self, conn: Connection) -> None:
-        self.store.note_leader(self.replica, time.time(), conn)
+        self.record.note(self.replica, time.time(), conn)
         conn.commit()
 
     def _watch(self) -> None:

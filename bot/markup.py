@@ -136,7 +136,11 @@ def _cut_in_order(parts: tuple[str, ...], limit: int) -> str:
     return "".join(out) + ELLIPSIS
 
 
+def cut(text: str, limit: int) -> str:
+    """At most `limit` characters: a longer text keeps its start and ends with "…"."""
+    return text if len(text) <= limit else text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
 def plain(text: str, limit: int) -> str:
     """Text for a plain_text object: Slack shows it literally, so it is only cut."""
-    text = str(text)
-    return text if len(text) <= limit else text[: limit - len(ELLIPSIS)] + ELLIPSIS
+    return cut(str(text), limit)

@@ -10,30 +10,37 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from bot import markup
-from bot.alerting.service import AlertService, ConsoleSink, MemoryAlertState, Sink, SlackSink
+from bot.alerting.service import AlertService
+from bot.alerting.sinks import ConsoleSink, Sink, SlackSink
+from bot.alerting.state import AlertStore, MemoryAlertState
 from bot.beat.watch import BeatWatch, watch_for
 from bot.celeryapp import app_facts
 from bot.celeryapp.events import EventEnabler
 from bot.charts.series import SeriesRecorder, SeriesStore
 from bot.charts.service import Charts
-from bot.commands import Commands
+from bot.commands.dispatch import Commands
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
+from bot.control.audit import AuditLog
 from bot.control.tasks import Stack, TaskControl
+from bot.db import BoundedRead, Database
 from bot.health import TaskHealth
 from bot.health.retry import Retrier
 from bot.health.waiting import WaitingTime
-from bot.history.record import History, HistoryRecorder, digest_text
-from bot.leader import Leadership, default_replica_id
-from bot.metrics import Every, Metrics, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.history.digest import DailyDigest
+from bot.history.read import History
+from bot.history.record import HistoryRecorder
+from bot.history.store import HistoryStore
+from bot.leader import LeaderRecord, Leadership, default_replica_id
+from bot.metrics.collector import Metrics
+from bot.metrics.serve import Every, MetricsServer, WsgiApp, health_app, keep_fresh
+from bot.probes.celery_probe import CeleryProbe
+from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
-from bot.status.probes import CeleryProbe, Prober
 from bot.status.snapshot import Snapshot
-from bot.store import BoundedRead, Store
 from bot.workers.actions import WorkerControl, WorkerStack, enrich
-from bot.workers.store import load_pauses
+from bot.workers.store import PauseStore
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +49,9 @@ SERIES_ALONE_AFTER = 60.0  # seconds since a bot last said it leads, before the 
 STORE_UNAVAILABLE = "Store unavailable: mutes, incidents and history cannot be read right now"
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings) -> Database:
     try:
-        return Store(settings.db_url)
+        return Database(settings.db_url)
     except Exception as exc:
         raise ConfigError(f"OPSBOT_DB_URL: cannot open the store: {redact(str(exc))[:200]}") from None
 
@@ -65,8 +72,9 @@ class Runtime:
         self.waiting = WaitingTime(settings, self._store)
         self.retrier: Retrier | None = None
         self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected)
-        self.store: Store | None = None
+        self.store: Database | None = None
         self.alerts: AlertService | None = None
+        self.digest: DailyDigest | None = None
         self.recorder: HistoryRecorder | None = None
         self.replica = settings.replica_id or default_replica_id()
         self.leadership: Leadership | None = None
@@ -89,7 +97,7 @@ class Runtime:
         if self.beat is not None:  # what the task events told about the beat schedule
             snapshot = replace(snapshot, beat=self.beat.report())
         # Pauses are on record only where a long-running mode opened the store; it never holds up an answer.
-        pauses = self._store_reads(lambda: load_pauses(self.store)) if self.store is not None else None
+        pauses = self._store_reads(PauseStore(self.store).load) if self.store is not None else None
         if pauses:
             # A pause holds while its worker does not consume the queue: ask the workers only when one is on record.
             snapshot = enrich(self.worker_stack, replace(snapshot, pauses=pauses))
@@ -132,7 +140,7 @@ class Runtime:
                                   f"({exc.strerror or exc})") from None
             self._metrics_parts.append(server)
             log.info("serving /metrics, /healthz and /readyz on port %d", port)
-        self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, store)
+        self._metrics_parts += keep_fresh(self.metrics, self.take_snapshot, AlertStore(store))
 
     def health_app(self) -> WsgiApp:
         assert self.metrics is not None
@@ -174,8 +182,8 @@ class Runtime:
         notes = [self.alerts.muted_note()] if self.alerts else []
         store = self._store()
         if store.shared:
-            leader = store.leader()
-            notes.append(f"answered by {self.replica}, leader {leader[0] if leader else 'none'}")
+            leader = LeaderRecord(store).current()
+            notes.append(f"answered by {self.replica}, leader {leader.replica if leader else 'none'}")
         return notes
 
     def _slack_problems(self) -> list[str]:
@@ -190,8 +198,8 @@ class Runtime:
             self.leadership = Leadership(self._store(), self.replica, self._on_leadership).start()
         self.series = SeriesRecorder(SeriesStore(self._store().engine), self.settings.series_days,
                                      self.take_snapshot, should_record=self._records_series).start()
-        self.recorder = HistoryRecorder(self._store(), self.settings.history_days, self.settings.history_max_rows,
-                                        on_recorded=self.series.on_task_event).start()
+        self.recorder = HistoryRecorder(HistoryStore(self._store()), self.settings.history_days,
+                                        self.settings.history_max_rows, on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
                                            on_task_event=self._on_task_event)
         heartbeats = self.heartbeats
@@ -206,20 +214,20 @@ class Runtime:
         if self.leadership is not None:
             return self._is_leader()
         store = self._store()
-        leader = None if store.shared else store.leader()
-        return not store.shared and (leader is None or time.time() - leader[1] > SERIES_ALONE_AFTER)
+        leader = None if store.shared else LeaderRecord(store).current()
+        return not store.shared and (leader is None or time.time() - leader.seen_at > SERIES_ALONE_AFTER)
 
     def _retryable(self, task_ids: list[str]) -> set[str]:
         return self.retrier.retryable(task_ids) if self.retrier else set()
 
-    def _store(self) -> Store:
+    def _store(self) -> Database:
         if self.store is None:
             self.store = open_store(self.settings)
         return self.store
 
     def start_alerts(self, sink: Sink) -> AlertService:
         health = TaskHealth(self.settings, self._store, self._retryable)
-        self.alerts = AlertService(self.settings, self._store(), self.take_snapshot, sink,
+        self.alerts = AlertService(self.settings, AlertStore(self._store()), self.take_snapshot, sink,
                                    is_leader=self._is_leader, extra_findings=health.findings)
         self.alerts.start()
         return self.alerts
@@ -227,18 +235,18 @@ class Runtime:
     def start_console_alerts(self, sink: Sink) -> AlertService:
         """The console watches on its own: its alert state lives in memory, never in the store, so it
         can neither take alerting from a Slack-connected bot nor consume the transitions it posts."""
-        self.alerts = AlertService(self.settings, MemoryAlertState(), self.take_snapshot, sink)  # type: ignore[arg-type]
+        self.alerts = AlertService(self.settings, MemoryAlertState(), self.take_snapshot, sink)
         self.alerts.start()
         return self.alerts
 
     def commands(self, access: Access, announce: Callable[[str], None] | None = None) -> Commands:
         """The command set with task control, for one edge's idea of who may act."""
         stack = Stack(self.settings, self.celery_probe.app, self.celery_probe.expected)
-        control = TaskControl(self.settings, stack, self._store(), access, announce)
+        control = TaskControl(self.settings, stack, AuditLog(self._store()), access, announce)
         self.retrier = Retrier(self.settings, self._store, control)
-        history = History(self.settings, self._store(), self.recorder)
+        history = History(self.settings, HistoryStore(self._store()), self.recorder)
         history.retryable = self._retryable
-        workers = WorkerControl(self.settings, self.worker_stack, control, self._store())
+        workers = WorkerControl(self.settings, self.worker_stack, control, PauseStore(self._store()))
         return Commands(self.take_snapshot, control, self.alerts, history, self._notes, self.retrier, self.charts(),
                         workers)
 
@@ -249,7 +257,6 @@ class Runtime:
         return self.commands(Access(admins=(operator.id,))), operator
 
     def run_slack(self) -> None:
-        from bot.alerting.service import SlackSink
         from bot.charts.slack import ChartPoster, IncidentCharts
         from bot.links import Links
         from bot.slack import app as slack_app
@@ -260,11 +267,13 @@ class Runtime:
         if self.metrics is not None:
             client.retry_handlers.insert(0, self.metrics.slack_observer)  # bolt copies them per request
         if self.settings.alert_channel:
-            sink = SlackSink(self._store(), client, self.settings.alert_channel, self.replica,
+            sink = SlackSink(AlertStore(self._store()), client, self.settings.alert_channel, self.replica,
                              attach=IncidentCharts(client, self.charts()).attach)
-            alerts = self.start_alerts(sink)
+            self.start_alerts(sink)
             if self.settings.digest_at:
-                alerts.daily(self.settings.digest_at, lambda: self._post_digest(sink))
+                self.digest = DailyDigest(self.settings.digest_at, HistoryStore(self._store()),
+                                          lambda key, payload: sink.enqueue(key, "post", payload),
+                                          self._is_leader).start()
         else:
             log.info("alerting is off: set OPSBOT_ALERT_CHANNEL to the channel for alerts")
         commands = self.commands(slack_app.slack_access(self.settings, client),
@@ -283,13 +292,6 @@ class Runtime:
         if self.metrics is not None:
             self.metrics.slack_connected = handler.client.is_connected
 
-    def _post_digest(self, sink: SlackSink) -> None:
-        """The daily digest, once whatever the replicas: the leader queues it in the outbox."""
-        if self._is_leader():
-            now = time.time()
-            sink.enqueue(f"digest-{time.strftime('%Y-%m-%d', time.localtime(now))}", "post",
-                         {"text": markup.for_slack(digest_text(self._store(), now), 3000)})
-
     def close(self) -> None:
         """Stop taking work (Socket Mode first), then save what is in flight: the history's queue,
         the outbox claims (freed for the other replicas at once), the leadership."""
@@ -300,6 +302,8 @@ class Runtime:
             part.stop()
         if self.alerts is not None:
             self.alerts.stop()
+        if self.digest is not None:
+            self.digest.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
         if self.events is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from bot.markup import cut
 from bot.redact import MASK, SECRET_KEY, redact_details
 
 MAX_SUMMARY = 80
@@ -20,7 +21,7 @@ MAX_REPR = 4_096
 
 def _short(value: Any) -> str:
     text = redact_details(repr(value))
-    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
+    return cut(text, MAX_VALUE)
 
 
 def _scrub(value: Any) -> Any:
@@ -43,9 +44,7 @@ def summarize_call(args: Any, kwargs: Any) -> str:
         shown = MASK if SECRET_KEY.search(str(key)) else _short(_scrub(value))
         parts.append(f"{key}={shown}")
     text = ", ".join(parts)
-    if len(text) > MAX_SUMMARY:
-        text = text[: MAX_SUMMARY - 1] + "…"
-    return f"({text})"
+    return f"({cut(text, MAX_SUMMARY)})"
 
 
 def _literal(text: Any) -> Any:
@@ -67,4 +66,4 @@ def summarize_repr(args: Any, kwargs: Any) -> str:
         return summarize_call(list(parsed_args), parsed_kwargs or {})
     # Not a literal (a datetime, a UUID, a cut-short repr): mask 'password': 'value' and the like by shape.
     text = redact_details(f"{args or ''} {kwargs or ''}".strip(), MAX_REPR)
-    return f"({text[: MAX_SUMMARY - 1]}…)" if len(text) > MAX_SUMMARY else f"({text})"
+    return f"({cut(text, MAX_SUMMARY)})"

@@ -160,7 +160,7 @@ def test_acknowledge_mute_and_incidents(slack: SlackStandIn, socket_bot: Callabl
     assert any("Acknowledged by <@U_USER>" in line for line in thread(slack, alert))
 
     not_allowed = json.dumps(slack.request("slash_command", "mute 30m flower", user_id="U_USER"))
-    assert "not allowed" in not_allowed
+    assert "not allowed" in not_allowed and "only opsbot admins can mute and unmute alerts" in not_allowed
     flower.restart()
     wait_resolved(slack, alert)
     muted = json.dumps(slack.request("slash_command", "mute 30m flower"))

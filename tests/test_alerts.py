@@ -13,6 +13,8 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Effect, Incident, Policy, Post, Refresh, Timeline
+from bot.alerting.mute import MuteScope
+from bot.alerting.views import incident_view
 from bot.status import assess
 from bot.status.snapshot import (
     BrokerStatus,
@@ -26,7 +28,6 @@ from bot.status.snapshot import (
     Snapshot,
     WorkerInfo,
 )
-from bot.status.views import incident_view
 from tests.support import snapshots
 from tests.support.snapshots import BROKER, FLOWER, queue, running
 
@@ -380,7 +381,7 @@ def test_acknowledge_of_an_unknown_or_resolved_incident_does_nothing() -> None:
 # --- Mutes ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["flower", alerts.ALL])
+@pytest.mark.parametrize("scope", ["flower", MuteScope.ALL])
 def test_failure_during_a_mute_is_posted_once_when_the_mute_ends(scope: str) -> None:
     engine = Engine()
     until = engine.mute(scope, 1800)
@@ -392,7 +393,7 @@ def test_failure_during_a_mute_is_posted_once_when_the_mute_ends(scope: str) -> 
     assert not engine.state.incidents["flower"].silenced
 
 
-@pytest.mark.parametrize("scope", ["flower", alerts.ALL])
+@pytest.mark.parametrize("scope", ["flower", MuteScope.ALL])
 def test_failure_that_recovers_during_a_mute_is_never_posted(scope: str) -> None:
     engine = Engine()
     until = engine.mute(scope, 1800)
@@ -409,7 +410,7 @@ def test_flower_mute_does_not_silence_the_broker() -> None:
 
 def test_all_mute_silences_the_broker_and_unmute_posts_at_the_next_poll() -> None:
     engine = Engine()
-    engine.mute(alerts.ALL, 1800)
+    engine.mute(MuteScope.ALL, 1800)
     assert engine.poll(*[broker_down()] * 5) == []
     engine.state = alerts.unmute(engine.state)
     assert keys(posts(engine.poll(broker_down()))) == ["broker"]
@@ -436,7 +437,7 @@ def test_backlog_over_threshold_for_backlog_seconds_fires_a_warning() -> None:
     assert keys(posts(effects)) == ["queue:celery:backlog"]
     incident = posts(effects)[0]
     assert incident.level == Level.WARN
-    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.clock(start)}"
+    assert incident.text == f"Queue celery: more than 100 tasks waiting since {assess.time_of_day(start)}"
     assert incident.impact == "Tasks waiting in celery are not being processed."
     assert engine.poll(*[busy] * 10) == []
 
@@ -546,4 +547,4 @@ def test_incident_view_of_a_resolved_incident_has_no_buttons_and_says_resolved()
     assert view.level is Level.OK
     items = {item.title: item.text for item in view.sections[0].items}
     duration = assess.duration(resolved.resolved_at - resolved.started_at)
-    assert items["Resolved"] == f"after {duration}, at {assess.clock(resolved.resolved_at)}"
+    assert items["Resolved"] == f"after {duration}, at {assess.time_of_day(resolved.resolved_at)}"

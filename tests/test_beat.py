@@ -155,7 +155,7 @@ def test_the_engine_opens_and_resolves_a_beat_incident() -> None:
 
 
 def test_mute_beat_is_a_scope() -> None:
-    from bot.commands import parse_mute
+    from bot.alerting.mute import parse_mute
 
-    assert parse_mute("1h beat") == (3600, "beat")
+    assert parse_mute(["1h", "beat"]) == (3600, "beat")
     assert alerts.service_of("beat:reports.nightly") == "beat"

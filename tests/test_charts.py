@@ -15,11 +15,11 @@ from bot.charts.series import Key, SeriesRecorder, SeriesStore, TaskCounter, min
 from bot.charts.service import ChartData, Charts, ChartUsage, Request, incident_subject, parse
 from bot.charts.slack import ChartPoster, IncidentCharts
 from bot.charts.sparkline import BARS, chart_view, sparkline
-from bot.commands import UsageError
-from bot.commands import parse as parse_command
+from bot.commands.grammar import UsageError
+from bot.commands.grammar import parse as parse_command
+from bot.db import Database
 from bot.markup import mention
 from bot.status.snapshot import BrokerStatus, CeleryState, CeleryStatus, FlowerStatus, QueueInfo, Snapshot, WorkerInfo
-from bot.store import Store
 from tests.support.pictures import decode, horizontal_rows, pixels_of
 from tests.support.slack import SlackStandIn
 from tests.support.slack.rules import message_error
@@ -30,7 +30,7 @@ BLUE, PURPLE, VERMILLION, GREEN = (draw.OKABE_ITO[c] for c in ("blue", "purple",
 
 @pytest.fixture
 def store(tmp_path: Path) -> SeriesStore:
-    return SeriesStore(Store(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}").engine)
+    return SeriesStore(Database(f"sqlite:///{tmp_path / 'opsbot.sqlite3'}").engine)
 
 
 def charts(store: SeriesStore, threshold: int = 100) -> Charts:

@@ -242,7 +242,8 @@ def test_audit_command(slack: SlackStandIn, admin_bot: Callable[..., BotProcess]
     click(slack, "terminate", f"active|{uuid.uuid4()}", user_id=USER)
     audit = text_of(slash(slack, "audit"))
     assert "purge nope" in audit and "denied" in audit and "Task-control audit" in audit
-    assert "not allowed" in text_of(slash(slack, "audit", user_id=USER))
+    refused = text_of(slash(slack, "audit", user_id=USER))
+    assert "not allowed" in refused and "only opsbot admins can read the task-control audit" in refused
 
 
 def test_console_terminates_with_confirmation(rabbit: RabbitNode, worker: CeleryWorker, flower: FlowerProcess,

@@ -12,13 +12,17 @@ import pytest
 
 from bot.alerting import engine as alerts
 from bot.alerting.engine import AlertState, Policy, Post, Refresh, Timeline
-from bot.commands import UsageError, parse, parse_mute
+from bot.alerting.mute import parse_mute
+from bot.alerting.views import incident_view
+from bot.commands.grammar import UsageError, parse
 from bot.config import ConfigError, load_settings
 from bot.durations import parse_duration
 from bot.health import rules
 from bot.health.retry import call_from
 from bot.health.rules import Failed, HealthPolicy, Outcomes
 from bot.health.waiting import task_id_of
+from bot.history.store import TaskRecord
+from bot.history.views import history_item, task_view
 from bot.slack import blocks, buttons
 from bot.status.assess import queue_text
 from bot.status.snapshot import (
@@ -32,7 +36,6 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import history_item, incident_view, task_view
 from tests.support.slack.rules import message_error
 
 NOW = 1_750_000_000.0
@@ -65,9 +68,9 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 
 def test_mute_uses_the_same_parser() -> None:
-    assert parse_mute("90s") == (90, "all")
+    assert parse_mute(["90s"]) == (90, "all")
     with pytest.raises(UsageError, match="not a duration"):
-        parse_mute("soon")
+        parse_mute(["soon"])
 
 
 @pytest.mark.parametrize("variable, value", [
@@ -233,7 +236,7 @@ def test_a_call_needs_an_extended_result() -> None:
     assert call_from({"status": "FAILURE", "result": None}, None) is None  # result_extended off
     assert call_from(None, None) is None
     meta = {"name": "a.b", "args": [1, "x"], "kwargs": {"k": [1]}, "queue": "rk"}
-    call = call_from(meta, {"queue": "reports", "exchange": "reports", "routing_key": "reports"})
+    call = call_from(meta, TaskRecord("t", "FAILURE", queue="reports", exchange="reports", routing_key="reports"))
     assert (call.name, call.args, call.kwargs) == ("a.b", [1, "x"], {"k": [1]})
     assert (call.queue, call.exchange, call.routing_key) == ("reports", "reports", "reports")
     assert call_from(meta, None).queue == "rk"  # no task-sent event: the routing key it was delivered with
@@ -290,9 +293,9 @@ def test_a_stuck_alert_has_terminate_and_kill() -> None:
 
 
 def test_history_shows_retry_links_and_the_button() -> None:
-    row = {"task_id": "6f1c2a9e-1", "name": "a", "state": "FAILURE", "retried_as": "8a2b33-2"}
+    row = TaskRecord("6f1c2a9e-1", "FAILURE", name="a", retried_as="8a2b33-2")
     assert "retried as 8a2b…" in history_item(row).text and history_item(row, True).action is None
-    retry = {"task_id": "8a2b33-2", "name": "a", "state": "FAILURE", "retry_of": "6f1c2a9e-1"}
+    retry = TaskRecord("8a2b33-2", "FAILURE", name="a", retry_of="6f1c2a9e-1")
     item = history_item(retry, True)
     assert "retry of 6f1c…" in item.text and item.action is not None and item.action.action_id == "retry"
     assert rendered(task_view(retry, True))["blocks"]
@@ -302,32 +305,34 @@ def test_history_shows_retry_links_and_the_button() -> None:
 
 
 def test_the_head_is_the_nth_newest_pending_task_and_retries_link_both_ways(tmp_path: Path) -> None:
+    from bot.db import Database
     from bot.health import queries
     from bot.history.record import fold
-    from bot.store import Store
+    from bot.history.store import HistoryStore
 
-    store = Store(f"sqlite:///{tmp_path}/h.sqlite3")
+    db = Database(f"sqlite:///{tmp_path}/h.sqlite3")
+    store = HistoryStore(db)
     sent = [{"type": "task-sent", "uuid": f"t{i}", "name": "a", "queue": "q", "exchange": "q", "routing_key": "q",
              "timestamp": 100.0 + i} for i in range(6)]
     received = [{"type": "task-received", "uuid": f"t{i}", "timestamp": 110.0} for i in (4,)]
     store.record_task_events(sent + received, fold)
     # t0..t3 and t5 pending; the queue holds 2: t5 and t3, so its head was sent at 103 (t0..t2 were purged).
-    assert queries.nth_newest_pending(store, "q", 2) == (103.0, True)
-    assert queries.nth_newest_pending(store, "q", 9) == (100.0, False)  # only a lower bound
-    assert queries.nth_newest_pending(store, "other", 1) == (None, False)
-    assert store.task("t1")["routing_key"] == "q" and queries.sent_at(store, "t1") == 101.0
+    assert queries.nth_newest_pending(db, "q", 2) == (103.0, True)
+    assert queries.nth_newest_pending(db, "q", 9) == (100.0, False)  # only a lower bound
+    assert queries.nth_newest_pending(db, "other", 1) == (None, False)
+    assert store.task("t1").routing_key == "q" and queries.sent_at(db, "t1") == 101.0
 
     failed = [{"type": "task-failed", "uuid": f"t{i}", "name": "a", "exception": "E('x')", "hostname": "w1",
                "timestamp": NOW - i} for i in range(3)]
     store.record_task_events([*failed, {"type": "task-succeeded", "uuid": "ok", "name": "a", "timestamp": NOW}],
                              fold)
-    outcomes = queries.outcomes(store, NOW, 3600, 600)
+    outcomes = queries.outcomes(db, NOW, 3600, 600)
     assert [f.task_id for f in outcomes.failed] == ["t0", "t1", "t2"] and outcomes.runs == {"a": 4}
-    queries.link_retry(store, "t0", "r0", "a", NOW)
+    queries.link_retry(db, "t0", "r0", "a", NOW)
     store.record_task_events([{"type": "task-sent", "uuid": "r0", "name": "a", "queue": "q", "timestamp": NOW}],
                              fold)  # the retry's own events fold into the row made for it
-    assert store.task("t0")["retried_as"] == "r0" and store.task("r0")["retry_of"] == "t0"
-    assert queries.failed_ids(store, "a", 0) == ["t1", "t2"]  # a retried failure is not retried again
-    queries.unlink_retry(store, "t1", "nope")
-    assert store.task("t0")["retried_as"] == "r0"
-    store.close()
+    assert store.task("t0").retried_as == "r0" and store.task("r0").retry_of == "t0"
+    assert queries.failed_ids(db, "a", 0) == ["t1", "t2"]  # a retried failure is not retried again
+    queries.unlink_retry(db, "t1", "nope")
+    assert store.task("t0").retried_as == "r0"
+    db.close()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from bot.status.assess import clock
+from bot.status.assess import time_of_day
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker
 from tests.support.net import wait_until
@@ -166,7 +166,7 @@ def test_an_old_head_message_alerts_with_its_age_to_the_second(
     after = time.time()
     send(rabbit.amqp_url, "stackapp.add", (3, 4), queue="spare")  # a later one: the head stays the first
     alert = wait_alert(slack, "a task has waited since")
-    assert alert.text and any(f"Queue spare: a task has waited since {clock(t)}," in alert.text
+    assert alert.text and any(f"Queue spare: a task has waited since {time_of_day(t)}," in alert.text
                               for t in (before, after)), alert.text
     assert "longer than 4 s" in alert.text
 

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.history.record import digest_text, fold
-from bot.store import Store
+from bot.db import Database
+from bot.history.digest import digest_text
+from bot.history.record import fold
+from bot.history.store import HistoryStore
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
 from tests.support.flower import FlowerProcess
@@ -133,7 +135,7 @@ def test_without_task_events_it_says_how_to_turn_them_on(slack: SlackStandIn, so
 
 
 def test_digest_counts_final_states_and_top_failures(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path / 'digest.sqlite3'}")
+    store = HistoryStore(Database(f"sqlite:///{tmp_path / 'digest.sqlite3'}"))
     now = time.time()
     events = [{"type": "task-succeeded", "uuid": f"ok-{n}", "timestamp": now - 60} for n in range(3)]
     events += [{"type": "task-received", "uuid": f"bad-{n}", "name": "reports.export", "timestamp": now - 70}

@@ -32,11 +32,16 @@ from hypothesis import HealthCheck, Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from bot import markup
-from bot.alerting.service import AlertService, ConsoleSink
-from bot.commands import FORGED, Commands, Reply
+from bot.alerting.service import AlertService
+from bot.alerting.sinks import ConsoleSink
+from bot.alerting.state import AlertStore
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import FORGED
 from bot.config import Settings
 from bot.control.access import Actor
-from bot.history.record import History
+from bot.db import Database
+from bot.history.read import History
+from bot.history.store import HistoryStore
 from bot.slack import blocks, buttons
 from bot.slack.buttons import SECTIONS, SNOOZES
 from bot.status.snapshot import (
@@ -47,7 +52,6 @@ from bot.status.snapshot import (
     QueueInfo,
     Snapshot,
 )
-from bot.store import Store
 from tests.support import snapshots
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker, publish_tasks
@@ -239,8 +243,8 @@ def local_settings(db: Path) -> Settings:
 def history_commands(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Commands]:
     """A real History on an empty store; Flower (its fallback) is a closed port, refused at once."""
     settings_ = local_settings(tmp_path_factory.mktemp("history") / "opsbot.sqlite3")
-    store = Store(settings_.db_url)
-    yield Commands(take_snapshot=lambda: SNAPSHOT, control=None, history=History(settings_, store, None))
+    store = Database(settings_.db_url)
+    yield Commands(take_snapshot=lambda: SNAPSHOT, control=None, history=History(settings_, HistoryStore(store), None))
     store.close()
 
 
@@ -402,10 +406,10 @@ def test_malformed_values_of_known_buttons_are_forged(click: tuple[str, str]) ->
 def alert_commands(tmp_path: Path) -> Iterator[tuple[Commands, AlertService]]:
     """A real AlertService (never started: no scheduler) with one open incident: Flower refused twice."""
     settings_ = local_settings(tmp_path / "alerts.sqlite3")
-    store = Store(settings_.db_url)
+    store = Database(settings_.db_url)
     flower_down = snapshot(FlowerStatus("http://127.0.0.1:5555", Problem(Failure.REFUSED, "http://127.0.0.1:5555")))
     lines: list[str] = []
-    service = AlertService(settings_, store, lambda: flower_down, ConsoleSink(lines.append))
+    service = AlertService(settings_, AlertStore(store), lambda: flower_down, ConsoleSink(lines.append))
     for _ in range(settings_.alert_after + 1):
         service.poll()
     assert service.open_incidents(), f"no incident opened: {lines}"

@@ -137,6 +137,6 @@ def test_a_probe_that_fails_says_why_in_the_status_and_the_log(installed_opsbot:
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 2
     assert f"refuses opsbot's credentials at 127.0.0.1:{locked_redis.port} (check CELERY_BROKER_URL)" in status.stdout
-    assert (f"WARNING bot.status.probes: Redis probe failed at 127.0.0.1:{locked_redis.port}: AuthenticationError: "
+    assert (f"WARNING bot.probes: Redis probe failed at 127.0.0.1:{locked_redis.port}: AuthenticationError: "
             "invalid username-password pair or user is disabled.") in status.stderr
     assert "not-the-password" not in status.stdout + status.stderr

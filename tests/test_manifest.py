@@ -52,7 +52,7 @@ def test_manifest_asks_for_exactly_the_scopes_the_bot_uses() -> None:
 
 
 def test_usage_hint_names_only_real_subcommands() -> None:
-    from bot.commands import ALIASES
+    from bot.commands.grammar import ALIASES
 
     hint = manifest()["features"]["slash_commands"][0]["usage_hint"]
     words = {w for w in re.findall(r"[a-z]+", hint) if w not in ("id", "queue")}

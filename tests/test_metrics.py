@@ -22,7 +22,8 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.metrics import Metrics, celery_families, exception_class, host_of, opsbot_snapshot_families
+from bot.metrics.collector import Metrics
+from bot.metrics.families import celery_families, exception_class, host_of, opsbot_snapshot_families
 from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
@@ -224,7 +225,7 @@ def test_json_log_lines_stay_redacted(capfd: pytest.CaptureFixture[str]) -> None
 
 
 def test_healthz_names_a_dead_thread() -> None:
-    from bot.metrics import health_app
+    from bot.metrics.serve import health_app
 
     expected = ["MainThread"]
     app = health_app(Metrics(poll_seconds=10), lambda: expected)
@@ -443,7 +444,7 @@ def exported_names() -> set[str]:
     """Every metric name opsbot can export (with histogram and counter suffixes), from a fed registry."""
     metrics = Metrics(poll_seconds=10)
     metrics.on_task_event({"type": "task-succeeded", "uuid": "u", "hostname": "w@h", "name": "n", "runtime": 1})
-    from bot.metrics import StoreFacts
+    from bot.metrics.families import StoreFacts
 
     metrics.store_read(StoreFacts({"flower": 1}, 0))
     fed = snapshot((WorkerInfo("w@h", queues=("celery",)),))
@@ -526,8 +527,9 @@ def links() -> Iterator[Callable[..., None]]:
 
 def test_links_are_bot_markup_with_encoded_values(links: Callable[..., None]) -> None:
     from bot.alerting.engine import Incident
+    from bot.alerting.views import incident_view
     from bot.slack import blocks
-    from bot.status.views import incident_view, status_view
+    from bot.status.views import status_view
 
     hostile_id = "x>|<!channel>&y"
     task = TaskInfo(hostile_id, "app.job", "w1@box", 990.0)

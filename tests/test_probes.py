@@ -11,8 +11,9 @@ from collections.abc import Callable
 import pytest
 
 from bot.config import Settings, load_settings
+from bot.probes.celery_probe import CeleryProbe
+from bot.probes.prober import Prober
 from bot.status import assess
-from bot.status.probes import CeleryProbe, Prober
 from bot.status.snapshot import CeleryState, Failure, Level, Snapshot
 from tests.support.celery_procs import CeleryWorker, publish_tasks
 from tests.support.flower import FlowerProcess
@@ -224,7 +225,7 @@ def test_a_failing_probe_logs_why_once_per_change_of_cause(rabbit: RabbitNode, h
                             f"http://opsbot:flower-pass@127.0.0.1:{closed}")
     prober = Prober(settings)
     try:
-        with caplog.at_level("INFO", logger="bot.status.probes"):
+        with caplog.at_level("INFO", logger="bot.probes"):
             for _ in range(3):
                 prober.snapshot()
             prober.settings = settings.model_copy(update={"flower_url": f"http://127.0.0.1:{hung_server.port}"})
@@ -233,7 +234,7 @@ def test_a_failing_probe_logs_why_once_per_change_of_cause(rabbit: RabbitNode, h
             prober.snapshot()
     finally:
         prober.close()
-    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bot.status.probes"]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "bot.probes"]
     unauthorized = f"401 Client Error: Unauthorized for url: {rabbit.management_url}/api/"
     assert lines[0][1].startswith(f"RabbitMQ management API probe failed at {rabbit.management_url}: HTTPError: "
                                   f"{unauthorized}"), lines  # /api/queues/... or, with no queue yet, /api/nodes

@@ -12,7 +12,9 @@ import pytest
 from rich.console import Console
 
 from bot.alerting.engine import Incident, Timeline
-from bot.alerting.service import SlackSink
+from bot.alerting.sinks import SlackSink
+from bot.alerting.views import incident_view
+from bot.commands.help import help_view
 from bot.console import render as terminal
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons
@@ -30,7 +32,7 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import Controls, Item, Notice, Section, View, help_view, incident_view, status_view
+from bot.status.views import Controls, Item, Notice, Section, View, status_view
 from tests.support import snapshots
 from tests.support.slack.rules import message_error
 from tests.support.snapshots import busy
@@ -319,5 +321,5 @@ def test_thread_lines_escape_data_and_keep_the_bots_mentions() -> None:
     sink = SlackSink(store=None, client=None, channel="C_ALERTS")  # type: ignore[arg-type]
     rows = sink.outbox_rows([Timeline(incident, phrase("Acknowledged by {}.", mention("U0ANA"))),
                              Timeline(incident, f"Still not resolved: {incident.text}")], NOW)
-    assert [payload["text"] for _, _, payload in rows] == ["Acknowledged by <@U0ANA>.",
+    assert [row.payload["text"] for row in rows] == ["Acknowledged by <@U0ANA>.",
                                                            "Still not resolved: Flower &lt;!channel&gt; down"]

@@ -16,8 +16,9 @@ import sqlalchemy
 from alembic.script import ScriptDirectory
 
 import bot
+from bot.db import Database
 from bot.leader import Leadership
-from bot.store import Store, leader_table
+from bot.tables import leader_table
 from tests.support.bot import BotProcess
 from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
 from tests.support.flower import FlowerProcess
@@ -203,7 +204,7 @@ def test_the_daily_digest_is_posted_once_whatever_the_replicas(
 
 def test_the_leadership_thread_survives_a_failed_step(pg_url: str) -> None:
     """Taking the lock works but saying so fails (the leader table is gone): the thread must live on."""
-    store = Store(pg_url)
+    store = Database(pg_url)
     with store.engine.begin() as conn:
         leader_table.drop(conn)
     leadership = Leadership(store, "r1").start()
@@ -223,7 +224,7 @@ def test_replicas_starting_together_migrate_once(pg_url: str) -> None:
 
     def open_store() -> None:
         try:
-            Store(pg_url).close()
+            Database(pg_url).close()
         except BaseException as exc:
             errors.append(exc)
 

@@ -24,17 +24,23 @@ import requests
 import sqlalchemy
 from rich.console import Console
 
-from bot.commands import Commands, audit_view, parse
+from bot.commands.dispatch import Commands
+from bot.commands.grammar import parse
 from bot.config import Settings, load_settings
 from bot.console import render as terminal
 from bot.console.loop import Session
 from bot.control.access import Actor
-from bot.history.record import History, fold
-from bot.leader import Leadership
+from bot.control.audit import AuditEntry, AuditLog
+from bot.control.views import audit_view
+from bot.db import Database
+from bot.history.read import History
+from bot.history.record import fold
+from bot.history.store import HistoryStore
+from bot.leader import LeaderRecord, Leadership
+from bot.probes.celery_probe import ask_active
 from bot.redact import redact_details
 from bot.slack import blocks
 from bot.slack.app import make_client, slack_access
-from bot.status.probes import ask_active
 from bot.status.snapshot import (
     BrokerStatus,
     CeleryState,
@@ -46,7 +52,6 @@ from bot.status.snapshot import (
     WorkerInfo,
 )
 from bot.status.views import Action, Confirm, status_view
-from bot.store import AuditEntry, Store
 from bot.task_args import summarize_repr
 from tests.support.bot import SIGNING_SECRET, BotProcess, stack_env
 from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
@@ -197,10 +202,10 @@ def task_events() -> list[dict[str, Any]]:
 
 def test_show_masks_secrets_in_results_exceptions_and_tracebacks(tmp_path: Path) -> None:
     settings = load_settings(OPSBOT_DB_URL=f"sqlite:///{tmp_path / 'h.sqlite3'}")
-    store = Store(settings.db_url)
+    store = Database(settings.db_url)
     try:
-        store.record_task_events(task_events(), fold)
-        commands = Commands(take_snapshot=lambda: snapshot(), history=History(settings, store, None))
+        HistoryStore(store).record_task_events(task_events(), fold)
+        commands = Commands(take_snapshot=lambda: snapshot(), history=History(settings, HistoryStore(store), None))
         shown = slack_text(commands.run(parse(f"show {TASK_ID}"), Actor(ADMIN, ADMIN)).view)
     finally:
         store.close()
@@ -313,9 +318,9 @@ def loose_umask() -> Iterator[None]:
 
 def test_sqlite_store_is_private_and_in_wal_mode(tmp_path: Path, loose_umask: None) -> None:
     path = tmp_path / "fresh" / "opsbot.sqlite3"
-    store = Store(f"sqlite:///{path}")
+    store = Database(f"sqlite:///{path}")
     try:
-        store.record(AuditEntry(NOW, "U1", "purge", "celery", "done"))
+        AuditLog(store).record(AuditEntry(NOW, "U1", "purge", "celery", "done"))
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert path.stat().st_mode & 0o777 == 0o600
@@ -379,7 +384,7 @@ def test_active_tasks_come_with_cut_reprs_not_whole_arguments(rabbit: RabbitNode
 @pytest.mark.integration
 def test_a_replica_id_with_quotes_leads_and_is_named_as_given(pg_url: str) -> None:
     replica = f"it's-{uuid.uuid4().hex[:6]}'; SELECT 1; --"
-    store = Store(pg_url)
+    store = Database(pg_url)
     leadership = Leadership(store, replica).start()
     try:
         assert wait_until(leadership.is_leader, 15)
@@ -388,7 +393,8 @@ def test_a_replica_id_with_quotes_leads_and_is_named_as_given(pg_url: str) -> No
             names = conn.execute(sqlalchemy.text("SELECT application_name FROM pg_stat_activity")).scalars().all()
         engine.dispose()
         assert f"opsbot-leader-{replica}"[:54] in [n[:54] for n in names]
-        assert store.leader() is not None and store.leader()[0] == replica
+        seen = LeaderRecord(store).current()
+        assert seen is not None and seen.replica == replica
     finally:
         leadership.stop()
         store.close()

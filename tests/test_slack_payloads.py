@@ -13,8 +13,13 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.alerting.engine import Incident
-from bot.commands import Commands, audit_view
+from bot.alerting.views import incident_view
+from bot.commands.dispatch import Commands
 from bot.control.access import Actor
+from bot.control.audit import AuditEntry
+from bot.control.views import audit_view
+from bot.history.store import TaskRecord
+from bot.history.views import history_view, task_view
 from bot.markup import mention, phrase
 from bot.slack import blocks, buttons
 from bot.status.snapshot import (
@@ -28,8 +33,7 @@ from bot.status.snapshot import (
     TaskInfo,
     WorkerInfo,
 )
-from bot.status.views import Controls, Notice, history_view, incident_view, status_view, task_view
-from bot.store import AuditEntry
+from bot.status.views import Controls, Notice, status_view
 from tests.support.slack.rules import message_error
 
 NOW = 1_800_000_000.0
@@ -143,23 +147,23 @@ def incidents(draw: st.DrawFn) -> Incident:
                     snoozed_by=draw(st.sampled_from([OUR_MENTION, "<!here>", "&"])))
 
 
-def history_rows(draw: st.DrawFn, count: int) -> list[dict[str, Any]]:
+def history_rows(draw: st.DrawFn, count: int) -> list[TaskRecord]:
     states = st.sampled_from(["SUCCESS", "FAILURE", "REVOKED", "REJECTED", "RETRY", "STARTED"])
-    return [{"task_id": draw(st.one_of(st.uuids().map(str), data)) or "x", "name": draw(st.one_of(st.none(), data)),
-             "state": draw(states), "worker": draw(st.one_of(st.none(), data)),
-             "runtime": draw(st.one_of(st.none(), st.floats(0, 10**6))), "finished_at": NOW,
-             "received_at": NOW, "started_at": None, "args": draw(data), "result": draw(data),
-             "exception": draw(data), "traceback": draw(data), "retries": draw(st.integers(0, 5))}
+    return [TaskRecord(draw(st.one_of(st.uuids().map(str), data)) or "x", draw(states),
+                       name=draw(st.one_of(st.none(), data)), worker=draw(st.one_of(st.none(), data)),
+                       runtime=draw(st.one_of(st.none(), st.floats(0, 10**6))), finished_at=NOW,
+                       received_at=NOW, started_at=None, args=draw(data), result=draw(data),
+                       exception=draw(data), traceback=draw(data), retries=draw(st.integers(0, 5)))
             for _ in range(count)]
 
 
 class RecentFailures:
     """What the Home tab asks of the history: its latest failures (here: drawn rows)."""
 
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, rows: list[TaskRecord]) -> None:
         self.rows = rows
 
-    def recent_failures(self) -> list[dict[str, Any]]:
+    def recent_failures(self) -> list[TaskRecord]:
         return self.rows
 
 

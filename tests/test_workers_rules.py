@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.alerting.engine import AlertState, Policy, Post, step
-from bot.commands import UsageError, parse, parse_button
+from bot.commands.grammar import UsageError, parse, parse_button
+from bot.commands.help import help_view
 from bot.slack import blocks, buttons
 from bot.status.snapshot import (
     BrokerStatus,
@@ -23,7 +24,7 @@ from bot.status.snapshot import (
     TaskLimits,
     WorkerInfo,
 )
-from bot.status.views import help_view, status_view
+from bot.status.views import status_view
 from bot.workers import rules, views
 from bot.workers.pauses import overdue, pause_text, queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult
@@ -114,7 +115,7 @@ def test_a_pause_counts_only_while_its_worker_does_not_consume_the_queue() -> No
                                   worker("c@h", ("other",))))
     pause = found["other"]
     assert pause.workers == ("b@h",) and pause.of == 3 and pause.user_id == "U_BOB"
-    assert str(pause_text(pause)) == f"paused on 1 of 3 workers by <@U_BOB> at {views.assess.clock(NOW - 30)}"
+    assert str(pause_text(pause)) == f"paused on 1 of 3 workers by <@U_BOB> at {views.assess.time_of_day(NOW - 30)}"
 
 
 def test_a_paused_queue_is_amber_with_who_and_when() -> None:
@@ -182,7 +183,7 @@ def test_the_outcome_says_what_changed_where_who_and_when() -> None:
     results = [WorkerResult("a@h", Result.DONE, "no longer consumes other"),
                WorkerResult("b@h", Result.NO_REPLY, "did not reply in time")]
     line = views.headline(request, results, "<@U_ANA>", NOW)
-    assert str(line) == f"Paused other on 1 of 2 workers by <@U_ANA> at {views.assess.clock(NOW)}"
+    assert str(line) == f"Paused other on 1 of 2 workers by <@U_ANA> at {views.assess.time_of_day(NOW)}"
     none = views.headline(request, results[1:], "<@U_ANA>", NOW)
     assert "Nothing was changed" in str(none)
     view = views.result_view(line, Level.WARN, results, request)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from bot.alerting.mute import MuteScope
 from bot.beat.health import is_beat_key
 from bot.markup import phrase
 from bot.status import assess
@@ -21,7 +22,6 @@ from bot.status.snapshot import CeleryState, Level, Snapshot
 from bot.workers import pauses
 
 WORKER_MEMORY = 24 * 3600.0  # forget a worker not seen for a day: it was scaled away, not lost
-ALL = "all"  # the mute scope that silences everything
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class Check:
 class Incident:
     id: str
     key: str
-    level: int
+    level: Level
     text: str
     impact: str
     started_at: float  # the first failure
@@ -62,9 +62,11 @@ class Incident:
     retryable: tuple[str, ...] = ()  # those whose exact arguments are known: they get a Retry button
 
     def __post_init__(self) -> None:
-        # Read back from JSON these are lists; as tuples they compare equal to a fresh finding's.
+        # Read back from JSON these are lists and an int; as tuples and a Level they compare equal to a
+        # fresh finding's.
         for name in ("details", "targets", "retryable"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "level", Level(self.level))
 
     @property
     def open(self) -> bool:
@@ -77,7 +79,7 @@ class AlertState:
     incidents: dict[str, Incident] = field(default_factory=dict)  # open ones, by key
     known_workers: dict[str, float] = field(default_factory=dict)  # name -> last seen
     backlog_since: dict[str, float] = field(default_factory=dict)  # queue -> above threshold since
-    mutes: dict[str, float] = field(default_factory=dict)  # scope ("all", "flower", ...) -> until
+    mutes: dict[MuteScope, float] = field(default_factory=dict)  # scope -> until
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +91,7 @@ class AlertState:
             incidents={k: Incident(**v) for k, v in data.get("incidents", {}).items()},
             known_workers=dict(data.get("known_workers", {})),
             backlog_since=dict(data.get("backlog_since", {})),
-            mutes=dict(data.get("mutes", {})),
+            mutes={MuteScope(k): v for k, v in data.get("mutes", {}).items()},
         )
 
 
@@ -147,7 +149,7 @@ def vanished_workers(snapshot: Snapshot, known: dict[str, float], now: float) ->
         return []  # the "celery" finding (or the broker's) covers them all
     present = {w.name for w in snapshot.celery.workers}
     # The wording must not change from poll to poll, or every poll would redraw the alert.
-    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.clock(seen)})",
+    return [Finding(f"worker:{name}", Level.DOWN, f"Worker {name} is gone (last seen at {assess.time_of_day(seen)})",
                     assess.IMPACT_WORKER)
             for name, seen in sorted(known.items()) if name not in present]
 
@@ -159,7 +161,7 @@ def backlog(snapshot: Snapshot, since: dict[str, float], now: float, policy: Pol
         if start is not None and queue.ready > policy.backlog_threshold and now - start >= policy.backlog_seconds:
             found.append(Finding(f"queue:{queue.name}:backlog", Level.WARN,
                                  f"Queue {queue.name}: more than {policy.backlog_threshold} tasks waiting "
-                                 f"since {assess.clock(start)}", assess.queue_impact(queue.name)))
+                                 f"since {assess.time_of_day(start)}", assess.queue_impact(queue.name)))
     return found
 
 
@@ -202,7 +204,7 @@ def observable(snapshot: Snapshot, key: str) -> bool:
 
 
 def muted(state: AlertState, key: str, now: float) -> bool:
-    return any(until > now and scope in (ALL, service_of(key)) for scope, until in state.mutes.items())
+    return any(until > now and scope in (MuteScope.ALL, service_of(key)) for scope, until in state.mutes.items())
 
 
 # --- The state machine ------------------------------------------------------------------------
@@ -227,13 +229,20 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
             continue
         if finding is not None:
             check = Check(check.failing + 1, 0, check.since or now)
-            effects += _on_failure(incidents, key, check, finding, finding.impact, state, now, policy)
+            failing_now = Failing(key, check, finding, muted(state, key, now), now)
+            incident, found = _on_failure(incidents.get(key), failing_now, policy.alert_after)
         else:
             check = Check(0, check.passing + 1, None)
-            effects += _on_success(incidents, key, check, now, policy)
+            incident, found = _on_success(incidents.get(key), check, now, policy.resolve_after)
+        effects += found
+        if incident is None:
+            incidents.pop(key, None)
+        else:
+            incidents[key] = incident
         if check.failing or key in incidents:
             checks[key] = check  # a passing check with nothing open is forgotten
-    effects += _reminders(incidents, now, policy)
+    incidents, reminders = _reminders(incidents, now, policy)
+    effects += reminders
     new_state = replace(state, checks=checks, incidents=incidents,
                         known_workers=remembered_workers(snapshot, state.known_workers, now),
                         backlog_since=backlog_starts(snapshot, state.backlog_since, now, policy),
@@ -242,27 +251,35 @@ def step(state: AlertState, snapshot: Snapshot, now: float, policy: Policy,
     return replace(new_state, incidents=_posted(new_state.incidents, effects, now)), effects
 
 
-def _on_failure(incidents: dict[str, Incident], key: str, check: Check, finding: Finding, impact_text: str,
-                state: AlertState, now: float, policy: Policy) -> list[Effect]:
-    current = incidents.get(key)
+@dataclass(frozen=True)
+class Failing:
+    """A check that fails at this poll, with what the engine needs to decide on its incident."""
+
+    key: str
+    check: Check  # counting this failure
+    finding: Finding
+    muted: bool  # its scope is muted now
+    now: float
+
+
+def _on_failure(current: Incident | None, failing: Failing, alert_after: int
+                ) -> tuple[Incident | None, list[Effect]]:
+    """The check's incident after this failure (None: still pending), and what to post."""
+    finding, now = failing.finding, failing.now
     if current is None:
-        if check.failing < policy.alert_after:
-            return []  # pending: one bad poll does not wake anybody
-        since = check.since or now
-        incident = Incident(incident_id(key, since), key, int(finding.level), finding.text, impact_text, since, now,
-                            silenced=muted(state, key, now), **_task_fields(finding))
-        incidents[key] = incident
-        return [] if incident.silenced else [Post(incident)]
-    fresh = replace(current, level=int(finding.level), text=finding.text, impact=impact_text, **_task_fields(finding))
-    if fresh == current:
-        return []
-    changed = fresh
-    incidents[key] = changed
-    if changed.silenced:
-        return []
+        if failing.check.failing < alert_after:
+            return None, []  # pending: one bad poll does not wake anybody
+        since = failing.check.since or now
+        incident = Incident(incident_id(failing.key, since), failing.key, finding.level, finding.text,
+                            finding.impact, since, now, silenced=failing.muted, **_task_fields(finding))
+        return incident, [] if incident.silenced else [Post(incident)]
+    fresh = replace(current, level=finding.level, text=finding.text, impact=finding.impact,
+                    **_task_fields(finding))
+    if fresh == current or fresh.silenced:
+        return fresh, []
     # Texts that only count time ("last seen 12 s ago") change every poll: redraw, keep the thread quiet.
-    worse = changed.level != current.level
-    return [Refresh(changed)] + ([Timeline(changed, f"Now: {finding.text}")] if worse else [])
+    worse = fresh.level != current.level
+    return fresh, [Refresh(fresh)] + ([Timeline(fresh, f"Now: {finding.text}")] if worse else [])
 
 
 def _task_fields(finding: Finding) -> dict[str, tuple[str, ...]]:
@@ -270,28 +287,31 @@ def _task_fields(finding: Finding) -> dict[str, tuple[str, ...]]:
     return {name: tuple(getattr(finding, name, ())) for name in ("details", "targets", "retryable")}
 
 
-def _on_success(incidents: dict[str, Incident], key: str, check: Check, now: float, policy: Policy) -> list[Effect]:
-    current = incidents.get(key)
-    if current is None or check.passing < policy.resolve_after:
-        return []
+def _on_success(current: Incident | None, check: Check, now: float, resolve_after: int
+                ) -> tuple[Incident | None, list[Effect]]:
+    """The check's incident after this success (None: resolved, or there was none), and what to post."""
+    if current is None or check.passing < resolve_after:
+        return current, []
     resolved = replace(current, resolved_at=now)
-    del incidents[key]
     if current.silenced:
-        return []
-    return [Refresh(resolved), Timeline(resolved, f"Resolved after {assess.duration(now - current.started_at)}.")]
+        return None, []
+    return None, [Refresh(resolved), Timeline(resolved, f"Resolved after {assess.duration(now - current.started_at)}.")]
 
 
-def _reminders(incidents: dict[str, Incident], now: float, policy: Policy) -> list[Effect]:
+def _reminders(incidents: dict[str, Incident], now: float, policy: Policy
+               ) -> tuple[dict[str, Incident], list[Effect]]:
+    """The incidents with their reminder times updated, and the reminders to post."""
     effects: list[Effect] = []
+    updated = dict(incidents)
     for key, incident in incidents.items():
         if incident.silenced or incident.acked_by or (incident.snoozed_until or 0) > now:
             continue
         last = max(incident.last_reminded_at or incident.fired_at, incident.snoozed_until or 0)
         if now - last >= policy.remind_seconds:
-            incidents[key] = replace(incident, last_reminded_at=now)
-            effects.append(Timeline(incidents[key], f"Still not resolved after "
-                                                    f"{assess.duration(now - incident.started_at)}: {incident.text}"))
-    return effects
+            updated[key] = replace(incident, last_reminded_at=now)
+            effects.append(Timeline(updated[key], f"Still not resolved after "
+                                                  f"{assess.duration(now - incident.started_at)}: {incident.text}"))
+    return updated, effects
 
 
 def _unsilence(state: AlertState, now: float) -> list[Effect]:
@@ -335,7 +355,7 @@ def snooze(state: AlertState, incident_id_: str, until: float, user: str, now: f
     return _with(state, snoozed), [Refresh(snoozed), Timeline(snoozed, phrase("Snoozed by {}.", user))]
 
 
-def mute(state: AlertState, scope: str, until: float) -> AlertState:
+def mute(state: AlertState, scope: MuteScope, until: float) -> AlertState:
     return replace(state, mutes={**state.mutes, scope: until})
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from bot.beat.model import BeatReport, EntryStatus
-from bot.status.assess import Finding, clock, plural
+from bot.status.assess import Finding, plural, time_of_day
 from bot.status.snapshot import Level
 
 MIN_GRACE = 60.0
@@ -29,7 +29,7 @@ def is_beat_key(key: str) -> bool:
 def when(moment: float) -> str:
     """A time of day, to the minute when the schedule says so ('02:00'), else to the second."""
     at = datetime.fromtimestamp(moment)
-    return at.strftime("%H:%M") if at.second == 0 and at.microsecond < 500_000 else clock(moment)
+    return at.strftime("%H:%M") if at.second == 0 and at.microsecond < 500_000 else time_of_day(moment)
 
 
 def day_clock(moment: float, now: float) -> str:
@@ -37,10 +37,10 @@ def day_clock(moment: float, now: float) -> str:
     day = datetime.fromtimestamp(moment).date()
     today = datetime.fromtimestamp(now).date()
     if day == today:
-        return f"today {clock(moment)}"
+        return f"today {time_of_day(moment)}"
     if day == today - timedelta(days=1):
-        return f"yesterday {clock(moment)}"
-    return f"{day.strftime('%b %d')} {clock(moment)}"
+        return f"yesterday {time_of_day(moment)}"
+    return f"{day.strftime('%b %d')} {time_of_day(moment)}"
 
 
 def last_run_text(entry: EntryStatus, report: BeatReport, now: float, with_outcome: bool = True) -> str:

@@ -22,7 +22,7 @@ from sqlalchemy import Column, Float, Index, Integer, String, Table, delete, ins
 from sqlalchemy.engine import Engine
 
 from bot.status.snapshot import CeleryState, Snapshot
-from bot.store import metadata, task_history_table
+from bot.tables import metadata, task_history_table
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,13 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.patch_stdout import patch_stdout
 from rich.console import Console
 
-from bot.commands import Commands, UsageError
+from bot.commands.dispatch import Commands
+from bot.commands.grammar import UsageError
+from bot.commands.help import help_view
 from bot.console import render as terminal
 from bot.control.access import Actor
 from bot.status.snapshot import Level
-from bot.status.views import Action, View, help_view, message_view
+from bot.status.views import Action, View, message_view
 
 PROMPT = "opsbot> "
 QUIT = {"quit", "exit", "q", ":q"}

@@ -102,3 +102,13 @@ NOT_A_VIEWER = ("Task details are for opsbot's viewers and admins only (OPSBOT_V
                 "ask an admin to add you.")
 HOW_TO_CONFIGURE = ("Task control is off: no admins are configured. Set OPSBOT_ADMINS (Slack user IDs), "
                     "OPSBOT_ADMIN_GROUP (a user group ID) or OPSBOT_WORKSPACE_ADMINS=true.")
+
+# What an admin may do that others may not, as refusals name it.
+CONTROL = "control tasks, queues and workers"
+MUTE = "mute and unmute alerts"
+AUDIT = "read the task-control audit"
+
+
+def not_allowed(what: str) -> str:
+    """The one wording of a refusal for want of admin rights, naming what was refused."""
+    return f"You are not allowed to do that: only opsbot admins can {what}. Nothing was done."

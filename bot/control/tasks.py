@@ -10,7 +10,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import amqp.exceptions
 import kombu
@@ -19,13 +19,14 @@ import requests
 from celery import Celery
 
 from bot.config import Settings, http_endpoint
-from bot.control.access import HOW_TO_CONFIGURE, Access, AccessUnknown, Actor
+from bot.control.access import AUDIT, CONTROL, HOW_TO_CONFIGURE, Access, AccessUnknown, Actor, not_allowed
+from bot.control.audit import AuditEntry, AuditLog, Termination
 from bot.markup import mention, phrase
+from bot.probes.broker import amqp_connection, redis_client, redis_queue_keys
+from bot.probes.celery_probe import active_tasks, ask_active, pool_name
 from bot.redact import redact
-from bot.status.assess import clock
-from bot.status.probes import amqp_connection, ask_active, pool_name, redis_queue_keys
-from bot.status.snapshot import Level
-from bot.store import AuditEntry, Store, Termination
+from bot.status.assess import time_of_day
+from bot.status.snapshot import Level, TaskInfo, short_id
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,7 @@ class Outcome:
     level: Level
     message: str
     changed: bool = False
-
-
-@dataclass(frozen=True)
-class ActiveTask:
-    id: str
-    name: str
-    worker: str
-    started_at: float | None
-    worker_pid: int | None = None  # the pool child running it (prefork)
+    label: str = ""  # the audit's word for it ("done", "denied", "already", ...; bot.control.views)
 
 
 # --- Talking to the stack ---------------------------------------------------------------------
@@ -91,15 +84,11 @@ class Stack:
     def _connection(self) -> kombu.Connection:
         return broker_connection(self.app)
 
-    def find_active(self, task_id: str) -> ActiveTask | None:
+    def find_active(self, task_id: str) -> TaskInfo | None:
         with self._connection() as conn:
             replies = ask_active(self.app, conn, self.expected_workers(), time.monotonic() + REPLY_TIMEOUT)
-        for worker, tasks in replies.items():
-            for raw in tasks or []:
-                if raw.get("id") == task_id:
-                    return ActiveTask(task_id, str(raw.get("name") or "?"), worker, raw.get("time_start"),
-                                      raw.get("worker_pid"))
-        return None
+        running = (task for tasks in active_tasks(replies).values() for task in tasks)
+        return next((task for task in running if task.id == task_id), None)
 
     def _stats(self, worker: str) -> dict:
         with self._connection() as conn:
@@ -115,14 +104,14 @@ class Stack:
         """Is this pool child still among the worker's processes? (A killed child is replaced.)"""
         return pid in ((self._stats(worker).get("pool") or {}).get("processes") or [])
 
-    def revoke(self, task: ActiveTask, signal: str) -> bool:
+    def revoke(self, task: TaskInfo, signal: str) -> bool:
         """Signal the task on its own worker and wait for that worker to confirm."""
         with self._connection() as conn:
             replies = self.app.control.revoke(task.id, destination=[task.worker], terminate=True, signal=signal,
                                               reply=True, timeout=REPLY_TIMEOUT, limit=1, connection=conn)
         return any("ok" in (reply.get(task.worker) or {}) for reply in replies or [])
 
-    def wait_gone(self, task: ActiveTask, seconds: float) -> bool:
+    def wait_gone(self, task: TaskInfo, seconds: float) -> bool:
         """Wait for the task's process to die.
 
         Celery drops a task from `active` as soon as it sends the signal, whether or not the process
@@ -154,8 +143,7 @@ class Stack:
             raise BrokerUnreachable() from exc
 
     def _purge_redis(self, queue: str) -> int:
-        client = redis.Redis.from_url(self.settings.broker_url, socket_timeout=self.settings.probe_timeout,
-                                      socket_connect_timeout=self.settings.probe_timeout)
+        client = redis_client(self.settings.broker_url, self.settings.probe_timeout)
         try:
             pipe = client.pipeline(transaction=True)  # count and delete atomically
             keys = redis_queue_keys(queue)
@@ -203,24 +191,20 @@ def failed(action: str, exc: BaseException) -> Outcome:
                                f"have happened: check {where}.", changed=True)
 
 
-def short_id(task_id: str) -> str:
-    return task_id[:8]
-
-
 class TaskControl:
-    def __init__(self, settings: Settings, stack: Stack, store: Store, access: Access,
-                 announce: Callable[[str], None] | None = None, clock_: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, stack: Stack, audit_log: AuditLog, access: Access,
+                 announce: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
-        self.store = store
+        self.audit_log = audit_log
         self.access = access
         self.announce = announce or (lambda text: None)
-        self.clock = clock_
+        self.clock = clock
 
     def _audit(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         entry = AuditEntry(self.clock(), actor.id, action, redact(target)[:255], outcome, message)
         try:
-            self.store.record(entry)
+            self.audit_log.record(entry)
         except Exception as exc:  # the attempt happened all the same: keep it in the log at least
             log.error("could not store the audit entry (%s): %s %s %s: %s", type(exc).__name__, actor.id,
                       action, entry.target, outcome)
@@ -233,87 +217,87 @@ class TaskControl:
         """Record an attempt that did not even parse (a forged or mangled button)."""
         self._audit(actor, action, target or "(empty)", "forged", reason)
 
-    def refusal(self, actor: Actor) -> Outcome | None:
-        """None when the actor may act; otherwise the refusal to show."""
+    def refusal(self, actor: Actor, what: str = CONTROL) -> Outcome | None:
+        """None when the actor may act; otherwise the refusal to show, naming `what` was refused."""
         if not self.access.configured:
-            return Outcome(Level.WARN, HOW_TO_CONFIGURE)
+            return Outcome(Level.WARN, HOW_TO_CONFIGURE, label="denied")
         try:
             allowed = self.access.allows(actor)
         except AccessUnknown as problem:
-            return Outcome(Level.WARN, f"Could not check your permissions ({problem}); nothing was done.")
-        return None if allowed else Outcome(Level.WARN, "You are not allowed to do that: only opsbot admins "
-                                                        "can control tasks, queues and workers. Nothing was done.")
+            return Outcome(Level.WARN, f"Could not check your permissions ({problem}); nothing was done.",
+                           label="denied")
+        return None if allowed else Outcome(Level.WARN, not_allowed(what), label="denied")
 
     def record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         """Audit an action ruled elsewhere (acknowledge, snooze, mute, unmute; retry; worker control)."""
         self._audit(actor, action, target, outcome, message)
 
     def _attempt(self, actor: Actor, action: str, target: str,
-                 run: Callable[[], tuple[Outcome, str]]) -> Outcome:
+                 run: Callable[[], Outcome]) -> Outcome:
         """Run one attempt and audit it whatever happens, with what really happened: an error part-way
         (a refusal by the broker, a store failure) may leave something done, and is reported so."""
-        outcome, label = Outcome(Level.DOWN, f"The {action} was interrupted; it may have partly happened.",
-                                 changed=True), "interrupted"
+        outcome = Outcome(Level.DOWN, f"The {action} was interrupted; it may have partly happened.",
+                          changed=True, label="interrupted")
         try:
-            outcome, label = run()
+            outcome = run()
         except Exception as exc:
             log.exception("%s %s failed", action, redact(target)[:60])
-            outcome, label = failed(action, exc), ("refused" if is_refusal(exc) else "error")
+            outcome = replace(failed(action, exc), label="refused" if is_refusal(exc) else "error")
         finally:
-            self._audit(actor, action, target or "(empty)", label, outcome.message)
+            self._audit(actor, action, target or "(empty)", outcome.label, outcome.message)
         return outcome
 
     def terminate(self, actor: Actor, task_id: str, signal: str = "SIGTERM") -> Outcome:
         action = "kill" if signal == "SIGKILL" else "terminate"
         return self._attempt(actor, action, task_id.strip(), lambda: self._terminate(actor, task_id.strip(), signal))
 
-    def _terminate(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
+    def _terminate(self, actor: Actor, task_id: str, signal: str) -> Outcome:
         refusal = self.refusal(actor)
         if refusal:
-            return refusal, "denied"
+            return refusal
         if not TASK_ID.match(task_id):
-            return Outcome(Level.WARN, "That is not a valid task id; nothing was done."), "invalid"
+            return Outcome(Level.WARN, "That is not a valid task id; nothing was done.", label="invalid")
         try:
             return self._terminate_checked(actor, task_id, signal)
         except BrokerUnreachable:
-            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done."), \
-                "broker_down"
+            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done.",
+                           label="broker_down")
 
-    def _terminate_checked(self, actor: Actor, task_id: str, signal: str) -> tuple[Outcome, str]:
-        previous = self.store.termination(task_id)
+    def _terminate_checked(self, actor: Actor, task_id: str, signal: str) -> Outcome:
+        previous = self.audit_log.termination(task_id)
         task = self.stack.find_active(task_id)
         if task is None:
             if previous:
                 lingering = self._lingering(previous)
                 if lingering:
-                    return lingering, "lingering"
+                    return replace(lingering, label="lingering")
                 return Outcome(Level.OK, phrase("Already terminated by {} at {}; nothing else was done.",
-                                                mention(previous.user_id), clock(previous.at))), "already"
+                                                mention(previous.user_id), time_of_day(previous.at)), label="already")
             state = self.stack.final_state(task_id)
             known = f" (final state: {state})" if state else ""
-            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done."), \
-                "not_running"
+            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is not running{known}; nothing was done.",
+                           label="not_running")
         pool = self.stack.pool_of(task.worker)
         if pool in POOLS_WITHOUT_TERMINATE:
             return Outcome(Level.WARN, f"{task.worker} runs the {pool} pool, which cannot terminate a single "
-                                       "task (it would have to stop the whole worker). Nothing was done."), \
-                "unsupported"
+                                       "task (it would have to stop the whole worker). Nothing was done.",
+                           label="unsupported")
         if not self.stack.revoke(task, signal):
-            return Outcome(Level.DOWN, f"{task.worker} did not confirm the {signal}; the task may still run."), \
-                "no_reply"
+            return Outcome(Level.DOWN, f"{task.worker} did not confirm the {signal}; the task may still run.",
+                           label="no_reply")
         done = phrase("Terminated {} `{}` on {} ({}), by {}", task.name, short_id(task.id), task.worker, signal,
                       actor.mention)
         try:
-            self.store.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
+            self.audit_log.save_termination(Termination(task.id, task.name, task.worker, actor.id, signal, self.clock(),
                                                     task.worker_pid))
         except Exception as exc:  # the signal is out: say so, and that it is not on record
             log.exception("could not record the termination of %s", task.id)
             done = phrase("{} (not on record: the store failed with {})", done, type(exc).__name__)
         if self.stack.wait_gone(task, GONE_WAIT):
-            return Outcome(Level.OK, phrase("{}.", done), changed=True), "done"
+            return Outcome(Level.OK, phrase("{}.", done), changed=True, label="done")
         return Outcome(Level.WARN, phrase("{}; its process (pid {}) has not left the pool yet: checking again in "
                                           "{} s.", done, task.worker_pid, f"{self.follow_up_delay:g}"),
-                       changed=True), "signalled"
+                       changed=True, label="signalled")
 
     @property
     def follow_up_delay(self) -> float:
@@ -339,7 +323,7 @@ class TaskControl:
 
     def follow_up(self, task_id: str) -> Outcome:
         """A while after SIGTERM: did the process stop?"""
-        termination = self.store.termination(task_id)
+        termination = self.audit_log.termination(task_id)
         if termination is None:
             return Outcome(Level.WARN, f"No termination of `{short_id(task_id)}` is on record.")
         try:
@@ -354,24 +338,24 @@ class TaskControl:
     def purge(self, actor: Actor, queue: str) -> Outcome:
         return self._attempt(actor, "purge", queue.strip(), lambda: self._purge(actor, queue.strip()))
 
-    def _purge(self, actor: Actor, queue: str) -> tuple[Outcome, str]:
+    def _purge(self, actor: Actor, queue: str) -> Outcome:
         refusal = self.refusal(actor)
         if refusal:
-            return refusal, "denied"
+            return refusal
         if queue not in self.settings.queues:
             watched = ", ".join(self.settings.queues)
             return Outcome(Level.WARN, f"'{redact(queue)[:60]}' is not a watched queue ({watched}); "
-                                       "nothing was done."), "invalid"
+                                       "nothing was done.", label="invalid")
         try:
             removed = self.stack.purge(queue)
         except BrokerUnreachable:
-            return Outcome(Level.DOWN, "The broker is unreachable; nothing was purged."), "broker_down"
+            return Outcome(Level.DOWN, "The broker is unreachable; nothing was purged.", label="broker_down")
         if removed is None:
-            return Outcome(Level.OK, f"Queue {queue} does not exist yet: nothing to purge."), "empty"
+            return Outcome(Level.OK, f"Queue {queue} does not exist yet: nothing to purge.", label="empty")
         noun = "task" if removed == 1 else "tasks"
         return Outcome(Level.OK, phrase("Purged {} waiting {} from {}, by {}.", removed, noun, queue, actor.mention),
-                       changed=bool(removed)), "done"
+                       changed=bool(removed), label="done")
 
     def audit(self, actor: Actor, limit: int = 20) -> list[AuditEntry] | Outcome:
-        refusal = self.refusal(actor)
-        return refusal if refusal else self.store.latest_audit(limit)
+        refusal = self.refusal(actor, AUDIT)
+        return refusal if refusal else self.audit_log.latest(limit)

@@ -12,17 +12,17 @@ from dataclasses import replace
 
 from bot.alerting.engine import AlertState
 from bot.config import Settings
+from bot.db import Database
 from bot.health import queries, rules
 from bot.health.rules import FAILING, TaskFinding
 from bot.status.assess import Finding
 from bot.status.snapshot import Snapshot
-from bot.store import Store
 
 
 class TaskHealth:
     """The task-level findings for one poll, read from the store and the snapshot."""
 
-    def __init__(self, settings: Settings, store: Callable[[], Store],
+    def __init__(self, settings: Settings, store: Callable[[], Database],
                  retryable: Callable[[list[str]], set[str]] = lambda ids: set()) -> None:
         self.policy = rules.policy_from(settings)
         self.store = store

@@ -21,11 +21,12 @@ from celery import Celery
 
 from bot.config import Settings
 from bot.control.access import Actor
-from bot.control.tasks import TASK_ID, Outcome, TaskControl, short_id
+from bot.control.tasks import TASK_ID, Outcome, TaskControl
+from bot.db import Database
 from bot.health import queries
+from bot.history.store import HistoryStore, TaskRecord
 from bot.markup import phrase
-from bot.status.snapshot import Level
-from bot.store import Store
+from bot.status.snapshot import Level, short_id
 
 log = logging.getLogger(__name__)
 
@@ -66,20 +67,18 @@ def make_results_app(settings: Settings) -> Celery | None:
     return app
 
 
-def call_from(meta: dict[str, Any] | None, row: dict[str, Any] | None) -> Call | None:
+def call_from(meta: dict[str, Any] | None, row: TaskRecord | None) -> Call | None:
     """The exact call, from an extended result and the recorded routing; None when the result lacks it."""
     if not meta or not meta.get("name") or not isinstance(meta.get("args"), list | tuple) \
             or not isinstance(meta.get("kwargs"), dict):
         return None
-    row = row or {}
-    queue = row.get("queue") or meta.get("queue")
-    routing_key = row.get("routing_key") or meta.get("queue")
-    return Call(str(meta["name"]), list(meta["args"]), dict(meta["kwargs"]), queue, row.get("exchange") or None,
-                routing_key)
+    sent = row or TaskRecord("", "")  # no task-sent event on record: the routing it was delivered with
+    return Call(str(meta["name"]), list(meta["args"]), dict(meta["kwargs"]), sent.queue or meta.get("queue"),
+                sent.exchange or None, sent.routing_key or meta.get("queue"))
 
 
 class Retrier:
-    def __init__(self, settings: Settings, store: Callable[[], Store], control: TaskControl,
+    def __init__(self, settings: Settings, store: Callable[[], Database], control: TaskControl,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
@@ -111,36 +110,36 @@ class Retrier:
 
     def retry(self, actor: Actor, task_id: str) -> Outcome:
         task_id = task_id.strip()
-        outcome, label = self._retry(actor, task_id)
-        self.control.record(actor, "retry", task_id or "(empty)", label, outcome.message)
+        outcome = self._retry(actor, task_id)
+        self.control.record(actor, "retry", task_id or "(empty)", outcome.label, outcome.message)
         return outcome
 
-    def _retry(self, actor: Actor, task_id: str) -> tuple[Outcome, str]:
+    def _retry(self, actor: Actor, task_id: str) -> Outcome:
         refusal = self.control.refusal(actor)
         if refusal:
-            return refusal, "denied"
+            return refusal
         if not TASK_ID.match(task_id):
-            return Outcome(Level.WARN, "That is not a valid task id; nothing was done."), "invalid"
+            return Outcome(Level.WARN, "That is not a valid task id; nothing was done.", label="invalid")
         if self.app is None:
-            return Outcome(Level.WARN, NO_BACKEND), "unknown_args"
+            return Outcome(Level.WARN, NO_BACKEND, label="unknown_args")
         store = self.store()
-        row = store.task(task_id)
-        if row and row.get("state") not in RETRYABLE_STATES:
-            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is {row['state']}: only failed and revoked "
-                                       "tasks are retried. Nothing was done."), "invalid"
-        if row and row.get("retried_as"):
+        row = HistoryStore(store).task(task_id)
+        if row and row.state not in RETRYABLE_STATES:
+            return Outcome(Level.WARN, f"Task `{short_id(task_id)}` is {row.state}: only failed and revoked "
+                                       "tasks are retried. Nothing was done.", label="invalid")
+        if row and row.retried_as:
             return Outcome(Level.OK, f"Task `{short_id(task_id)}` was already retried as "
-                                     f"`{short_id(row['retried_as'])}`; nothing else was done."), "already"
+                                     f"`{short_id(row.retried_as)}`; nothing else was done.", label="already")
         try:
             call = call_from(self._meta(task_id), row)
         except Exception as exc:
             return Outcome(Level.DOWN, f"The result backend could not be read ({type(exc).__name__}); "
-                                       "nothing was done."), "backend_down"
+                                       "nothing was done.", label="backend_down")
         if call is None:
-            return Outcome(Level.WARN, NOT_EXTENDED.format(short_id(task_id))), "unknown_args"
+            return Outcome(Level.WARN, NOT_EXTENDED.format(short_id(task_id)), label="unknown_args")
         return self._send(actor, task_id, call, store)
 
-    def _send(self, actor: Actor, task_id: str, call: Call, store: Store) -> tuple[Outcome, str]:
+    def _send(self, actor: Actor, task_id: str, call: Call, store: Database) -> Outcome:
         assert self.app is not None
         new_id = str(uuid.uuid4())
         queries.link_retry(store, task_id, new_id, call.name, self.clock())  # before: its events find the row
@@ -151,10 +150,10 @@ class Retrier:
         except Exception as exc:
             queries.unlink_retry(store, task_id, new_id)
             return Outcome(Level.DOWN, f"The broker did not take the retry ({type(exc).__name__}); "
-                                       "nothing was sent."), "broker_down"
+                                       "nothing was sent.", label="broker_down")
         where = call.queue or "the default queue"
         return Outcome(Level.OK, phrase("Retried {} `{}` as `{}` on {}, by {}.", call.name, short_id(task_id),
-                                        new_id, where, actor.mention), changed=True), "done"
+                                        new_id, where, actor.mention), changed=True, label="done")
 
     def failed_since(self, name: str, since: float) -> list[str]:
         return queries.failed_ids(self.store(), name, since, MAX_BULK)

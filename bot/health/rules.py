@@ -16,7 +16,7 @@ from bot.durations import parse_duration
 from bot.redact import redact_details
 from bot.status import assess
 from bot.status.assess import Finding
-from bot.status.snapshot import CeleryState, Level, Snapshot
+from bot.status.snapshot import CeleryState, Level, Snapshot, short_id
 
 FAILING = "task:failing:"  # + task name
 STUCK = "task:stuck:"  # + task id
@@ -211,7 +211,7 @@ def stuck_tasks(snapshot: Snapshot, policy: HealthPolicy) -> list[TaskFinding]:
         if task.started_at is None or snapshot.taken_at - task.started_at <= limit:
             continue
         pid = f", pid {task.worker_pid}" if task.worker_pid else ""
-        text = (f"Task {task.name} ({task.id[:8]}) has run since {assess.clock(task.started_at)} on "
+        text = (f"Task {task.name} ({short_id(task.id)}) has run since {assess.time_of_day(task.started_at)} on "
                 f"{task.worker}{pid}: longer than {assess.duration(limit)}")
         found.append(TaskFinding(STUCK + task.id, Level.WARN, text, assess.IMPACT_TASK_STUCK,
                                  details=(f"Task id {task.id}",),
@@ -231,7 +231,7 @@ def waiting_too_long(snapshot: Snapshot, policy: HealthPolicy) -> list[TaskFindi
         since = queue.oldest_sent_at
         if since is None or not queue.ready or snapshot.taken_at - since <= policy.queue_max_wait:
             continue
-        text = (f"Queue {queue.name}: a task has waited since {assess.clock(since)}, "
+        text = (f"Queue {queue.name}: a task has waited since {assess.time_of_day(since)}, "
                 f"longer than {assess.duration(policy.queue_max_wait)}")
         found.append(TaskFinding(f"queue:{queue.name}{WAITING}", Level.WARN, text, assess.waiting_impact(queue.name)))
     return found

@@ -22,13 +22,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 
-import redis
-
 from bot.config import Settings
+from bot.db import Database
 from bot.health import queries
-from bot.status.probes import redis_queue_keys
+from bot.probes.broker import redis_client, redis_queue_keys
 from bot.status.snapshot import QueueInfo, Snapshot
-from bot.store import Store
 
 log = logging.getLogger(__name__)
 HEAD_TIMEOUT = 0.3
@@ -38,7 +36,7 @@ def head_ids(settings: Settings, names: list[str]) -> dict[str, list[str]]:
     """Per queue, the task ids at the head of each of its non-empty Redis lists (read, never taken)."""
     # Called after the probes, inside Slack's 3 s: a broker that stalls now only loses us the age.
     timeout = min(HEAD_TIMEOUT, settings.probe_timeout)
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    client = redis_client(settings.broker_url, timeout)
     try:
         pipe = client.pipeline(transaction=False)
         for name in names:
@@ -67,7 +65,7 @@ def task_id_of(raw: bytes | str) -> str | None:
 class WaitingTime:
     """Adds the oldest waiting task to each queue of a snapshot."""
 
-    def __init__(self, settings: Settings, store: Callable[[], Store]) -> None:
+    def __init__(self, settings: Settings, store: Callable[[], Database]) -> None:
         self.settings = settings
         self.store = store
 

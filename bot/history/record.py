@@ -1,4 +1,5 @@
-"""Task history recorded by the bot itself, from Celery's event stream, into its store.
+"""Task history recorded by the bot itself, from Celery's event stream, into its store (read back by
+`bot.history.read`).
 
 Flower keeps only what it saw since its own start; this history survives both Flower's and the bot's
 restarts. Events are folded into one row per task (`fold` is pure), written in batches by a writer
@@ -14,11 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import requests
-
-from bot.config import http_endpoint
+from bot.history.store import HistoryStore
 from bot.redact import redact_details
-from bot.status.views import HISTORY_PAGE, View, history_view, task_view
 from bot.task_args import summarize_repr
 
 log = logging.getLogger(__name__)
@@ -104,7 +102,7 @@ class HistoryRecorder:
     kept and tried again, in order, with the events that came after it.
     """
 
-    def __init__(self, store: Any, days: float, max_rows: int,
+    def __init__(self, store: HistoryStore, days: float, max_rows: int,
                  on_recorded: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
         self.on_recorded = on_recorded  # another reader of the same events (the charts' task counts)
@@ -149,7 +147,7 @@ class HistoryRecorder:
 
     def _prune(self) -> None:
         try:
-            self.store.prune_history(time.time() - self.days * 86400, self.max_rows)
+            self.store.prune(time.time() - self.days * 86400, self.max_rows)
         except Exception:
             log.exception("could not prune the task history")
 
@@ -186,74 +184,3 @@ class HistoryRecorder:
 
 def valid_task_id(task_id: object) -> bool:
     return isinstance(task_id, str) and 0 < len(task_id) <= MAX_TASK_ID
-
-
-# --- Reading it -------------------------------------------------------------------------------
-
-EVENTS_OFF = ("No task events have reached opsbot: start workers with -E (or set worker_send_task_events = True), "
-              "or leave OPSBOT_ENABLE_EVENTS on, so it can record their history. Meanwhile, this is what Flower "
-              "remembers since its own start.")
-
-
-def flower_rows(settings: Any, session: requests.Session, limit: int) -> list[dict[str, Any]]:
-    """Finished tasks as Flower's API lists them, shaped like our history rows."""
-    base, auth = http_endpoint(settings.flower_url)
-    response = session.get(f"{base}/api/tasks", params={"limit": 200}, timeout=settings.probe_timeout, auth=auth)
-    response.raise_for_status()
-    rows = []
-    for task_id, info in response.json().items():
-        finished = info.get("succeeded") or info.get("failed") or info.get("revoked") or info.get("rejected")
-        if info.get("state") in FINAL_STATES:
-            rows.append({"task_id": task_id, "name": info.get("name"), "state": info["state"],
-                         "worker": info.get("worker"), "runtime": info.get("runtime"),
-                         "finished_at": finished or info.get("timestamp")})
-    rows.sort(key=lambda r: r["finished_at"] or 0, reverse=True)
-    return rows[:limit]
-
-
-class History:
-    """The history as users ask for it: pages of finished tasks, one task's story, recent failures."""
-
-    def __init__(self, settings: Any, store: Any, recorder: HistoryRecorder | None) -> None:
-        self.settings = settings
-        self.store = store
-        self.recorder = recorder
-        self.session = requests.Session()
-        # Which failed or revoked tasks may show Retry (their exact arguments are known; bot.health.retry).
-        self.retryable: Callable[[list[str]], set[str]] = lambda ids: set()
-
-    def _retryable(self, rows: list[dict[str, Any]]) -> frozenset[str]:
-        return frozenset(self.retryable([r["task_id"] for r in rows if r.get("state") in ("FAILURE", "REVOKED")]))
-
-    def page(self, state: str | None, name: str | None, page: int) -> View:
-        offset = (page - 1) * HISTORY_PAGE
-        rows, total = self.store.finished_tasks(state, name, offset, HISTORY_PAGE)
-        if total or (self.recorder is not None and self.recorder.last_event_at is not None):
-            return history_view(rows, total, page, state, name, retryable=self._retryable(rows))
-        try:
-            flower = [r for r in flower_rows(self.settings, self.session, 1000)
-                      if (not state or r["state"] == state) and (not name or name in (r["name"] or ""))]
-        except Exception as exc:
-            return history_view([], 0, 1, state, name, note=f"{EVENTS_OFF} (Flower: {type(exc).__name__})")
-        return history_view(flower[offset:offset + HISTORY_PAGE], len(flower), page, state, name,
-                            note=EVENTS_OFF, source="Flower's memory")
-
-    def task(self, task_id: str) -> View | None:
-        row = self.store.task(task_id)
-        return task_view(row, row["task_id"] in self._retryable([row])) if row else None
-
-    def recent_failures(self, limit: int = 5) -> list[dict[str, Any]]:
-        rows, _ = self.store.finished_tasks("FAILURE", None, 0, limit)
-        return rows
-
-
-def digest_text(store: Any, now: float) -> str:
-    """The daily digest: tasks by final state over the last 24 h, and the names that failed most."""
-    by_state, failing = store.failure_counts(now - 86400)
-    if not by_state:
-        return "Daily digest: no task finished in the last 24 h."
-    states = ", ".join(f"{count} {state}" for state, count in sorted(by_state.items(), key=lambda kv: -kv[1]))
-    text = f"Daily digest, last 24 h: {states}."
-    if failing:
-        text += " Failed most: " + ", ".join(f"{name} ({count})" for name, count in failing) + "."
-    return text

@@ -25,7 +25,8 @@ from slack_sdk.webhook import WebhookResponse
 
 from bot import markup
 from bot.charts.slack import ChartPoster
-from bot.commands import DEFERRED, Command, Commands, Reply, UsageError, parse
+from bot.commands.dispatch import Commands, Reply
+from bot.commands.grammar import DEFERRED, Command, UsageError, parse
 from bot.config import ConfigError, Settings
 from bot.control.access import Access, Actor
 from bot.slack import blocks, buttons
@@ -175,6 +176,19 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
         raise ConfigError("SLACK_SIGNING_SECRET is not set: HTTP mode never runs without request verification.")
     # Socket Mode has no signatures to check; in HTTP mode every request is verified, always.
     app = App(client=client, signing_secret=signing_secret, request_verification_enabled=http_mode)
+    listen_to_command(app, commands, charts)
+    listen_to_buttons(app, commands)
+    listen_to_home(app, commands)
+
+    @app.error
+    def on_error(error: Exception) -> None:
+        log.error("Slack listener failed: %s", type(error).__name__)
+
+    return app
+
+
+def listen_to_command(app: App, commands: Commands, charts: ChartPoster | None) -> None:
+    """/tasks: answered in the ack when quick, through response_url when acting, a chart in the channel."""
 
     @app.command("/tasks")
     def on_tasks(ack: Ack, command: dict[str, Any], respond: Respond) -> None:
@@ -202,6 +216,10 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
         # Answering in the ack itself saves a round trip; probes are bounded well inside 3 s.
         reply = safely(lambda: commands.run_text(text, who))
         ack(response_type="ephemeral", **message(reply.view))
+
+
+def listen_to_buttons(app: App, commands: Commands) -> None:
+    """Clicks: the views' buttons, Share, the alerts' buttons, the runbook link, and anything not ours."""
 
     def on_button(ack: Ack, action: dict[str, Any], body: dict[str, Any], respond: Respond,
                   client: WebClient) -> None:
@@ -248,17 +266,15 @@ def build_app(settings: Settings, commands: Commands, client: WebClient, charts:
     # Last, so it only sees what no listener above claimed: buttons that are not ours.
     app.action(re.compile(".*"))(on_button)
 
+
+def listen_to_home(app: App, commands: Commands) -> None:
+    """The App Home tab, drawn afresh each time it is opened."""
+
     @app.event("app_home_opened")
     def on_home_opened(event: dict[str, Any], client: WebClient) -> None:
         if event.get("tab") == "home":
             user = event.get("user", "")
             publish_home(client, user, safely(lambda: Reply(commands.home())).view)
-
-    @app.error
-    def on_error(error: Exception) -> None:
-        log.error("Slack listener failed: %s", type(error).__name__)
-
-    return app
 
 
 def socket_mode_handler(app: App, settings: Settings) -> SocketModeHandler:
@@ -297,7 +313,7 @@ def run_http(app: App, settings: Settings, health: Callable[..., Any] | None = N
     from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress import serve
 
-    from bot.metrics import with_health
+    from bot.metrics.serve import with_health
 
     log.info("serving Slack requests over HTTP on port %d (path /slack/events)", settings.http_port)
     # waitress buffers a whole body before calling the app: its own limit keeps it from reading more.

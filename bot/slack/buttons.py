@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bot.links import Ref
+from bot.status.snapshot import short_id
 
 MAX_VALUE = 2000  # button value; https://api.slack.com/reference/block-kit/block-elements#button
 MAX_PAGE = 10_000
@@ -152,7 +153,7 @@ def retry(section: str, task_id: str, described: str) -> Action:
 
 def show(number: int, task_id: str) -> Action:
     assert 1 <= number <= SHOWN_IDS
-    return Action(f"task_show_{number}", f"Show {task_id[:8]}", ref(task_id))
+    return Action(f"task_show_{number}", f"Show {short_id(task_id)}", ref(task_id))
 
 
 def retry_failed(name: str, since: float, count: int) -> Action:

@@ -56,7 +56,7 @@ def duration(seconds: float) -> str:
     return f"{days} d {hours} h"
 
 
-def clock(epoch: float) -> str:
+def time_of_day(epoch: float) -> str:
     """A time of day in the bot's local time zone, to the second."""
     return datetime.fromtimestamp(epoch).strftime("%H:%M:%S")
 

@@ -71,6 +71,11 @@ class BrokerStatus:
         return sum(q.ready for q in self.queues)
 
 
+def short_id(task_id: str) -> str:
+    """The start of a task id, enough for a person to tell tasks apart in a line of text."""
+    return task_id[:8]
+
+
 @dataclass(frozen=True)
 class TaskInfo:
     id: str

@@ -19,15 +19,14 @@ from celery import Celery
 
 from bot.config import Settings
 from bot.control.tasks import BrokerUnreachable, Outcome, TaskControl, broker_connection
+from bot.probes.celery_probe import DISCOVERY_TIMEOUT, active_tasks, autoscale_bounds, pool_name, pool_size, queue_names
 from bot.slack import buttons
-from bot.status.probes import DISCOVERY_TIMEOUT, autoscale_bounds, pool_name, pool_size, queue_names, task_from
 from bot.status.snapshot import Level, Snapshot, WorkerInfo
 from bot.status.views import View, message_view
-from bot.store import Store
 from bot.workers import rules, views
 from bot.workers.pauses import queue_pauses
 from bot.workers.rules import BadInput, Request, Result, WorkerResult
-from bot.workers.store import clear_pauses, load_pauses, save_pauses
+from bot.workers.store import PauseStore
 
 REPLY_TIMEOUT = 2.0  # for the replies of the workers we address by name: `limit` returns as soon as all did
 # `/tasks workers` is answered in Slack's 3-second ack after a snapshot: its queues and limits get what is left.
@@ -80,7 +79,7 @@ class WorkerStack:
         reserved = self.ask("reserved", only).get(worker.name) or []
         registered = self.ask("registered", only, *rules.LIMIT_ITEMS).get(worker.name) or []
         conf = self.ask("conf", only).get(worker.name) or {}
-        detailed = replace(worker, active=tuple(task_from(t, worker.name) for t in active if isinstance(t, dict)),
+        detailed = replace(worker, active=active_tasks({worker.name: active})[worker.name],
                            reserved=len(reserved), limits=tuple(rules.task_limits(line) for line in registered))
         return detailed, bool(conf.get("worker_pool_restarts"))
 
@@ -154,13 +153,13 @@ def resolve_worker(name: str, workers: dict[str, WorkerInfo]) -> str:
 
 
 class WorkerControl:
-    def __init__(self, settings: Settings, stack: WorkerStack, control: TaskControl, store: Store,
-                 clock_: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: Settings, stack: WorkerStack, control: TaskControl, pauses: PauseStore,
+                 clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.stack = stack
         self.control = control
-        self.store = store
-        self.clock = clock_
+        self.pauses = pauses
+        self.clock = clock
 
     # --- Reading ---
 
@@ -177,7 +176,7 @@ class WorkerControl:
         if action == "detail":
             workers = self.stack.workers()
             info, restarts = self.stack.detail(workers[resolve_worker(worker, workers)])
-            pauses = queue_pauses(load_pauses(self.store), tuple(workers.values()))
+            pauses = queue_pauses(self.pauses.load(), tuple(workers.values()))
             return views.worker_view(info, restarts, pauses, self.settings.queues, controls_enabled, now)
         if action == "registered":
             destination = None
@@ -193,18 +192,18 @@ class WorkerControl:
     # --- Acting ---
 
     def act(self, action: str, target: str, worker: str, actor: Any) -> WorkerAnswer:
-        outcome, label, audited_target, view = self._act(action, target, worker, actor)
-        self.control.record(actor, action, audited_target or typed_target(action, target, worker), label,
+        outcome, audited_target, view = self._act(action, target, worker, actor)
+        self.control.record(actor, action, audited_target or typed_target(action, target, worker), outcome.label,
                             outcome.message)
         if view is None:
             return WorkerAnswer(message_view("opsbot", outcome.message, outcome.level), changed=False)
         return WorkerAnswer(view, changed=outcome.changed)
 
     def _act(self, action: str, target: str, worker: str, actor: Any
-             ) -> tuple[Outcome, str, str, View | None]:
+             ) -> tuple[Outcome, str, View | None]:
         refusal = self.control.refusal(actor)
         if refusal:
-            return refusal, "denied", "", None
+            return refusal, "", None
         try:
             request = rules.parse_request(action, target, worker)
             workers = self.stack.workers()
@@ -212,17 +211,17 @@ class WorkerControl:
             targets, skipped = self._targets(request, workers)
             return self._carry_out(request, workers, targets, skipped, actor)
         except BadInput as problem:
-            return Outcome(Level.WARN, str(problem)), "invalid", "", None
+            return Outcome(Level.WARN, str(problem), label="invalid"), "", None
         except BrokerUnreachable:
-            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done."), \
-                "broker_down", "", None
+            return Outcome(Level.DOWN, "The broker is unreachable, so no worker can be told; nothing was done.",
+                           label="broker_down"), "", None
 
     def _resolved(self, request: Request, workers: dict[str, WorkerInfo]) -> Request:
         """The request with full names: a worker typed short ("w1"), a button's key for a long name."""
         worker = resolve_worker(request.worker, workers) if request.worker else ""
         queue = request.queue
         if queue:
-            candidates = {*self.settings.queues, *(p.queue for p in load_pauses(self.store)),
+            candidates = {*self.settings.queues, *(p.queue for p in self.pauses.load()),
                           *(q for w in workers.values() for q in w.queues or ())}
             queue = buttons.resolve(queue, candidates) or queue
         return replace(request, worker=worker, queue=queue)
@@ -250,7 +249,7 @@ class WorkerControl:
         return [name], []
 
     def _queue_targets(self, request: Request, workers: dict[str, WorkerInfo]) -> list[str]:
-        queue, pauses = request.queue, load_pauses(self.store)
+        queue, pauses = request.queue, self.pauses.load()
         consuming = sorted(n for n, w in workers.items() if w.queues and queue in w.queues)
         pause = queue_pauses(pauses, tuple(workers.values())).get(queue)
         paused = sorted(set(pause.workers if pause else ()) & set(workers))
@@ -277,7 +276,7 @@ class WorkerControl:
         return paused
 
     def _carry_out(self, request: Request, workers: dict[str, WorkerInfo], targets: list[str],
-                   skipped: list[WorkerResult], actor: Any) -> tuple[Outcome, str, str, View | None]:
+                   skipped: list[WorkerResult], actor: Any) -> tuple[Outcome, str, View | None]:
         before = self.stack.pids(targets) if request.action == "restart-pool" and targets else {}
         active = self.stack.detail(workers[targets[0]])[0].active if request.action == "shutdown" else ()
         answers = self._send(request, targets) if targets else {}
@@ -290,7 +289,7 @@ class WorkerControl:
         changed = any(r.result in (Result.DONE, Result.UNCONFIRMED) for r in results)
         audited = views.audit_target(request, [r.worker for r in results])
         view = views.result_view(headline, level, results, request)
-        return Outcome(level, headline, changed), label, audited, view
+        return Outcome(level, headline, changed, label=label), audited, view
 
     def _send(self, request: Request, targets: list[str]) -> dict[str, WorkerResult]:
         if request.action == "shutdown":
@@ -364,9 +363,9 @@ class WorkerControl:
     def _remember(self, request: Request, user_id: str, results: list[WorkerResult], now: float) -> None:
         confirmed = [r.worker for r in results if r.result is Result.DONE]
         if request.action == "pause" and confirmed:
-            save_pauses(self.store, request.queue, confirmed, user_id, now)
+            self.pauses.save(request.queue, confirmed, user_id, now)
         elif request.action == "resume" and confirmed:
-            clear_pauses(self.store, request.queue, confirmed)
+            self.pauses.clear(request.queue, confirmed)
 
 
 

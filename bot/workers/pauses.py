@@ -49,7 +49,7 @@ def queue_pauses(pauses: tuple[Pause, ...], workers: tuple[WorkerInfo, ...]) -> 
 def pause_text(pause: QueuePause) -> str:
     noun = "worker" if pause.of == 1 else "workers"
     return phrase("paused on {} of {} {} by {} at {}", len(pause.workers), pause.of, noun, mention(pause.user_id),
-                  assess.clock(pause.at))
+                  assess.time_of_day(pause.at))
 
 
 def overdue(snapshot: Snapshot, now: float, remind_seconds: float) -> list[Finding]:
@@ -63,6 +63,6 @@ def overdue(snapshot: Snapshot, now: float, remind_seconds: float) -> list[Findi
             # Plain text (incidents are stored as data): the user id, not a live mention.
             found.append(Finding(f"queue:{pause.queue}:paused", Level.WARN,
                                  f"Queue {pause.queue} is paused on {len(pause.workers)} of {pause.of} workers "
-                                 f"since {assess.clock(pause.since)} (by {pause.user_id}); "
+                                 f"since {assess.time_of_day(pause.since)} (by {pause.user_id}); "
                                  f"resume it with /tasks resume {pause.queue}"))
     return found

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from bot.markup import cut
 from bot.redact import defang, redact
 from bot.status.snapshot import TaskLimits, WorkerInfo
 
@@ -54,7 +55,7 @@ class BadInput(ValueError):
 def echo(text: str, limit: int = 40) -> str:
     """What the user typed, echoed in a message: short, nothing secret, never markup."""
     text = defang(redact(text))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return cut(text, limit)
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 
 from sqlalchemy import Column, Float, String, Table, delete, insert, select
 
+from bot.db import Database
 from bot.status.snapshot import Pause
-from bot.store import Store, metadata
+from bot.tables import metadata
 
 pauses_table = Table(
     "queue_pauses", metadata,
@@ -22,22 +23,26 @@ pauses_table = Table(
 )
 
 
-def save_pauses(store: Store, queue: str, workers: Iterable[str], user_id: str, at: float) -> None:
-    """Record a pause on each worker; a second pause of the same pair replaces the first."""
-    table = pauses_table
-    with store.engine.begin() as conn:
-        for worker in workers:
-            conn.execute(delete(table).where(table.c.queue == queue, table.c.worker == worker))
-            conn.execute(insert(table).values(queue=queue, worker=worker, user_id=user_id[:64], at=at))
+class PauseStore:
+    """The `queue_pauses` table, over the shared engine."""
 
+    def __init__(self, db: Database) -> None:
+        self.engine = db.engine
 
-def clear_pauses(store: Store, queue: str, workers: Iterable[str]) -> None:
-    table = pauses_table
-    with store.engine.begin() as conn:
-        conn.execute(delete(table).where(table.c.queue == queue, table.c.worker.in_(list(workers))))
+    def save(self, queue: str, workers: Iterable[str], user_id: str, at: float) -> None:
+        """Record a pause on each worker; a second pause of the same pair replaces the first."""
+        table = pauses_table
+        with self.engine.begin() as conn:
+            for worker in workers:
+                conn.execute(delete(table).where(table.c.queue == queue, table.c.worker == worker))
+                conn.execute(insert(table).values(queue=queue, worker=worker, user_id=user_id[:64], at=at))
 
+    def clear(self, queue: str, workers: Iterable[str]) -> None:
+        table = pauses_table
+        with self.engine.begin() as conn:
+            conn.execute(delete(table).where(table.c.queue == queue, table.c.worker.in_(list(workers))))
 
-def load_pauses(store: Store) -> tuple[Pause, ...]:
-    query = select(pauses_table).order_by(pauses_table.c.queue, pauses_table.c.worker)
-    with store.engine.connect() as conn:
-        return tuple(Pause(r.queue, r.worker, r.user_id, r.at) for r in conn.execute(query))
+    def load(self) -> tuple[Pause, ...]:
+        query = select(pauses_table).order_by(pauses_table.c.queue, pauses_table.c.worker)
+        with self.engine.connect() as conn:
+            return tuple(Pause(r.queue, r.worker, r.user_id, r.at) for r in conn.execute(query))

@@ -11,7 +11,7 @@ from bot.markup import join, phrase
 from bot.slack import buttons
 from bot.slack.buttons import Action, Confirm
 from bot.status import assess
-from bot.status.snapshot import Level, TaskInfo, WorkerInfo
+from bot.status.snapshot import Level, TaskInfo, WorkerInfo, short_id
 from bot.status.views import Item, Section, View
 from bot.workers import rules
 from bot.workers.pauses import QueuePause, pause_text
@@ -48,7 +48,7 @@ def what(request: Request) -> str:
 
 
 def tasks_text(tasks: tuple[TaskInfo, ...]) -> str:
-    shown = ", ".join(f"{t.name} ({t.id[:8]})" for t in tasks[:5])
+    shown = ", ".join(f"{t.name} ({short_id(t.id)})" for t in tasks[:5])
     more = f" and {len(tasks) - 5} more" if len(tasks) > 5 else ""
     return f"{assess.plural(len(tasks), 'active task')}: {shown}{more}" if tasks else "no active task"
 
@@ -58,7 +58,8 @@ def headline(request: Request, results: list[WorkerResult], who: str, now: float
     """"Paused other on 3 of 3 workers by @ana at 14:02:03": what changed, where, who, when."""
     done = sum(1 for r in results if r.result is Result.DONE)
     noun = "worker" if len(results) == 1 else "workers"
-    line = phrase("{} on {} of {} {} by {} at {}", what(request), done, len(results), noun, who, assess.clock(now))
+    at = assess.time_of_day(now)
+    line = phrase("{} on {} of {} {} by {} at {}", what(request), done, len(results), noun, who, at)
     if request.action == "shutdown" and done:
         line = phrase("{}; it exits after its {}", line, tasks_text(active))
     if not done:
@@ -171,7 +172,7 @@ def eta_text(eta: Any, now: float) -> str:
     except ValueError:
         return "ETA unknown"
     when = f"in {assess.duration(moment - now)}" if moment >= now else f"{assess.duration(now - moment)} overdue"
-    return f"ETA {assess.clock(moment)} ({when})"
+    return f"ETA {assess.time_of_day(moment)} ({when})"
 
 
 def held_rows(action: str, replies: dict[str, Any], now: float) -> list[Item]:

@@ -1,30 +1,29 @@
-"""The `/tasks` command language, shared by Slack and the console.
-
-`parse` turns what a user typed into a `Command`, `parse_button` a button's value; both raise a
-`UsageError` whose message is safe to show. `Commands` answers with a `Reply`, taking a fresh
-snapshot when the answer shows the status.
+"""The dispatcher of the `/tasks` commands: `Commands` answers a `Command` (bot.commands.grammar) with a
+`Reply`, through one handler per `Kind`, taking a fresh snapshot when the answer shows the status.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from bot.alerting.engine import ALL
+from bot.alerting.mute import MuteScope, parse_mute
 from bot.alerting.service import AlertService
+from bot.alerting.views import incidents_view
 from bot.charts import service as chart_service
 from bot.charts.sparkline import chart_view
-from bot.control.access import HOW_TO_CONFIGURE, NOT_A_VIEWER, AccessUnknown, Actor
+from bot.commands.grammar import FORGED, Command, Kind, UsageError, parse, parse_button, shown
+from bot.commands.help import help_view
+from bot.control.access import HOW_TO_CONFIGURE, MUTE, NOT_A_VIEWER, AccessUnknown, Actor
 from bot.control.tasks import TASK_ID, Outcome, TaskControl
-from bot.durations import parse_duration
+from bot.control.views import audit_view
 from bot.health.retry import NO_BACKEND, Retrier
-from bot.history.record import History
+from bot.history.read import History
+from bot.history.views import history_item, page_view, task_view
 from bot.markup import phrase
-from bot.redact import defang, redact
 from bot.slack import buttons
-from bot.slack.buttons import HISTORY_STATES, MAX_FILTER, MAX_PAGE, PRIVATE_SECTIONS, SECTIONS, TARGETED, Forged
-from bot.status.assess import clock
+from bot.slack.buttons import PRIVATE_SECTIONS, TARGETED, Forged
+from bot.status.assess import time_of_day
 from bot.status.snapshot import Level, Snapshot
 from bot.status.views import (
     Controls,
@@ -32,32 +31,16 @@ from bot.status.views import (
     Notice,
     Section,
     View,
-    help_view,
-    history_item,
-    incidents_view,
     message_view,
     status_view,
 )
-from bot.store import AuditEntry
 from bot.workers import rules as worker_rules
 from bot.workers.actions import WorkerControl
 
-ALIASES = {"": "overview", "status": "overview", "overview": "overview", "worker": "workers",
-           "queue": "queues", "running": "active", "help": "help", "-h": "help", "--help": "help",
-           "?": "help", "terminate": "terminate", "kill": "kill", "purge": "purge", "audit": "audit",
-           "mute": "mute", "unmute": "unmute", "incidents": "incidents", "history": "history", "show": "show",
-           "retry": "retry", "chart": "chart", "charts": "chart",
-**{name: name for name in (*worker_rules.ACTIONS, *worker_rules.READS) if name != "detail"}}
-# Worker control (bot.workers): actions change workers (admins), reads ask them.
-WORKER_COMMANDS = (*worker_rules.ACTIONS, *worker_rules.READS)
-# Answered through the response_url after a quick ack: acting, and asking workers one after another (a
-# worker that went silent costs a whole reply timeout), can take longer than Slack's 3 s.
-DEFERRED = (*TARGETED, *WORKER_COMMANDS)
 # Task details (arguments, results, exceptions): only for viewers and admins when viewers are set.
 FOR_VIEWERS = ("active", "history", "show", "scheduled", "reserved")
-# Where the answer to an action is drawn: the list the target lives in.
-HOME_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
-OUTCOME_LEVELS = {"done": Level.OK, "signalled": Level.WARN, "denied": Level.WARN, "already": None}
+# The status section an action's answer redraws when typed: the list its target lives in.
+REDRAWN_SECTION = {"terminate": "active", "kill": "active", "purge": "queues"}
 
 
 def without_arguments(snapshot: Snapshot) -> Snapshot:
@@ -65,21 +48,6 @@ def without_arguments(snapshot: Snapshot) -> Snapshot:
     workers = tuple(replace(w, active=tuple(replace(t, args_summary="") for t in w.active))
                     for w in snapshot.celery.workers)
     return replace(snapshot, celery=replace(snapshot.celery, workers=workers))
-
-
-class UsageError(ValueError):
-    """Input we do not understand. The message is shown to the user as is."""
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str  # a section of the status ("overview", "workers", ...), "help", or an action
-    page: int = 1
-    target: str = ""  # the task id or queue of an action; a final state for history
-    section: str = ""  # for a button: the view it was clicked in, redrawn after the action
-    name_filter: str = ""  # history: part of a task name
-    since: float = 0.0  # retry_failed: failed since this moment
-    worker: str = ""  # worker control: the worker named (maybe a button's key)
 
 
 @dataclass(frozen=True)
@@ -93,138 +61,6 @@ class Reply:
     follow_up_after: float = 0.0
 
 
-def shown(text: str, limit: int = 40) -> str:
-    """User input echoed back: short, single-line and without anything secret."""
-    text = defang(redact(" ".join(text.split())))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def is_number(word: str) -> bool:
-    """ASCII digits only: str.isdigit() also accepts '²' and '①', which int() refuses."""
-    return word.isascii() and word.isdigit()
-
-
-def parse_page(word: str) -> int:
-    if not is_number(word) or not 1 <= int(word) <= MAX_PAGE:
-        raise UsageError(f"'{shown(word)}' is not a page number.")
-    return int(word)
-
-
-def parse(text: str) -> Command:
-    words = text.split()
-    if words and words[0] == "/tasks":  # the console accepts the slash command as typed in Slack
-        words = words[1:]
-    head = words[0].lower() if words else ""
-    name = ALIASES.get(head, head if head in SECTIONS else None)
-    if name is None:
-        raise UsageError(f"Unknown subcommand '{shown(words[0])}'.")
-    rest = words[1:]
-    if name == "retry" and rest and rest[0].lower() == "failed":
-        return parse_retry_failed(rest[1:])
-    if name in WORKER_COMMANDS:
-        return parse_worker_command(name, rest)
-    if name == "workers" and len(rest) == 1 and not rest[0].isdigit():  # digits of any script: a page number
-        return Command("detail", worker=rest[0])  # one worker's detail: /tasks workers w1@host
-    if name in TARGETED:
-        if len(rest) != 1:
-            raise UsageError(f"Usage: /tasks {name} <{TARGETED[name]}>")
-        return Command(name, target=rest[0])
-    if name == "history":
-        return parse_history(rest)
-    if name == "show":
-        if len(rest) != 1:
-            raise UsageError("Usage: /tasks show <task-id>")
-        return Command(name, target=rest[0])
-    if name == "chart":
-        try:
-            chart_service.parse(rest)
-        except chart_service.ChartUsage as problem:
-            raise UsageError(str(problem)) from None
-        return Command(name, target=" ".join(rest))
-    if name == "mute":
-        if not 1 <= len(rest) <= 2:
-            raise UsageError("Usage: /tasks mute <duration like 30m, 2h or 1d> [broker|celery|flower|beat]")
-        return Command(name, target=" ".join(rest))
-    if name in ("help", "audit", "unmute", "incidents") or not rest:
-        return Command(name)
-    if len(rest) == 1:
-        return Command(name, parse_page(rest[0]))
-    raise UsageError(f"'/tasks {shown(' '.join(words))}' has too many words.")
-
-
-RETRY_FAILED_USAGE = "Usage: /tasks retry failed <task-name> [since, like 30m, 6h or 1d; default 1d]"
-DEFAULT_RETRY_SINCE = "1d"
-
-
-def parse_retry_failed(words: list[str]) -> Command:
-    if not 1 <= len(words) <= 2 or len(words[0]) > 255:
-        raise UsageError(RETRY_FAILED_USAGE)
-    try:
-        seconds = parse_duration(words[1] if len(words) > 1 else DEFAULT_RETRY_SINCE)
-    except ValueError:
-        raise UsageError(f"'{shown(words[1])}' is not a duration. {RETRY_FAILED_USAGE}") from None
-    return Command(buttons.RETRY_FAILED, target=words[0], since=time.time() - seconds)
-
-
-FORGED = "That button is not one I made; nothing was done."
-
-
-def parse_worker_command(name: str, words: list[str]) -> Command:
-    """Worker control's arguments, checked for shape now so a typo is answered at once."""
-    try:
-        target, worker = worker_rules.words_to_args(name, words)
-        if name in worker_rules.ACTIONS:
-            worker_rules.parse_request(name, target, worker)
-    except worker_rules.BadInput as problem:
-        raise UsageError(str(problem)) from None
-    return Command(name, target=target, worker=worker)
-
-
-def parse_history(words: list[str]) -> Command:
-    state = HISTORY_STATES.get(words[0].lower(), "") if words else ""
-    name = " ".join(words[1:] if state else words)
-    if len(name) > MAX_FILTER:
-        raise UsageError(f"A name filter is at most {MAX_FILTER} characters.")
-    return Command("history", target=state, name_filter=name)
-
-
-def parse_button(action_id: str, value: str) -> Command:
-    """A button's value is only a claim: bot.slack.buttons checks its shape here, its target is checked when acting."""
-    try:
-        click = buttons.decode(action_id, value)
-    except Forged:
-        raise UsageError(FORGED) from None
-    return Command(click.name, click.page, click.target, click.section, click.name_filter, click.since,
-                   click.worker)
-
-
-def audit_view(entries: list[AuditEntry]) -> View:
-    items = tuple(
-        Item(OUTCOME_LEVELS.get(e.outcome, Level.WARN), f"{clock(e.at)} {e.action} {e.target}",
-             f"{e.outcome}, by {e.user_id}: {e.detail}")
-        for e in entries)
-    note = "" if entries else "No task-control attempt yet."
-    return View("Task-control audit", f"The latest {len(entries)} attempts, newest first.", None,
-                (Section("Audit", items, note=note),))
-
-
-MAX_MUTE = 7 * 86400
-MUTE_SCOPES = ("broker", "celery", "flower", "beat")
-
-
-def parse_mute(target: str) -> tuple[float, str]:
-    words = target.split()
-    try:
-        seconds = parse_duration(words[0])
-    except ValueError:
-        raise UsageError(f"'{shown(words[0])}' is not a duration: use e.g. 30m, 2h or 1d.") from None
-    if not 0 < seconds <= MAX_MUTE:
-        raise UsageError("Mute for between 1 second and 7 days.")
-    scope = words[1].lower() if len(words) > 1 else ALL
-    if scope not in (*MUTE_SCOPES, ALL):
-        raise UsageError(f"'{shown(scope)}' is not a service: use broker, celery, flower or beat "
-                         "(or nothing for all).")
-    return seconds, scope
 
 
 class Commands:
@@ -242,6 +78,17 @@ class Commands:
         self.history = history
         self.notes = notes  # lines for the status footer: mutes, which replica answered
         self.retrier = retrier  # Retry (bot.health.retry): None when the bot cannot act
+        self._handlers: dict[Kind, Callable[[Command, Actor], Reply]] = {
+            Kind.HELP: self._help,
+            Kind.AUDIT: self._audit,
+            Kind.TASK_ACTION: self._act,
+            Kind.RETRY_FAILED: self._privately(self._retry_failed),
+            Kind.WORKERS: self._worker_command,
+            Kind.ALERTING: self._privately(self._alerting),
+            Kind.HISTORY: self._history_reply,
+            Kind.CHART: self._privately(self._chart),
+            Kind.STATUS: self._status,
+        }
 
     def controls(self) -> Controls | None:
         if self.control is None:
@@ -271,26 +118,19 @@ class Commands:
         return replace(view, footer=" · ".join([view.footer, *extra])) if extra else view
 
     def run(self, command: Command, actor: Actor) -> Reply:
-        if command.name == "help":
-            return Reply(help_view())
-        if command.name == "audit":
-            return Reply(self._audit(actor))
         if command.name in FOR_VIEWERS and (refusal := self.viewer_refusal(actor)):
             return Reply(refusal, replace_original=False)
-        if command.name in TARGETED:
-            return self._act(command, actor)
-        if command.name == buttons.RETRY_FAILED:
-            return Reply(self._retry_failed(command, actor), replace_original=False)
-        if command.name in WORKER_COMMANDS:
-            return self._worker_command(command, actor)
-        if command.name in ("mute", "unmute", "incidents"):
-            return Reply(self._alerting(command, actor), replace_original=False)
-        if command.name in ("history", "show"):
-            # Show from an alert answers beside it: the alert message is the incident's, not ours.
-            return Reply(self._history(command), replace_original=command.section not in PRIVATE_SECTIONS)
-        if command.name == "chart":
-            return Reply(self._chart(command), replace_original=False)
+        return self._handlers[command.kind](command, actor)
+
+    def _help(self, command: Command, actor: Actor) -> Reply:
+        return Reply(help_view())
+
+    def _status(self, command: Command, actor: Actor) -> Reply:
         return Reply(self.status(command.name, command.page))
+
+    def _privately(self, answer: Callable[[Command, Actor], View]) -> Callable[[Command, Actor], Reply]:
+        """A handler whose view answers beside the message, leaving it as it was."""
+        return lambda command, actor: Reply(answer(command, actor), replace_original=False)
 
     def _worker_command(self, command: Command, actor: Actor) -> Reply:
         if self.workers is None:
@@ -303,19 +143,23 @@ class Commands:
         controls = self.controls()
         return Reply(self.workers.read(command.name, command.worker, controls is not None and controls.enabled))
 
+    def _history_reply(self, command: Command, actor: Actor) -> Reply:
+        # Show from an alert answers beside it: the alert message is the incident's, not ours.
+        return Reply(self._history(command), replace_original=command.section not in PRIVATE_SECTIONS)
+
     def _history(self, command: Command) -> View:
         if self.history is None:
             return message_view("opsbot", "Task history is not available here.", Level.WARN)
         if command.name == "history":
-            return self.history.page(command.target or None, command.name_filter or None, command.page)
+            return page_view(self.history.page(command.target or None, command.name_filter or None, command.page))
         if not TASK_ID.match(command.target):
             return message_view("opsbot", "That is not a valid task id.", Level.WARN)
         found = self.history.task(command.target)
         if found is None:
             return message_view("opsbot", f"No task `{shown(command.target, 60)}` on record.", Level.WARN)
-        return found
+        return task_view(found.record, found.retryable)
 
-    def _chart(self, command: Command) -> View:
+    def _chart(self, command: Command, actor: Actor) -> View:
         """The series as sparklines (the console; Slack posts a PNG instead, see bot.charts.slack)."""
         if self.charts is None:
             return message_view("opsbot", "Charts are not available here.", Level.WARN)
@@ -337,18 +181,19 @@ class Commands:
                                 Level.WARN)
         if command.name == "incidents":
             return incidents_view(self.alerts.open_incidents(), self.alerts.clock(), self.alerts.muted_note())
-        refusal = self.control.refusal(actor) if self.control else None
+        refusal = self.control.refusal(actor, MUTE) if self.control else None
         if refusal:
             return message_view("opsbot", refusal.message, refusal.level)
         if command.name == "unmute":
             self.alerts.unmute()
-            self._record(actor, "unmute", ALL, "done", "Alerts unmuted.")
+            self._record(actor, "unmute", MuteScope.ALL, "done", "Alerts unmuted.")
             return message_view("opsbot", phrase("Alerts unmuted by {}.", actor.mention), Level.OK)
-        seconds, scope = parse_mute(command.target)
-        until = self.alerts.mute(scope, seconds)
-        what = "All alerts" if scope == ALL else f"Alerts about {scope}"
-        self._record(actor, "mute", scope, "done", f"{what} muted until {clock(until)}.")
-        return message_view("opsbot", phrase("{} muted until {} by {}.", what, clock(until), actor.mention), Level.OK)
+        mute = parse_mute(command.args)
+        until = self.alerts.mute(mute)
+        what = "All alerts" if mute.scope is MuteScope.ALL else f"Alerts about {mute.scope}"
+        self._record(actor, "mute", mute.scope, "done", f"{what} muted until {time_of_day(until)}.")
+        said = phrase("{} muted until {} by {}.", what, time_of_day(until), actor.mention)
+        return message_view("opsbot", said, Level.OK)
 
     def _record(self, actor: Actor, action: str, target: str, outcome: str, message: str) -> None:
         if self.control is not None:
@@ -376,13 +221,13 @@ class Commands:
         return Reply(message_view("opsbot", "That incident is resolved or already acknowledged; nothing was done.",
                                   Level.OK), replace_original=False)
 
-    def _audit(self, actor: Actor) -> View:
+    def _audit(self, command: Command, actor: Actor) -> Reply:
         if self.control is None:
-            return message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN)
+            return Reply(message_view("opsbot", HOW_TO_CONFIGURE, Level.WARN))
         entries = self.control.audit(actor)
         if isinstance(entries, Outcome):
-            return message_view("opsbot", entries.message, entries.level)
-        return audit_view(entries)
+            return Reply(message_view("opsbot", entries.message, entries.level))
+        return Reply(audit_view(entries))
 
     def _act(self, command: Command, actor: Actor) -> Reply:
         if self.control is None:
@@ -400,7 +245,7 @@ class Commands:
             # Nothing happened, or it was clicked in an alert or a task's story (the alert is redrawn by the
             # engine): say so privately and leave the clicked message as it was.
             return Reply(message_view("opsbot", outcome.message, outcome.level), replace_original=False)
-        section = command.section or HOME_SECTION[command.name]
+        section = command.section or REDRAWN_SECTION[command.name]
         view = self.status(section).with_notice(notice)
         if outcome.level is not Level.WARN or command.name == "purge":
             return Reply(view)
@@ -426,10 +271,10 @@ class Commands:
             outcome = self.retrier.retry_failed(actor, command.target, command.since)
             return message_view("opsbot", outcome.message, outcome.level)
         count = len(self.retrier.failed_since(command.target, command.since))
-        what = phrase("{} failed {} since {}.", count, command.target, clock(command.since))
+        what = phrase("{} failed {} since {}.", count, command.target, time_of_day(command.since))
         if not count:
             return message_view("opsbot", phrase("No {} task failed since {}; nothing to retry.", command.target,
-                                                 clock(command.since)), Level.OK)
+                                                 time_of_day(command.since)), Level.OK)
         item = Item(Level.DOWN, command.target, what, action=buttons.retry_failed(command.target, command.since, count))
         return message_view("Retry failed tasks", phrase("Retry {} failed {} tasks?", count, command.target),
                             Level.WARN, (Section("To retry", (item,)),))
