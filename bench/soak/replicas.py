@@ -40,7 +40,8 @@ class Life:
     started: float  # wall clock
     ended: float | None = None
     rss: list[tuple[float, int]] = field(default_factory=list)  # (wall clock, bytes)
-    dead_threads: set[str] = field(default_factory=set)  # named dead by its /healthz
+    dead_threads: set[str] = field(default_factory=set)  # named dead by its /healthz once it had them all
+    whole: bool = False  # its /healthz said every thread was alive once (at its start some are not yet)
 
     @property
     def name(self) -> str:
@@ -115,7 +116,10 @@ class Replicas:
                 life.rss.append((time.time(), rss))
             with contextlib.suppress(requests.RequestException, ValueError):
                 answer = requests.get(f"http://127.0.0.1:{self.ports[life.replica]}/healthz", timeout=2).json()
-                life.dead_threads |= set(answer.get("dead_threads") or [])
+                dead = set(answer.get("dead_threads") or [])
+                if life.whole:
+                    life.dead_threads |= dead
+                life.whole = life.whole or not dead
 
     def healthy(self, replica: str) -> bool:
         """The replica's /healthz answers and names no dead thread."""
