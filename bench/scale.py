@@ -1,40 +1,38 @@
-"""Benchmark `scale`: `/tasks`, `/tasks active` and `/tasks workers` against 10, 100 and 500 workers.
+"""Benchmark `scale`: `/tasks`, `/tasks active` and `/tasks workers` against 10, 500 and 2,000 workers.
 
 The workers are a synthetic fleet (tests/support/fleet.py) on a private RabbitMQ node: kombu pidbox nodes that
 answer Celery's remote control as distinct workers, with M active tasks each (default M = 10, so
 5,000 active tasks at N = 500; 2 reserved each; prefork pool of M processes) and worker heartbeats
-every 2 s, as real workers send them. Flower runs on the same node (it sees the same heartbeats) and
-the Slack stand-in plays Slack.
+every 2 s, as real workers send them, and the task events a worker started with -E sends (received,
+started; revoked after a terminate). Flower runs on the same node (it sees the same events) and the
+Slack stand-in plays Slack.
 
 One `opsbot run` (Socket Mode, bot defaults: no admins, so no Terminate buttons, unless
 --scale-admins) serves every size, so its resident memory can be followed across them. Per size:
 start the fleet; send `/tasks workers` until the answer counts all N workers (how long that takes is
 reported); a few untimed commands; sit quiet for --scale-quiet seconds (the bot's CPU share while it
 only follows heartbeats); then K rounds of `/tasks`, `/tasks active`, `/tasks workers`, one after the
-other, each timed from the envelope leaving the stand-in to the ack (the bot answers in the ack);
-finally stop the fleet (each fake worker sends worker-offline).
+other, each timed from the envelope leaving the stand-in to the ack (the bot answers in the ack); then
+--scale-flower-k rounds of what a Flower user waits for on the same fleet (`/api/workers?refresh=1`,
+then `/api/tasks`, timed apart); finally stop the fleet (each fake worker sends worker-offline).
 
 Variants: --scale-no-heartbeats (no fake worker sends events) and --scale-without-heartbeat COUNT
 (that many do not, as `celery worker --without-heartbeat`): the bot's probe waits for as many replies
 as it sees heartbeats (bot.probes.celery_probe.CeleryProbe.expected), so these show what it does when that count
 is zero or short. --scale-admins: OPSBOT_ADMINS set, so every active task row carries a button.
 
-Every answer is checked against Slack's limits (at most 50 blocks, 3000 characters per section text,
-150 per header, 75 per button label, 25 elements per actions block) and for completeness: the Celery
-line must say "Running: N workers, N*M active, N*R reserved" with nobody "not answering". A section
-text of exactly 3000 characters ending in "…" was cut by bot.slack.blocks: within the limit, but lines lost.
+Every answer is checked against Slack's limits and for completeness (bench/scale_answers.py).
 Memory is the bot process's VmRSS, read before each fleet starts, after the warm-up and after the
-timed commands (and after every command, for the trend).
+timed commands (and after every command, for the trend); per worker, the growth from before the fleet
+to after the timed commands divided by N.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -59,33 +57,28 @@ from bench.common import (
     running_bot,
     write_json,
 )
+from bench.scale_answers import MAX_BLOCKS, MAX_SECTION_TEXT, Answer, complete, examine
+from bench.status import measure_flower
 from tests.support.bot import BotProcess
 from tests.support.fleet import Fleet, FleetSpec
 from tests.support.flower import FlowerProcess
 from tests.support.rabbit import RabbitNode
 from tests.support.slack import SlackStandIn
-from tests.support.slack.rules import ACK_SECONDS, MAX_SECTION_TEXT
-from tests.support.slack.rules import MAX_BLOCKS as SLACK_MAX_BLOCKS
+from tests.support.slack.rules import ACK_SECONDS
 
 NAME = "scale"
-HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 100, 500 workers"
+HELP = "/tasks, /tasks active, /tasks workers against a synthetic fleet of 10, 500, 2,000 workers, and Flower"
 COMMANDS = (("/tasks", ""), ("/tasks active", "active"), ("/tasks workers", "workers"))
 ACK_TIMEOUT = 10.0
 SEEN_TIMEOUT = 60.0  # for the bot to count the whole fleet after it started
-MAX_BLOCKS = SLACK_MAX_BLOCKS["message"]
-MAX_HEADER = 150
-MAX_BUTTON_LABEL = 75
-MAX_BUTTON_VALUE = 2000
-MAX_ACTIONS = 25
-CUT_MARK = "…"
-CELERY_LINE = re.compile(r"Running: (\d+) workers?, (\d+) active, (\d+) reserved(?:; (\d+) workers? not answering)?")
-PROBED = re.compile(r"Probed in (\d+) ms")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(NAME)
-    group.add_argument("--scale-sizes", default="10,100,500", metavar="LIST",
-                       help="fleet sizes, comma-separated (default: 10,100,500)")
+    group.add_argument("--scale-sizes", default="10,500,2000", metavar="LIST",
+                       help="fleet sizes, comma-separated (default: 10,500,2000)")
+    group.add_argument("--scale-flower-k", type=int, default=10,
+                       help="rounds of Flower's /api/workers?refresh=1 and /api/tasks per size (default: 10)")
     group.add_argument("--scale-k", type=int, default=30,
                        help="timed rounds per size; each round sends the three commands (default: 30)")
     group.add_argument("--scale-tasks", type=int, default=10, help="active tasks per fake worker (default: 10)")
@@ -125,107 +118,6 @@ def fleet_stack() -> Iterator[Stack]:
         cleanup.callback(log, "stopping the stack")
         # bench.common's bot helpers use the broker, Flower, the stand-in and tmp; there is no worker.
         yield Stack(rabbit, None, flower, slack, tmp)  # type: ignore[arg-type]
-
-
-# --------------------------------------------------------------------------- one answer
-
-
-@dataclass
-class Answer:
-    """What one ack carried, measured against Slack's limits and against the fleet."""
-
-    bytes: int
-    blocks: int
-    longest_section: int
-    cut_sections: int
-    page_rows: int | None  # rows of a paged list a user can read in full (a page holds 20); None: no list
-    violations: list[str]
-    workers: int | None  # from "Running: N workers, ..."; None when the Celery line is missing
-    active: int | None
-    reserved: int | None
-    silent: int
-    probe_ms: int | None
-
-
-def examine(payload: dict[str, Any]) -> Answer:
-    blocks = payload.get("blocks") or []
-    violations: list[str] = []
-    sections: list[str] = []
-    if len(blocks) > MAX_BLOCKS:
-        violations.append(f"{len(blocks)} blocks > {MAX_BLOCKS}")
-    for i, block in enumerate(blocks):
-        kind = block.get("type")
-        if kind == "section":
-            texts = [(block.get("text") or {}).get("text", "")]
-            texts += [f.get("text", "") for f in block.get("fields") or []]
-            sections += texts
-            for text in texts:
-                if len(text) > MAX_SECTION_TEXT:
-                    violations.append(f"block {i}: section text of {len(text)} chars > {MAX_SECTION_TEXT}")
-        elif kind == "header":
-            text = (block.get("text") or {}).get("text", "")
-            if len(text) > MAX_HEADER:
-                violations.append(f"block {i}: header of {len(text)} chars > {MAX_HEADER}")
-        elif kind == "context":
-            for element in block.get("elements") or []:
-                if len(element.get("text", "")) > MAX_SECTION_TEXT:
-                    violations.append(f"block {i}: context text of {len(element['text'])} chars")
-        buttons = list(block.get("elements") or []) if kind == "actions" else []
-        if kind == "actions" and len(buttons) > MAX_ACTIONS:
-            violations.append(f"block {i}: {len(buttons)} actions > {MAX_ACTIONS}")
-        if block.get("accessory"):
-            buttons.append(block["accessory"])
-        for button in buttons:
-            label = (button.get("text") or {}).get("text", "")
-            if len(label) > MAX_BUTTON_LABEL:
-                violations.append(f"block {i}: button label of {len(label)} chars > {MAX_BUTTON_LABEL}")
-            if len(button.get("value", "")) > MAX_BUTTON_VALUE:
-                violations.append(f"block {i}: button value of {len(button['value'])} chars > {MAX_BUTTON_VALUE}")
-    readable = "\n".join(sections)
-    celery = CELERY_LINE.search(readable)
-    probed = PROBED.search(json.dumps(blocks))
-    return Answer(
-        bytes=len(json.dumps(payload).encode()),
-        blocks=len(blocks),
-        longest_section=max((len(t) for t in sections), default=0),
-        cut_sections=sum(1 for t in sections if len(t) >= MAX_SECTION_TEXT and t.endswith(CUT_MARK)),
-        page_rows=page_rows(blocks),
-        violations=violations,
-        workers=int(celery[1]) if celery else None,
-        active=int(celery[2]) if celery else None,
-        reserved=int(celery[3]) if celery else None,
-        silent=int(celery[4] or 0) if celery else 0,
-        probe_ms=int(probed[1]) if probed else None,
-    )
-
-
-def page_rows(blocks: list[dict[str, Any]]) -> int | None:
-    """Rows of the paged list (`/tasks active`, `/tasks workers`) shown in full.
-
-    The list's section starts with its title and "_page 1 of P_" (or is the only list); plain rows are
-    lines of that text ("… and N more" aside, a line cut short by the 3000-character limit not counted),
-    rows with a button are the section blocks that follow it, one each.
-    """
-    texts = [(b.get("text") or {}).get("text", "") if b.get("type") == "section" else None for b in blocks]
-    start = next((i for i, t in enumerate(texts) if t and "_page " in t.split("\n", 1)[0]), None)
-    if start is None:
-        start = next((i for i, t in enumerate(texts) if t and t.startswith(("*Active tasks*", "*Workers*"))
-                      and i > 3), None)  # a single page has no "page 1 of" note
-    if start is None:
-        return None
-    lines = texts[start].splitlines()[1:]
-    rows = sum(1 for line in lines if not line.startswith("_") and not line.endswith(CUT_MARK))
-    for block in blocks[start + 1:]:
-        if block.get("type") != "section" or not block.get("accessory"):
-            break
-        rows += 1
-    return rows
-
-
-def complete(answer: Answer, spec: FleetSpec) -> bool:
-    """Did the answer count every worker, task and reservation of the fleet, with nobody silent?"""
-    return (answer.workers, answer.active, answer.reserved, answer.silent) == (
-        spec.workers, spec.workers * spec.tasks, spec.workers * spec.reserved, 0)
 
 
 def ask(slack: SlackStandIn, text: str) -> tuple[float | None, dict[str, Any] | None]:
@@ -277,6 +169,13 @@ class SizeResult:
     cpu_share: dict[str, float | None]
     seen_after: float | None
     fleet_start_seconds: float
+    flower: dict[str, Timings]  # Flower's /api/workers?refresh=1 ("workers"), /api/tasks ("tasks"), both ("total")
+
+    @property
+    def kib_per_worker(self) -> float | None:
+        """The bot's resident memory growth with this fleet, per worker (after the timed rounds)."""
+        before, after = self.rss.get("before_fleet"), self.rss.get("after_timed")
+        return None if before is None or after is None else round((after - before) / 1024 / self.spec.workers, 1)
 
 
 def share(before: float | None, after: float | None, wall: float) -> float | None:
@@ -285,50 +184,58 @@ def share(before: float | None, after: float | None, wall: float) -> float | Non
     return round((after - before) / wall, 4)
 
 
-def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, k: int, warmup: int, quiet: float) -> SizeResult:
+def wait_counted(stack: Stack, spec: FleetSpec) -> float | None:
+    """Send `/tasks workers` until the answer counts the whole fleet: how long that took, None if never."""
+    seen_at = time.monotonic()
+    # Without everyone's heartbeats the bot may never count everyone: do not wait as long.
+    seen_timeout = SEEN_TIMEOUT if not spec.without_heartbeat else 15.0
+    while time.monotonic() - seen_at < seen_timeout:
+        _, payload = ask(stack.slack, "workers")
+        if payload is not None and complete(examine(payload), spec):
+            return time.monotonic() - seen_at
+        time.sleep(0.5)
+    log(f"N={spec.workers}: the bot never counted the whole fleet within {seen_timeout:.0f} s")
+    return None
+
+
+def timed_rounds(stack: Stack, pid: int, k: int) -> tuple[dict[str, CommandResult], list[int | None]]:
+    results = {name: CommandResult() for name, _ in COMMANDS}
+    trend: list[int | None] = []
+    for _ in range(k):
+        for name, text in COMMANDS:
+            latency, payload = ask(stack.slack, text)
+            if latency is None or payload is None:
+                results[name].timings.failed += 1
+            else:
+                results[name].timings.samples.append(latency)
+                results[name].answers.append(examine(payload))
+                results[name].last_payload = payload
+            trend.append(rss_bytes(pid))
+    return results, trend
+
+
+def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, args: argparse.Namespace) -> SizeResult:
     pid = bot.process.pid
     rss: dict[str, int | None] = {"before_fleet": rss_bytes(pid)}
     log(f"N={spec.workers}: starting the fleet ({spec.workers} x {spec.tasks} active, {spec.processes} processes)")
     started = time.monotonic()
     with Fleet(stack.rabbit.amqp_url, spec, stack.tmp) as fleet:
         fleet_start = time.monotonic() - started
-        seen_at = time.monotonic()
-        seen_after: float | None = None
-        # Without everyone's heartbeats the bot may never count everyone: do not wait as long.
-        seen_timeout = SEEN_TIMEOUT if not spec.without_heartbeat else 15.0
-        while time.monotonic() - seen_at < seen_timeout:
-            _, payload = ask(stack.slack, "workers")
-            if payload is not None and complete(examine(payload), spec):
-                seen_after = time.monotonic() - seen_at
-                break
-            time.sleep(0.5)
-        if seen_after is None:
-            log(f"N={spec.workers}: the bot never counted the whole fleet within {seen_timeout:.0f} s")
-        for _ in range(warmup):
+        seen_after = wait_counted(stack, spec)
+        for _ in range(args.scale_warmup):
             for _, text in COMMANDS:
                 ask(stack.slack, text)
         rss["after_warmup"] = rss_bytes(pid)
-        log(f"N={spec.workers}: {quiet:.0f} s quiet")
+        log(f"N={spec.workers}: {args.scale_quiet:.0f} s quiet")
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
-        time.sleep(quiet)
+        time.sleep(args.scale_quiet)
         cpu_quiet = share(cpu0, cpu_seconds(pid), time.monotonic() - t0)
-        log(f"N={spec.workers}: {k} timed rounds of {', '.join(name for name, _ in COMMANDS)}")
+        log(f"N={spec.workers}: {args.scale_k} timed rounds of {', '.join(name for name, _ in COMMANDS)}")
         groups = {"fleet": fleet.pids, "rabbitmq": [stack.rabbit.pid], "flower": [stack.flower.pid]}
         before = {name: sum(group_cpu_seconds(p) for p in pids if p) for name, pids in groups.items()}
         bench_before = cpu_seconds_self()
         cpu1, t1 = cpu_seconds(pid), time.monotonic()
-        results = {name: CommandResult() for name, _ in COMMANDS}
-        trend: list[int | None] = []
-        for _ in range(k):
-            for name, text in COMMANDS:
-                latency, payload = ask(stack.slack, text)
-                if latency is None or payload is None:
-                    results[name].timings.failed += 1
-                else:
-                    results[name].timings.samples.append(latency)
-                    results[name].answers.append(examine(payload))
-                    results[name].last_payload = payload
-                trend.append(rss_bytes(pid))
+        results, trend = timed_rounds(stack, pid, args.scale_k)
         wall = time.monotonic() - t1
         cpu_timed = share(cpu1, cpu_seconds(pid), wall)
         after = {name: sum(group_cpu_seconds(p) for p in pids if p) for name, pids in groups.items()}
@@ -336,9 +243,11 @@ def measure_size(stack: Stack, bot: BotProcess, spec: FleetSpec, k: int, warmup:
         cpu = {"bot_quiet": cpu_quiet, "bot_timed": cpu_timed,
                **{f"{name}_timed": share(before[name], after[name], wall) for name in groups},
                "bench_and_standin_timed": share(bench_before, cpu_seconds_self(), wall)}
+        log(f"N={spec.workers}: {args.scale_flower_k} rounds of Flower's /api/workers?refresh=1 and /api/tasks")
+        flower = measure_flower(stack.flower, args.scale_flower_k, 1)
     if not bot.running():
         raise RuntimeError(f"the bot exited during N={spec.workers}:\n{bot.output_tail()}")
-    return SizeResult(spec, results, rss, trend, cpu, seen_after, fleet_start)
+    return SizeResult(spec, results, rss, trend, cpu, seen_after, fleet_start, flower)
 
 
 def cpu_seconds_self() -> float:
@@ -362,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             spec = FleetSpec(workers=size, tasks=args.scale_tasks, reserved=args.scale_reserved,
                              heartbeats=not args.scale_no_heartbeats, processes=args.scale_processes,
                              without_heartbeat=min(size, args.scale_without_heartbeat))
-            results.append(measure_size(stack, bot, spec, args.scale_k, args.scale_warmup, args.scale_quiet))
+            results.append(measure_size(stack, bot, spec, args))
         time.sleep(3)  # the last fleet's offline events handled
         rss_end = rss_bytes(bot.process.pid)
         info = {"rabbitmq": stack.rabbitmq_version(), "bot_pid": bot.process.pid}
@@ -379,52 +288,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     })
 
 
+# Issue 20's targets for `/tasks` on this 2-core machine: p50 by fleet size (p99 at 500), memory and idle CPU.
+P50_TARGETS = {10: 0.020, 500: 0.060, 2000: 0.250}
+P99_TARGETS = {500: 0.150}
+KIB_PER_WORKER = 10.0
+IDLE_CPU_AT_500 = 0.01
+
+
 def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
-    rows = [(f"N={r.spec.workers:<3} {name}", r.commands[name].timings.stats())
+    rows = [(f"N={r.spec.workers:<4} {name}", r.commands[name].timings.stats())
             for r in results for name, _ in COMMANDS]
-    print_table("Answer time (ack) against the fleet", rows)
+    rows += [(f"N={r.spec.workers:<4} Flower {label}", r.flower[key].stats())
+             for r in results for key, label in (("workers", "/api/workers?refresh=1"), ("tasks", "/api/tasks"))]
+    print_table("Answer time (ack) against the fleet; Flower on the same fleet", rows)
     summaries = {r.spec.workers: {name: r.commands[name].summary(r.spec) for name, _ in COMMANDS} for r in results}
-    print_rows("Answers", ("size / command", "answers", "complete", "bytes max", "blocks max", "longest text",
-                           "cut", "page rows", "violations", "probe ms p50", "probe ms max", "all < 3 s"), [
-        (f"N={n:<3} {name}", s["answers"], s["complete"], s["max_bytes"], s["max_blocks"], s["longest_section_text"],
-         s["answers_with_cut_sections"], s["fewest_page_rows"], len(s["violations"]),
-         s["probe_ms_p50"], s["probe_ms_max"],
-         "yes" if s["all_within_3s"] else "NO")
-        for n, by_name in summaries.items() for name, s in by_name.items()])
-    print_rows("Bot memory (VmRSS, MiB) and CPU (share of one core)", (
-        "size", "rss before fleet", "after warm-up", "after timed", "trend min", "trend max", "seen after s",
-        "bot cpu quiet", "bot cpu timed", "fleet cpu", "rabbit cpu", "flower cpu"), [
-        (f"N={r.spec.workers}", mib(r.rss["before_fleet"]), mib(r.rss["after_warmup"]), mib(r.rss["after_timed"]),
-         mib(min((v for v in r.rss_trend if v), default=None)), mib(max((v for v in r.rss_trend if v), default=None)),
-         None if r.seen_after is None else round(r.seen_after, 1), r.cpu_share["bot_quiet"],
-         r.cpu_share["bot_timed"], r.cpu_share["fleet_timed"], r.cpu_share["rabbitmq_timed"],
-         r.cpu_share["flower_timed"])
-        for r in results])
-    print(f"\n  bot RSS at start {extra['bot_rss_mib']['start']} MiB, at end {extra['bot_rss_mib']['end']} MiB")
-    for n, by_name in summaries.items():
-        for name, s in by_name.items():
-            for v in s["violations"]:
-                print(f"  N={n} {name}: {v}")
-            if s["seen"]:
-                print(f"  N={n} {name}: incomplete answers (workers, active, reserved, silent): {s['seen']}")
-    print(f"  load average (1/5/15 min) at start: {extra['load_average_at_start']}")
-    targets, limits = [], []
-    for r in results:
-        for name, _ in COMMANDS:
-            res, s = r.commands[name], summaries[r.spec.workers][name]
-            worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
-            targets.append(Target(f"N={r.spec.workers} {name}: every ack within Slack's 3 s (max)", worst,
-                                  ACK_SECONDS))
-            limits.append(Target(f"N={r.spec.workers} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks",
-                                inclusive=True))
-            limits.append(Target(f"N={r.spec.workers} {name}: longest section text", s["longest_section_text"],
-                                MAX_SECTION_TEXT, "chars", inclusive=True))
-            limits.append(Target(f"N={r.spec.workers} {name}: answers with a section cut at 3000",
-                                s["answers_with_cut_sections"], 0, "", inclusive=True))
-            limits.append(Target(f"N={r.spec.workers} {name}: incomplete answers", s["answers"] - s["complete"]
-                                + res.timings.failed, 0, "", inclusive=True))
+    print_answers(summaries)
+    print_resources(results, extra)
+    targets, limits = targets_of(results, summaries)
     print_targets(targets)
-    print_targets(limits, "Slack limits and completeness (reported, not asserted)")
+    print_targets(limits, "Slack limits, completeness, memory and idle CPU (reported, not asserted)")
     return {
         "benchmark": NAME, **extra,
         "sizes": [{
@@ -433,12 +315,74 @@ def report(results: list[SizeResult], extra: dict[str, Any]) -> dict[str, Any]:
             "bot_counted_whole_fleet_after_seconds": None if r.seen_after is None else round(r.seen_after, 2),
             "commands": {name: {**r.commands[name].timings.as_json(), **summaries[r.spec.workers][name],
                                 "last_answer": r.commands[name].last_payload} for name, _ in COMMANDS},
+            "flower": {key: timings.as_json() for key, timings in r.flower.items()},
             "bot_rss_mib": {key: mib(value) for key, value in r.rss.items()},
+            "bot_rss_kib_per_worker": r.kib_per_worker,
             "bot_rss_trend_mib": [mib(v) for v in r.rss_trend],
             "cpu_share_of_one_core": r.cpu_share,
         } for r in results],
         "targets": [t.as_json() for t in targets] + [t.as_json() for t in limits],
     }
+
+
+def print_answers(summaries: dict[int, dict[str, dict[str, Any]]]) -> None:
+    print_rows("Answers", ("size / command", "answers", "complete", "bytes max", "blocks max", "longest text",
+                           "cut", "page rows", "violations", "probe ms p50", "probe ms max", "all < 3 s"), [
+        (f"N={n:<4} {name}", s["answers"], s["complete"], s["max_bytes"], s["max_blocks"], s["longest_section_text"],
+         s["answers_with_cut_sections"], s["fewest_page_rows"], len(s["violations"]),
+         s["probe_ms_p50"], s["probe_ms_max"],
+         "yes" if s["all_within_3s"] else "NO")
+        for n, by_name in summaries.items() for name, s in by_name.items()])
+    for n, by_name in summaries.items():
+        for name, s in by_name.items():
+            for v in s["violations"]:
+                print(f"  N={n} {name}: {v}")
+            if s["seen"]:
+                print(f"  N={n} {name}: incomplete answers (workers, active, reserved, silent): {s['seen']}")
+
+
+def print_resources(results: list[SizeResult], extra: dict[str, Any]) -> None:
+    print_rows("Bot memory (VmRSS, MiB; KiB per worker) and CPU (share of one core)", (
+        "size", "rss before fleet", "after warm-up", "after timed", "KiB/worker", "trend max", "seen after s",
+        "bot cpu quiet", "bot cpu timed", "fleet cpu", "rabbit cpu", "flower cpu"), [
+        (f"N={r.spec.workers}", mib(r.rss["before_fleet"]), mib(r.rss["after_warmup"]), mib(r.rss["after_timed"]),
+         r.kib_per_worker, mib(max((v for v in r.rss_trend if v), default=None)),
+         None if r.seen_after is None else round(r.seen_after, 1), r.cpu_share["bot_quiet"],
+         r.cpu_share["bot_timed"], r.cpu_share["fleet_timed"], r.cpu_share["rabbitmq_timed"],
+         r.cpu_share["flower_timed"])
+        for r in results])
+    print(f"\n  bot RSS at start {extra['bot_rss_mib']['start']} MiB, at end {extra['bot_rss_mib']['end']} MiB")
+    print(f"  load average (1/5/15 min) at start: {extra['load_average_at_start']}")
+
+
+def targets_of(results: list[SizeResult], summaries: dict[int, dict[str, dict[str, Any]]]
+               ) -> tuple[list[Target], list[Target]]:
+    targets, limits = [], []
+    for r in results:
+        n = r.spec.workers
+        overview = r.commands["/tasks"].timings.stats()
+        if n in P50_TARGETS:
+            targets.append(Target(f"N={n} /tasks p50", overview.p50, P50_TARGETS[n]))
+        if n in P99_TARGETS:
+            targets.append(Target(f"N={n} /tasks p99", overview.p99, P99_TARGETS[n]))
+        if r.kib_per_worker is not None:
+            limits.append(Target(f"N={n} bot memory per worker", r.kib_per_worker, KIB_PER_WORKER, "KiB",
+                                inclusive=True))
+        if n == 500 and r.cpu_share["bot_quiet"] is not None:
+            limits.append(Target("N=500 bot CPU while quiet", r.cpu_share["bot_quiet"], IDLE_CPU_AT_500, "of a core",
+                                inclusive=True))
+        for name, _ in COMMANDS:
+            res, s = r.commands[name], summaries[n][name]
+            worst = res.timings.stats().max if res.timings.failed == 0 else math.inf
+            targets.append(Target(f"N={n} {name}: every ack within Slack's 3 s (max)", worst, ACK_SECONDS))
+            limits.append(Target(f"N={n} {name}: blocks", s["max_blocks"], MAX_BLOCKS, "blocks", inclusive=True))
+            limits.append(Target(f"N={n} {name}: longest section text", s["longest_section_text"],
+                                MAX_SECTION_TEXT, "chars", inclusive=True))
+            limits.append(Target(f"N={n} {name}: answers with a section cut at 3000",
+                                s["answers_with_cut_sections"], 0, "", inclusive=True))
+            limits.append(Target(f"N={n} {name}: incomplete answers", s["answers"] - s["complete"]
+                                + res.timings.failed, 0, "", inclusive=True))
+    return targets, limits
 
 
 def main(args: argparse.Namespace) -> None:

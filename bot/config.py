@@ -264,6 +264,8 @@ class Settings(BaseSettings):
     celery_app: str | None = Field(None, max_length=200, validation_alias="OPSBOT_CELERY_APP")
     enable_events: bool = Field(True, validation_alias="OPSBOT_ENABLE_EVENTS")
     beat_grace: float | None = Field(None, gt=0, validation_alias="OPSBOT_BEAT_GRACE")
+    # --- issue 20: /tasks from live event state; uncertain workers asked in the background at most this often
+    reconcile_seconds: float = Field(30.0, ge=1, le=3600, validation_alias="OPSBOT_RECONCILE_SECONDS")
 
     @field_validator("celery_app")
     @classmethod

@@ -32,9 +32,11 @@ from bot.history.read import History
 from bot.history.record import HistoryRecorder
 from bot.history.store import HistoryStore
 from bot.leader import LeaderRecord, Leadership, default_replica_id
+from bot.live.probe import LiveCeleryProbe
+from bot.live.reconcile import Reconciler
+from bot.live.state import LiveState, TaskLabels
 from bot.metrics.collector import Metrics
 from bot.metrics.serve import Every, MetricsServer, WsgiApp, health_app, keep_fresh
-from bot.probes.celery_probe import CeleryProbe
 from bot.probes.prober import Prober
 from bot.redact import redact
 from bot.status.heartbeats import HeartbeatMonitor
@@ -65,13 +67,17 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.heartbeats: HeartbeatMonitor | None = None
-        self.celery_probe = CeleryProbe(settings, alive_workers=self._alive_workers,
-                                        heartbeat_details=self._heartbeat_details,
-                                        heartbeat_quiet=self._heartbeat_quiet)
+        # Issue 20: what each worker runs, from its events; fed only in the long-running modes (start_background).
+        self.live = LiveState()
+        self.celery_probe = LiveCeleryProbe(settings, self.live, alive_workers=self._alive_workers,
+                                            heartbeat_details=self._heartbeat_details,
+                                            heartbeat_quiet=self._heartbeat_quiet)
+        self.reconciler: Reconciler | None = None
         self.prober = Prober(settings, self.celery_probe)
         self.waiting = WaitingTime(settings, self._store)
         self.retrier: Retrier | None = None
-        self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected)
+        self.worker_stack = WorkerStack(self.celery_probe.app, self.celery_probe.expected,
+                                        on_sent=self.live.forget_facts)
         self.store: Database | None = None
         self.alerts: AlertService | None = None
         self.digest: DailyDigest | None = None
@@ -116,10 +122,13 @@ class Runtime:
         if self.beat is not None:
             self.beat.on_event(event)
         if self.metrics is not None and self.heartbeats is not None:
-            self.metrics.on_task_event(event, self.heartbeats.state.tasks.get(event.get("uuid")))
+            task = self.heartbeats.state.tasks.get(event.get("uuid"))
+            if task is None:  # past celery State's few tasks: the name from what the worker runs
+                task = TaskLabels(self.live.task_name(str(event.get("hostname")), str(event.get("uuid"))))
+            self.metrics.on_task_event(event, task)
 
     def _expected_threads(self) -> list[str]:
-        names = ["heartbeats", "heartbeat-watch", "history", "metrics-poll", "metrics-store"]
+        names = ["heartbeats", "heartbeat-watch", "history", "metrics-poll", "metrics-store", "reconcile"]
         if self.alerts is not None:
             names.append("APScheduler")  # the alert scheduler's thread
         return names + (["leadership"] if self.store is not None and self.store.shared else [])
@@ -204,7 +213,8 @@ class Runtime:
         self.recorder = HistoryRecorder(HistoryStore(self._store()), self.settings.history_days,
                                         self.settings.history_max_rows, on_recorded=self.series.on_task_event).start()
         self.heartbeats = HeartbeatMonitor(self.celery_probe.app, on_change=self._on_workers_changed,
-                                           on_task_event=self._on_task_event)
+                                           on_task_event=self._on_task_event, live=self.live)
+        self.reconciler = Reconciler(self.celery_probe, self.settings.reconcile_seconds).start()
         heartbeats = self.heartbeats
         self.beat = watch_for(self.facts, self.settings.beat_grace, lambda: heartbeats.connected_since)
         heartbeats.start()
@@ -309,6 +319,8 @@ class Runtime:
             self.digest.stop()
         if self.heartbeats is not None:
             self.heartbeats.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
         if self.events is not None:
             self.events.stop()
         if self.beat is not None:

@@ -12,7 +12,7 @@ from celery import Celery
 
 from bot.config import Settings
 from bot.probes.failures import problem_from, target_of
-from bot.status.snapshot import CeleryState, CeleryStatus, TaskInfo, WorkerInfo
+from bot.status.snapshot import CeleryState, CeleryStatus, LiveAges, TaskInfo, WorkerInfo
 from bot.task_args import summarize_repr
 
 # With no idea how many workers to expect, wait at most this long for their replies.
@@ -149,7 +149,13 @@ class CeleryProbe:
         except Exception as exc:
             return CeleryStatus(state=CeleryState.UNKNOWN,
                                 problem=problem_from(exc, target_of(self.settings.broker_url)))
-        answered = set(replies["active"])
+        return self.status(expected, replies, silent)
+
+    def status(self, expected: set[str], replies: dict[str, dict], silent: bool,
+               known: tuple[WorkerInfo, ...] = (), ages: LiveAges | None = None) -> CeleryStatus:
+        """The status from the replies, with the workers `known` without asking (bot.live) among them."""
+        asked = set(replies["active"])
+        answered = asked | {w.name for w in known}
         with self._lock:
             self._last_answered = answered
         details = self.heartbeat_details()
@@ -160,12 +166,13 @@ class CeleryProbe:
         if not answered:
             return CeleryStatus(state=CeleryState.NOT_RUNNING, lost=lost, heartbeats_silent=silent)
         tasks = active_tasks(replies["active"])
-        workers = [self._worker(name, replies, tasks[name], details.get(name) or {}) for name in sorted(answered)]
+        workers = [self._worker(name, replies, tasks[name], details.get(name) or {}) for name in sorted(asked)]
+        workers = sorted([*workers, *known], key=lambda w: w.name) if known else workers
         heartbeating = self.alive_workers() or set()
         not_answering = [WorkerInfo(name=name, answered=False)
                          for name in sorted((expected & heartbeating) - answered)]
         return CeleryStatus(state=CeleryState.RUNNING, workers=tuple(workers + not_answering), lost=lost,
-                            heartbeats_silent=silent)
+                            heartbeats_silent=silent, live=ages)
 
     def _ask_all(self, conn: kombu.Connection, expected: set[str], deadline: float,
                  discovery: float) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from bot.status.snapshot import (
     Failure,
     FlowerStatus,
     Level,
+    LiveAges,
     Problem,
     QueueInfo,
     Snapshot,
@@ -171,6 +172,18 @@ def celery_text(celery: CeleryStatus) -> str:
     silent = len(celery.workers) - len(answering)
     if silent:
         text += f"; {plural(silent, 'worker')} not answering"
+    return text
+
+
+# Pool readings (size, queues) change only by worker control or autoscale: their age is worth a word past this.
+FACTS_NOTE_AFTER = 60.0
+
+
+def live_text(live: LiveAges) -> str:
+    """How old the figures are that came from the workers' events rather than from an answer now."""
+    text = f"active tasks as of {duration(live.heard_age)} ago (events of {plural(live.workers, 'worker')})"
+    if live.facts_age >= FACTS_NOTE_AFTER:
+        text += f", pools as of {duration(live.facts_age)} ago"
     return text
 
 

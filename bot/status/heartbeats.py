@@ -16,6 +16,8 @@ from celery import Celery
 from celery.events.receiver import EventReceiver
 from celery.events.state import State
 
+from bot.live.state import LiveState
+
 log = logging.getLogger(__name__)
 
 # A monitor that just connected has not yet heard from every worker: heartbeats come every 2 s.
@@ -24,17 +26,24 @@ RECONNECT_SECONDS = 1.0
 
 
 WATCH_SECONDS = 0.5  # how often the set of live workers is compared with the last one
+# celery's State is fed task events only, to label the metrics of a task's later events (its name and queue
+# from task-sent): about 3 KB a task, so far fewer than its default 10,000. The workers and what they run
+# are in bot.live: a heartbeat (every 2 s from every worker) costs a dict update there, and no drift check
+# that logs a warning per heartbeat whenever the bot falls behind.
+STATE_TASKS = 1000
 
 
 class HeartbeatMonitor:
     def __init__(self, app: Celery, on_change: Callable[[], None] | None = None,
-                 on_task_event: Callable[[dict], None] | None = None) -> None:
+                 on_task_event: Callable[[dict], None] | None = None, live: LiveState | None = None) -> None:
         self.app = app
         # Called when a worker appears or goes quiet, or the event connection drops: poll now.
         self.on_change = on_change or (lambda: None)
         # Every task event (sent, received, started, succeeded, ...), for the task history.
         self.on_task_event = on_task_event or (lambda event: None)
-        self.state = State()
+        self.state = State(max_tasks_in_memory=STATE_TASKS)
+        # The workers (alive, load average) and what each runs (bot.live), from the same events.
+        self.live = live or LiveState()
         self._connected_at: float | None = None
         self.connected_since: float | None = None  # wall clock: task events before it were not seen
         self._receiver: EventReceiver | None = None
@@ -70,7 +79,7 @@ class HeartbeatMonitor:
         """Names of the workers whose heartbeats are current; None while we cannot know."""
         if not self.ready:
             return None
-        return {name for name, worker in list(self.state.workers.items()) if worker.alive}
+        return self.live.alive_workers()
 
     def _run(self) -> None:
         while not self._stopped.is_set():
@@ -83,6 +92,7 @@ class HeartbeatMonitor:
                 self._notify()  # a connection we had just dropped: the broker may be gone
             self._connected_at = None
             self.connected_since = None
+            self.live.reset()  # events were missed while away: no worker's tasks can be vouched for
             self._stopped.wait(RECONNECT_SECONDS)
 
     def _listen(self) -> None:
@@ -95,12 +105,13 @@ class HeartbeatMonitor:
             receiver.capture(limit=None, timeout=None, wakeup=True)
 
     def _on_event(self, event: dict) -> None:
-        self.state.event(event)
         if str(event.get("type", "")).startswith("task-"):
+            self.state.event(event)  # only task events: see STATE_TASKS
             try:
-                self.on_task_event(event)
+                self.on_task_event(event)  # before the live state drops a finished task: its name labels metrics
             except Exception:
                 log.exception("task event handler failed")
+        self.live.apply(event)
 
     def quiet_seconds(self) -> float | None:
         """How long no worker has sent a heartbeat (counted from when we began to listen, if none ever
@@ -109,15 +120,12 @@ class HeartbeatMonitor:
         if connected_at is None:
             return None
         listening = time.monotonic() - connected_at
-        beats = [worker.heartbeats[-1] for worker in list(self.state.workers.values()) if worker.heartbeats]
-        return min(listening, time.time() - max(beats)) if beats else listening
+        heard = self.live.last_heard()
+        return min(listening, time.time() - heard) if heard is not None else listening
 
     def worker_details(self) -> dict[str, dict]:
         """What the heartbeats tell about each worker: age of the last one, alive or not, load average."""
-        now = time.time()
-        return {name: {"heartbeat_age": now - worker.heartbeats[-1], "alive": worker.alive,
-                       "loadavg": worker.loadavg}
-                for name, worker in list(self.state.workers.items()) if worker.heartbeats}
+        return self.live.worker_details()
 
     def stop(self) -> None:
         self._stopped.set()

@@ -123,6 +123,15 @@ class WorkerInfo:
     limits: tuple[TaskLimits, ...] | None = None  # rate and time limits in force; None: not asked
 
 
+@dataclass(frozen=True)
+class LiveAges:
+    """How old the figures are that came from the workers' events (bot.live) rather than from an answer now."""
+
+    workers: int  # workers shown from their events, not asked
+    heard_age: float  # seconds since the least recently heard of them: their active tasks are as of then
+    facts_age: float  # seconds since the oldest reading of their pools (size, queues), by inspect
+
+
 class CeleryState(StrEnum):
     UNKNOWN = "unknown"  # the broker is down, so nobody can tell
     NOT_RUNNING = "not_running"  # the broker is up and no worker answered
@@ -137,6 +146,7 @@ class CeleryStatus:
     problem: Problem | None = None
     lost: tuple[WorkerInfo, ...] = ()  # heartbeats stopped recently: shown, not judged
     heartbeats_silent: bool = False  # no worker has sent a heartbeat for longer than the interval
+    live: LiveAges | None = None  # some workers are shown from their events: how old that is
 
     @property
     def active_tasks(self) -> tuple[TaskInfo, ...]:

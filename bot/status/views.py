@@ -159,6 +159,8 @@ def page_of(items: list, page: int, size: int) -> tuple[list, int, int]:
 
 def footer(snapshot: Snapshot, controls: Controls | None = None) -> str:
     text = f"Probed in {snapshot.elapsed * 1000:.0f} ms"
+    if snapshot.celery.live is not None:
+        text += f" · {assess.live_text(snapshot.celery.live)}"
     has_targets = snapshot.celery.active_tasks or snapshot.broker.waiting
     if controls is not None and not controls.enabled and controls.disabled_note and has_targets:
         text += f" · {controls.disabled_note}"

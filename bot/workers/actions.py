@@ -44,9 +44,12 @@ class WorkerAnswer:
 class WorkerStack:
     """The remote-control calls worker control makes, each bounded by a timeout."""
 
-    def __init__(self, app: Celery, expected: Callable[[], set[str]]) -> None:
+    def __init__(self, app: Celery, expected: Callable[[], set[str]],
+                 on_sent: Callable[[list[str]], None] | None = None) -> None:
         self.app = app
         self.expected = expected
+        # Told which workers a control command went to: their pool and queues may have changed (bot.live).
+        self.on_sent = on_sent or (lambda names: None)
 
     @contextmanager
     def connection(self) -> Iterator[kombu.Connection]:
@@ -88,10 +91,13 @@ class WorkerStack:
 
     def send(self, method: str, destination: list[str], **arguments: Any) -> dict[str, dict]:
         """A control command to these workers, waiting for each one's reply (at most REPLY_TIMEOUT)."""
-        with self.connection() as conn:
-            replies = getattr(self.app.control, method)(**arguments, destination=destination, reply=True,
-                                                        timeout=REPLY_TIMEOUT, limit=len(destination),
-                                                        connection=conn)
+        try:
+            with self.connection() as conn:
+                replies = getattr(self.app.control, method)(**arguments, destination=destination, reply=True,
+                                                            timeout=REPLY_TIMEOUT, limit=len(destination),
+                                                            connection=conn)
+        finally:
+            self.on_sent(destination)
         return rules.by_worker(replies)
 
     def shutdown(self, destination: list[str]) -> None:

@@ -27,6 +27,7 @@ class FleetSpec:
     concurrency: int | None = None  # pool size; default: `tasks` (every slot busy)
     heartbeats: bool = True
     without_heartbeat: int = 0  # the last ones send no events (`celery worker --without-heartbeat`)
+    task_events: bool = True  # task-received/started/revoked, as workers started with -E send them
     processes: int = 2  # fleet processes hosting the nodes
 
     @property
@@ -64,6 +65,8 @@ class Fleet:
                        "--reserved", str(spec.reserved), "--concurrency", str(spec.pool_size)]
             if not spec.heartbeats:
                 command.append("--no-heartbeats")
+            if not spec.task_events:
+                command.append("--no-task-events")
             if spec.without_heartbeat:
                 command += ["--silent-from", str(spec.workers - spec.without_heartbeat)]
             with (self.log_dir / f"fleet-{spec.workers}-{i}.log").open("wb") as out:
@@ -85,8 +88,11 @@ class Fleet:
         while missing and time.monotonic() < deadline:
             if any(p.poll() is not None for p in self.procs):
                 raise RuntimeError(f"a fleet process exited; logs in {self.log_dir}")
+            # A ping expires after its timeout: a fleet process busy bringing its workers online (task events)
+            # may reach its last nodes later than 1 s, so a big fleet gets longer (5 s at 2,000).
+            wait = min(5.0, max(1.0, len(self.names) / 400))
             with contextlib.suppress(Exception):
-                replies = app.control.ping(timeout=1.0, limit=len(self.names))
+                replies = app.control.ping(timeout=wait, limit=len(self.names))
                 missing -= {name for reply in replies or [] for name in reply}
         return missing
 

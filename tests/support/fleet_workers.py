@@ -30,6 +30,7 @@ On its own, for a look with `celery inspect`: `python -m tests.support.fleet_wor
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import hashlib
 import logging
@@ -45,6 +46,7 @@ from typing import Any
 from celery import Celery
 
 HEARTBEAT_SECONDS = 2.0  # celery.worker.heartbeat.Heart's default interval
+ONLINE_PER_SECOND = 100  # fake workers of one process coming online per second (see send_heartbeats)
 DEPLOYMENTS = ("orders-worker", "billing-worker", "reports-worker", "emails-worker", "media-worker")
 TASKS = {
     "orders-worker": ("orders.tasks.process_order", "orders.tasks.reserve_stock"),
@@ -95,6 +97,8 @@ class FakeWorker:
         self.concurrency = concurrency
         self.totals = {name: self.rng.randint(1_000, 500_000) for name in self.task_names}
         self.revoked: set[str] = set()
+        # Task events the pidbox thread produced, for the heartbeat thread (the one with the dispatchers) to send.
+        self.pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
         self.active = [self._request(slot, now, started=True) for slot in range(tasks)]
         self.reserved = [self._request(None, now, started=False) for _ in range(reserved)]
         self.rusage = {"utime": round(self.rng.uniform(100, 5000), 3), "stime": round(self.rng.uniform(10, 500), 3),
@@ -120,6 +124,18 @@ class FakeWorker:
             "delivery_info": {"exchange": "", "routing_key": QUEUE, "priority": 0, "redelivered": False},
             "worker_pid": self.processes[slot] if started and slot is not None else None,
         }
+
+    def task_events(self) -> list[tuple[str, dict[str, Any]]]:
+        """task-received for every task it holds, task-started for the active ones, with Celery's fields."""
+        events = []
+        for task in self.active + self.reserved:
+            events.append(("task-received", {
+                "uuid": task["id"], "name": task["name"], "args": repr(task["args"]), "kwargs": repr(task["kwargs"]),
+                "root_id": task["id"], "parent_id": None, "retries": 0, "eta": None, "expires": None}))
+            if task["time_start"] is not None:
+                # The dispatcher sets `pid` (the worker's own, as Celery's does); the pool child's is not in it.
+                events.append(("task-started", {"uuid": task["id"], "timestamp": task["time_start"]}))
+        return events
 
     def processed(self) -> int:
         return sum(self.totals.values())
@@ -159,6 +175,8 @@ class FakeWorker:
         if not terminate:
             return
         for task in [t for t in self.active if t["id"] in task_ids]:
+            self.pending.append(("task-revoked", {"uuid": task["id"], "terminated": True, "signum": "15",
+                                                  "expired": False}))
             self.active.remove(task)
             if task["worker_pid"] in self.processes:  # the pool replaces the killed child
                 self.processes[self.processes.index(task["worker_pid"])] = self.next_pid
@@ -238,8 +256,15 @@ def fleet_app(broker_url: str) -> Celery:
     return app
 
 
-def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.Event) -> None:
-    """worker-online, worker-heartbeat every 2 s (phases spread over the 2 s), worker-offline at the end."""
+def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.Event,
+                    task_events: bool = True) -> None:
+    """worker-online (then, with `task_events`, task-received and task-started for the tasks each worker
+    holds), worker-heartbeat every 2 s (phases spread over the 2 s), worker-offline at the end.
+
+    Workers come online ONLINE_PER_SECOND a second, not all at once: a fleet of 1,000 workers with 10
+    tasks each would otherwise publish 22,000 task events in one burst, which no real fleet does (its
+    tasks started over time) and which only measures how long the broker and the listeners take to drain it.
+    """
     from celery.worker.state import SOFTWARE_INFO
 
     def fields(worker: FakeWorker) -> dict[str, Any]:
@@ -248,21 +273,30 @@ def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.E
 
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=5)
-        dispatchers = [app.events.Dispatcher(conn, hostname=w.hostname, groups=["worker"]) for w in workers]
-        for dispatcher, worker in zip(dispatchers, workers, strict=True):
-            dispatcher.send("worker-online", **fields(worker))
+        groups = ["worker", "task"] if task_events else ["worker"]
+        dispatchers = [app.events.Dispatcher(conn, hostname=w.hostname, groups=groups) for w in workers]
         step = HEARTBEAT_SECONDS / max(1, len(workers))
         started = time.monotonic()
-        beat = 0
+        beat = online = 0
         while not stopped.is_set():
-            # Worker k beats at started + k * step + n * 2 s: send every beat that is due.
-            due = int((time.monotonic() - started) / step)
+            elapsed = time.monotonic() - started
+            while online < len(workers) and online <= elapsed * ONLINE_PER_SECOND:
+                dispatchers[online].send("worker-online", **fields(workers[online]))
+                for kind, event in workers[online].task_events():  # as a worker with -E would have sent them
+                    dispatchers[online].send(kind, **event)
+                online += 1
+            # Worker k beats at started + k * step + n * 2 s, once online: send every beat that is due.
+            due = int(elapsed / step)
             while beat < due:
                 k = beat % len(workers)
-                dispatchers[k].send("worker-heartbeat", **fields(workers[k]))
+                while k < online and workers[k].pending:  # task-revoked after a terminate, before the next count
+                    kind, event = workers[k].pending.popleft()
+                    dispatchers[k].send(kind, **event)
+                if k < online:
+                    dispatchers[k].send("worker-heartbeat", **fields(workers[k]))
                 beat += 1
             stopped.wait(0.05)
-        for dispatcher, worker in zip(dispatchers, workers, strict=True):
+        for dispatcher, worker in zip(dispatchers[:online], workers, strict=False):
             with contextlib.suppress(Exception):
                 dispatcher.send("worker-offline", **fields(worker))
         for dispatcher in dispatchers:
@@ -271,7 +305,7 @@ def send_heartbeats(app: Celery, workers: list[FakeWorker], stopped: threading.E
 
 
 def serve(broker_url: str, first: int, count: int, tasks: int, reserved: int, concurrency: int,
-          heartbeats: bool, silent_from: int | None = None) -> None:
+          heartbeats: bool, silent_from: int | None = None, task_events: bool = True) -> None:
     """Host fake workers first..first+count-1 until SIGTERM or SIGINT.
 
     Workers numbered `silent_from` and up send no events, like `celery worker --without-heartbeat`.
@@ -302,7 +336,7 @@ def serve(broker_url: str, first: int, count: int, tasks: int, reserved: int, co
         beats = None
         beating = [w for w in workers if silent_from is None or w.index < silent_from]
         if heartbeats and beating:
-            beats = threading.Thread(target=send_heartbeats, args=(app, beating, stopped), daemon=True,
+            beats = threading.Thread(target=send_heartbeats, args=(app, beating, stopped, task_events), daemon=True,
                                      name="heartbeats")
             beats.start()
         print(f"fleet process {os.getpid()}: {count} workers from #{first} listening", flush=True)
@@ -327,12 +361,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reserved", type=int, default=2, help="reserved tasks per worker (default 2)")
     parser.add_argument("--concurrency", type=int, default=None, help="pool size (default: --tasks)")
     parser.add_argument("--no-heartbeats", action="store_true", help="send no worker events")
+    parser.add_argument("--no-task-events", action="store_true", help="send worker events only (no -E)")
     parser.add_argument("--silent-from", type=int, default=None, metavar="INDEX",
                         help="workers from this index on send no worker events (--without-heartbeat)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     serve(args.broker, args.first, args.count, args.tasks, args.reserved, args.concurrency or max(1, args.tasks),
-          not args.no_heartbeats, args.silent_from)
+          not args.no_heartbeats, args.silent_from, not args.no_task_events)
 
 
 if __name__ == "__main__":
