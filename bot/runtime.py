@@ -100,7 +100,10 @@ class Runtime:
         (bot.health.waiting), the beat schedule's runs (bot.beat) and the queue pauses admins made
         (bot.workers). It also feeds the metrics and
         the time series (which then need no probe of their own)."""
-        snapshot = self.waiting.enrich(self.prober.snapshot())
+        probed = self.prober.snapshot()
+        # The oldest waiting task's age is read from the history: like every store read on the way to an
+        # answer, bounded (a silent store held /tasks past Slack's 3 s with tasks waiting; bench/soak found it).
+        snapshot = self._store_reads(lambda: self.waiting.enrich(probed)) or probed
         if self.beat is not None:  # what the task events told about the beat schedule
             snapshot = replace(snapshot, beat=self.beat.report())
         # Pauses are on record only where a long-running mode opened the store; it never holds up an answer.

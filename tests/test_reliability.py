@@ -20,7 +20,7 @@ from tests.support.bot import OPSBOT, BotProcess, clean_env, stack_env
 from tests.support.celery_procs import CeleryWorker, control_app, publish_tasks
 from tests.support.flower import FlowerProcess
 from tests.support.net import TcpProxy, wait_until
-from tests.support.rabbit import RabbitNode
+from tests.support.rabbit import RabbitNode, purge_queue
 from tests.support.redis_server import RedisServer
 from tests.support.slack import Message, SlackStandIn
 
@@ -77,6 +77,24 @@ def test_status_answers_from_the_probes_when_the_store_stops_answering(
     for _ in range(3):  # and again: a read stuck on the dead store must not hold up the next answers
         answer = text_of(slack.request("slash_command", "", timeout=3.0))
         assert "Store unavailable" in answer and "RabbitMQ" in answer
+
+
+def test_status_answers_in_time_with_tasks_waiting_while_the_store_stops_answering(
+        slack: SlackStandIn, socket_bot: Callable[..., BotProcess], pg_url: str, rabbit: RabbitNode,
+        tcp_proxy: Callable[[int], TcpProxy]) -> None:
+    """With tasks waiting the status measures the oldest one's age from the history: that read must not
+    hold up the answer either (the soak, bench/soak, found it missing Slack's 3 s)."""
+    proxy = tcp_proxy(5432)
+    publish_tasks(rabbit.amqp_url, "stackapp.add", 3, queue="other", args=(1, 1))  # no worker consumes it
+    try:
+        socket_bot(OPSBOT_DB_URL=pg_url.replace(":5432/", f":{proxy.port}/"), **ALERTING)
+        assert "3 tasks waiting" in text_of(slack.request("slash_command", "", timeout=3.0))
+        proxy.black_hole()
+        for _ in range(3):
+            answer = text_of(slack.request("slash_command", "", timeout=3.0))
+            assert "Store unavailable" in answer and "3 tasks waiting" in answer
+    finally:
+        purge_queue(rabbit.amqp_url, "other")
 
 
 # --- 5 and the audit of alert actions: acks never wait for Slack -----------------------------

@@ -172,6 +172,15 @@ class TcpProxy:
     def black_hole(self) -> None:
         self.silent.set()
 
+    def heal(self) -> None:
+        """The network is back: connections cut off meanwhile are reset (their bytes are gone), new ones pass."""
+        sockets, self.sockets = self.sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.silent.clear()
+
     def close(self) -> None:
         self.listener.close()
         for sock in self.sockets:

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from tests.support.slack.outage import Outages
 from tests.support.slack.records import (
     DEFAULT_APP_TOKEN,
     DEFAULT_BOT_TOKEN,
@@ -71,6 +72,7 @@ class StandInCore:
         self.envelopes: dict[str, Envelope] = {}
         self.stray_acks: list[dict[str, Any]] = []
         self._faults: dict[str, list[Fault]] = {}
+        self.outages = Outages()  # Slack failing for a while (outage.py)
         self.rejections: list[Rejection] = []
         self._forced_rejections: dict[str, int] = {}
         self.files: dict[str, UploadedFile] = {}

@@ -2,7 +2,7 @@
 usergroups.users.list), and the faults a test can inject into it.
 
 Every request is answered in one place, ``WebApi._handle_api``: parse, record, apply an injected fault
-(``fail_next``, ``hang_next``), else run the method."""
+(an outage under way, see outage.py; ``fail_next``, ``hang_next``), else run the method."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class WebApi(StandInCore):
         token = _bearer(request) or params.pop("token", None)
         params.pop("token", None)
         call = ApiCall(method, params, token, time.time(), http_method=request.method)
-        fault = self._take_fault(method)
+        fault = self.outages.fault(method, params) or self._take_fault(method)
         if fault is None:
             with self._cond:
                 return self._answer(call)
